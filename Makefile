@@ -1,0 +1,48 @@
+# Weir developer commands. `make up` and `make test` bootstrap what they need (see scripts/bootstrap.sh).
+.PHONY: up test check lint proto proto-check model bench bootstrap clean
+
+VENV := .venv
+PY := $(VENV)/bin/python
+
+bootstrap:
+	@bash scripts/bootstrap.sh
+
+## Start the whole mesh on embedded defaults (local Milvus Lite, local or existing Redis, bundled model).
+up: bootstrap
+	@$(VENV)/bin/weir up
+
+## Run the test suite (what CI runs).
+test: bootstrap check
+	@$(VENV)/bin/pytest
+
+## Static checks: generated code up to date, lint, types.
+check: proto-check lint
+
+lint:
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/mypy weir services
+
+proto:
+	@bash scripts/codegen.sh
+
+proto-check:
+	@bash scripts/codegen.sh --check
+
+model:
+	@bash scripts/export-model.sh
+
+## Benchmarks (not part of `make test`).
+bench: bootstrap
+	@$(PY) -m bench.mesh_bench
+
+bench-embedder: bootstrap
+	@$(PY) -m bench.embedder_bench
+
+bench-cache: bootstrap
+	@$(PY) -m bench.cache_bench
+
+bench-router: bootstrap
+	@$(PY) -m bench.router_bench
+
+clean:
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache

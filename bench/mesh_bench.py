@@ -1,0 +1,146 @@
+"""Mesh benchmark: latency through the REST bridge for exact hits, semantic hits and misses, against calling
+the fake provider directly, at several concurrencies; plus CPU-ms per request per process (from /proc).
+
+    make bench            # or: .venv/bin/python -m bench.mesh_bench [--requests 400]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+import orjson
+
+from weir.devmesh import Mesh, start_mesh
+from weir.kit.redis_local import start_local_redis
+
+COUNTRIES = ["France", "Germany", "Spain", "Italy", "Portugal", "Poland", "Austria", "Norway", "Sweden", "Finland",
+             "Denmark", "Ireland", "Greece", "Hungary", "Romania", "Bulgaria", "Croatia", "Serbia", "Slovakia",
+             "Slovenia", "Estonia", "Latvia", "Lithuania", "Iceland", "Belgium", "Netherlands", "Switzerland",
+             "Canada", "Mexico", "Brazil", "Argentina", "Chile", "Peru", "Colombia", "Japan", "China", "India",
+             "Egypt", "Kenya", "Nigeria", "Morocco", "Australia", "Vietnam", "Thailand", "Indonesia", "Turkey"]
+STORED = "What is the capital of {}?"
+PARAPHRASES = ["What's the capital city of {}?", "Which city is the capital of {}?", "what is the capital of {}",
+               "Tell me the capital of {}."]
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+async def run_load(session: aiohttp.ClientSession, url: str, headers: dict[str, str],
+                   bodies: Callable[[int], bytes], n: int, concurrency: int,
+                   expect: str | None = None) -> list[float]:
+    latencies: list[float] = []
+    counter = iter(range(n))
+    wrong = 0
+
+    async def worker() -> None:
+        nonlocal wrong
+        for i in counter:
+            body = bodies(i)
+            t = time.perf_counter()
+            async with session.post(url, data=body, headers=headers) as r:
+                await r.read()
+                if r.status != 200:
+                    raise RuntimeError(f"HTTP {r.status}: {await r.text()}")
+                if expect is not None and r.headers.get("x-weir-cache") != expect:
+                    wrong += 1
+            latencies.append((time.perf_counter() - t) * 1000)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    if wrong:
+        print(f"    note: {wrong}/{n} responses were not '{expect}'")
+    return latencies
+
+
+def body(model: str, text: str) -> bytes:
+    return orjson.dumps({"model": model, "messages": [{"role": "user", "content": text}], "temperature": 0})
+
+
+async def bench(mesh: Mesh, n: int) -> None:
+    gw = f"{mesh.base_url}/chat/completions"
+    direct = f"{mesh.fake_url}/v1/chat/completions"
+    auth = {"Authorization": f"Bearer {mesh.master_key}", "Content-Type": "application/json"}
+    plain = {"Content-Type": "application/json"}
+    pids = {name: p.popen.pid for name, p in mesh.procs.items()}
+    conn = aiohttp.TCPConnector(limit=256)
+    run_id = os.urandom(3).hex()
+    async with aiohttp.ClientSession(connector=conn) as s:
+        # Warm up every path and seed the caches.
+        for c in COUNTRIES:
+            async with s.post(gw, data=body("fake-small", STORED.format(c)), headers=auth) as r:
+                await r.read()
+        await asyncio.sleep(1.0)
+        rows = []
+        cpu_rows = []
+        for conc in (1, 16, 64):
+            scenarios: list[tuple[str, str, dict[str, str], Callable[[int], bytes], str | None]] = [
+                ("direct fake-llm", direct, plain, lambda i, c=conc: body("fake-small", f"direct {run_id} {c} {i}"),
+                 None),
+                ("miss (mesh)", gw, auth, lambda i, c=conc: body("fake-small", f"Unique question {run_id} {c} {i}?"),
+                 "miss"),
+                ("exact hit", gw, auth, lambda i: body("fake-small", STORED.format(COUNTRIES[i % len(COUNTRIES)])),
+                 "exact"),
+                ("semantic hit", gw, auth,
+                 lambda i: body("fake-small", PARAPHRASES[(i // len(COUNTRIES)) % len(PARAPHRASES)].format(
+                     COUNTRIES[i % len(COUNTRIES)])), "semantic"),
+            ]
+            for name, url, hdrs, make, expect in scenarios:
+                before = {k: cpu_seconds(p) for k, p in pids.items()}
+                t0 = time.perf_counter()
+                lat = await run_load(s, url, hdrs, make, n, conc, expect)
+                wall = time.perf_counter() - t0
+                after = {k: cpu_seconds(p) for k, p in pids.items()}
+                rows.append((conc, name, statistics.median(lat), pct(lat, 0.99), n / wall))
+                if url == gw:
+                    cpu = {k: (after[k] - before[k]) * 1000 / n for k in pids if k != "fake-llm"}
+                    cpu_rows.append((conc, name, cpu))
+        print(f"\nLatency through the REST bridge ({n} requests per row; fake provider latency 0)")
+        print(f"{'conc':>4}  {'scenario':<18} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}")
+        for conc, name, p50, p99, rps in rows:
+            print(f"{conc:>4}  {name:<18} {p50:>8.2f} {p99:>8.2f} {rps:>8.0f}")
+        print("\nMiss-path overhead vs calling the fake provider directly")
+        for conc in (1, 16, 64):
+            d = next(r for r in rows if r[0] == conc and r[1] == "direct fake-llm")
+            m = next(r for r in rows if r[0] == conc and r[1] == "miss (mesh)")
+            print(f"  conc {conc:>2}: p50 +{m[2] - d[2]:.2f} ms, p99 +{m[3] - d[3]:.2f} ms")
+        names = [k for k in pids if k != "fake-llm"]
+        print("\nCPU-ms per request by process (from /proc utime+stime)")
+        print(f"{'conc':>4}  {'scenario':<18} " + " ".join(f"{k:>9}" for k in names) + f" {'total':>8}")
+        for conc, name, cpu in cpu_rows:
+            print(f"{conc:>4}  {name:<18} " + " ".join(f"{cpu[k]:>9.2f}" for k in names) +
+                  f" {sum(cpu.values()):>8.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=400, help="requests per scenario and concurrency")
+    args = parser.parse_args()
+    state = Path(tempfile.mkdtemp(prefix="weir-bench-"))
+    redis = start_local_redis(state / "redis")
+    print("starting the mesh (fake-llm, embedder, cache, router, reasoner, gateway) ...")
+    mesh = start_mesh(state, redis.url, {"WEIR_LOG_LEVEL": "warning"})
+    try:
+        asyncio.run(bench(mesh, args.requests))
+    finally:
+        mesh.stop()
+        redis.stop()
+
+
+if __name__ == "__main__":
+    main()

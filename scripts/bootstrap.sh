@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Makes this checkout runnable: a virtualenv with the project installed, and the exported embedding model.
+# Idempotent and fast the second time (a stamp of pyproject.toml decides whether pip runs again).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+VENV=.venv
+
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "weir needs Python >= 3.11 (found $("$PYTHON" --version 2>&1))" >&2; exit 1
+fi
+[[ -x $VENV/bin/python ]] || { echo "==> creating virtualenv $VENV"; "$PYTHON" -m venv "$VENV"; }
+
+# onnxruntime-gpu on hosts with an NVIDIA GPU, plain onnxruntime elsewhere.
+runtime=cpu
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then runtime=gpu; fi
+stamp=$VENV/.weir-installed
+want="$(sha256sum pyproject.toml | cut -d' ' -f1)-$runtime"
+if [[ ! -f $stamp || "$(cat "$stamp")" != "$want" ]]; then
+  echo "==> installing weir and its dependencies ($runtime runtime)"
+  "$VENV/bin/pip" install --disable-pip-version-check -q --upgrade pip >/dev/null 2>&1 || true
+  "$VENV/bin/pip" install --disable-pip-version-check -q -e ".[dev,$runtime]" 2>&1 | grep -v '^WARNING: Location' || true
+  "$VENV/bin/python" -c 'import weir, grpc, onnxruntime, pymilvus, redis, aiohttp' \
+    || { echo "dependency installation failed" >&2; exit 1; }
+  echo "$want" > "$stamp"
+fi
+
+# The embedding model: exported once to the user's cache dir, shared by every checkout.
+bash scripts/export-model.sh

@@ -1,0 +1,353 @@
+"""The orchestrator: one request through cache, embedder, router and reasoner, hops overlapped.
+
+For one request the hub obtains ONE embedding and hands it to both the semantic cache and the router:
+
+    exact lookup  ─┐ (concurrently)            semantic lookup ─┐ (concurrently, same embedding)
+    embed         ─┘ -> exact hit? answer.  ->  route           ─┘ -> semantic hit? answer. -> reasoner
+
+Both the REST bridge and the gRPC GatewayService call `complete()` / `stream()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import grpc
+
+from services.gateway.auth import Principal
+from services.gateway.openai_wire import ApiError, api_error_from_remote
+from services.gateway.settings import GatewaySettings
+from weir import chat
+from weir.cache.v1 import cache_service_pb2 as cache_pb
+from weir.cache.v1 import cache_service_pb2_grpc as cache_grpc
+from weir.common.v1 import types_pb2
+from weir.embedder.v1 import embedder_service_pb2 as embedder_pb
+from weir.embedder.v1 import embedder_service_pb2_grpc as embedder_grpc
+from weir.gateway.v1 import gateway_service_pb2 as gateway_pb
+from weir.kit.clients import open_channel
+from weir.kit.errors import parse_rpc_error
+from weir.reasoner.v1 import reasoner_service_pb2 as reasoner_pb
+from weir.reasoner.v1 import reasoner_service_pb2_grpc as reasoner_grpc
+from weir.router.v1 import router_service_pb2 as router_pb
+from weir.router.v1 import router_service_pb2_grpc as router_grpc
+
+log = logging.getLogger("weir.gateway.hub")
+T = TypeVar("T")
+
+MISS, EXACT, SEMANTIC = "miss", "exact", "semantic"
+_TIER = {MISS: types_pb2.CACHE_TIER_MISS, EXACT: types_pb2.CACHE_TIER_EXACT, SEMANTIC: types_pb2.CACHE_TIER_SEMANTIC}
+STORABLE_FINISH = ("stop", "length")
+
+
+class Timings:
+    """Milliseconds per hop, rendered as a W3C Server-Timing header."""
+
+    __slots__ = ("hops", "start")
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.hops: dict[str, float] = {}
+
+    def add(self, hop: str, since: float) -> None:
+        self.hops[hop] = self.hops.get(hop, 0.0) + (time.perf_counter() - since) * 1000
+
+    def total(self) -> float:
+        return (time.perf_counter() - self.start) * 1000
+
+    def header(self) -> str:
+        parts = [f"{hop};dur={ms:.2f}" for hop, ms in self.hops.items()]
+        parts.append(f"total;dur={self.total():.2f}")
+        return ", ".join(parts)
+
+    def proto(self) -> list[gateway_pb.HopTiming]:
+        out = [gateway_pb.HopTiming(hop=h, ms=ms) for h, ms in self.hops.items()]
+        out.append(gateway_pb.HopTiming(hop="total", ms=self.total()))
+        return out
+
+
+@dataclass
+class Decision:
+    """What the lookup phase found: a cached answer, or a routing plan for the reasoner."""
+
+    id: str
+    created: int
+    tenant: str
+    cache: str
+    cache_reason: str
+    timings: Timings
+    store: bool
+    answer: cache_pb.CachedAnswer | None = None
+    plan: list[types_pb2.RouteTarget] = field(default_factory=list)
+    route_reason: str = ""
+    embedding: types_pb2.Embedding | None = None
+
+    @property
+    def tier(self) -> types_pb2.CacheTier.ValueType:
+        return _TIER[self.cache]
+
+
+@dataclass
+class Outcome:
+    """A whole answer."""
+
+    decision: Decision
+    content: str
+    model: str
+    usage: types_pb2.Usage
+    finish_reason: str
+    tool_calls_json: str = ""
+
+
+@dataclass
+class StreamEvent:
+    """One event of a streamed answer: a delta, or the end of a complete answer."""
+
+    content: str = ""
+    reasoning: str = ""
+    tool_calls_json: str = ""
+    end: reasoner_pb.Done | None = None
+
+
+@dataclass
+class StreamSession:
+    """A stream whose answering model is known; iterate `events` for the deltas."""
+
+    decision: Decision
+    model: str
+    events: AsyncGenerator[StreamEvent, None]
+
+
+def _degraded(code: grpc.StatusCode) -> str:
+    return f"degraded: cache unavailable ({code.name.lower()})"
+
+
+def _estimate_tokens(req: types_pb2.ChatRequest) -> int:
+    return sum(len(m.content) for m in req.messages) // 4 + 4 * len(req.messages)
+
+
+class Hub:
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.deadlines = settings.deadlines
+        self._channels = {
+            name: open_channel(addr)
+            for name, addr in (("embedder", settings.embedder_addr), ("cache", settings.cache_addr),
+                               ("router", settings.router_addr), ("reasoner", settings.reasoner_addr))
+        }
+        self.embedder = embedder_grpc.EmbedderServiceStub(self._channels["embedder"])
+        self.cache = cache_grpc.CacheServiceStub(self._channels["cache"])
+        self.router = router_grpc.RouterServiceStub(self._channels["router"])
+        self.reasoner = reasoner_grpc.ReasonerServiceStub(self._channels["reasoner"])
+        self._background: set[asyncio.Task[Any]] = set()
+
+    @property
+    def channels(self) -> dict[str, grpc.aio.Channel]:
+        return self._channels
+
+    async def close(self) -> None:
+        if self._background:
+            await asyncio.wait(self._background, timeout=5)
+        for ch in self._channels.values():
+            await ch.close()
+
+    # ---- hops ---------------------------------------------------------------------------------
+
+    async def _timed(self, timings: Timings, hop: str, call: Awaitable[T]) -> T:
+        since = time.perf_counter()
+        try:
+            return await call
+        finally:
+            timings.add(hop, since)
+
+    async def _embed(self, text: str, timings: Timings) -> tuple[types_pb2.Embedding | None, str]:
+        try:
+            resp = await self._timed(timings, "embed", self.embedder.Embed(
+                embedder_pb.EmbedRequest(text=text), timeout=self.deadlines.embed_s))
+            return resp.embedding, ""
+        except grpc.RpcError as exc:
+            err = parse_rpc_error(exc)
+            log.warning("embedder failed; semantic cache and learned routing skipped",
+                        extra={"code": err.code.name, "error": err.message})
+            return None, f"degraded: embedder unavailable ({err.code.name.lower()})"
+
+    async def _exact(self, tenant: str, req: types_pb2.ChatRequest,
+                     timings: Timings) -> cache_pb.LookupExactResponse:
+        try:
+            return await self._timed(timings, "cache", self.cache.LookupExact(
+                cache_pb.LookupExactRequest(tenant=tenant, request=req), timeout=self.deadlines.cache_s))
+        except grpc.RpcError as exc:
+            err = parse_rpc_error(exc)
+            log.warning("cache lookup failed; answering from the model", extra={"code": err.code.name})
+            return cache_pb.LookupExactResponse(hit=False, reason=_degraded(err.code))
+
+    async def _semantic(self, tenant: str, req: types_pb2.ChatRequest, emb: types_pb2.Embedding,
+                        timings: Timings) -> cache_pb.LookupSemanticResponse:
+        try:
+            return await self._timed(timings, "cache", self.cache.LookupSemantic(
+                cache_pb.LookupSemanticRequest(tenant=tenant, request=req, embedding=emb),
+                timeout=self.deadlines.cache_s))
+        except grpc.RpcError as exc:
+            err = parse_rpc_error(exc)
+            log.warning("semantic lookup failed", extra={"code": err.code.name})
+            return cache_pb.LookupSemanticResponse(hit=False, reason=_degraded(err.code))
+
+    async def _route(self, principal: Principal, req: types_pb2.ChatRequest, emb: types_pb2.Embedding | None,
+                     timings: Timings) -> router_pb.RouteResponse:
+        rr = router_pb.RouteRequest(
+            requested_model=req.model, prompt_tokens=_estimate_tokens(req),
+            max_tokens=req.sampling.max_tokens if req.sampling.HasField("max_tokens") else 0,
+            allowed_models=principal.allowed_models, tenant=principal.team)
+        if emb is not None:
+            rr.embedding.CopyFrom(emb)
+        try:
+            return await self._timed(timings, "route", self.router.Route(rr, timeout=self.deadlines.route_s))
+        except grpc.RpcError as exc:
+            raise api_error_from_remote(parse_rpc_error(exc), "router") from exc
+
+    def _store(self, d: Decision, req: types_pb2.ChatRequest, content: str, model: str,
+               usage: types_pb2.Usage, finish_reason: str, ttl_s: int) -> None:
+        """Stores a complete answer in the background (never delays the response)."""
+        if not d.store or finish_reason not in STORABLE_FINISH or not content:
+            return
+        answer = cache_pb.CachedAnswer(content=content, model=model, usage=usage, finish_reason=finish_reason,
+                                       created_unix=d.created, question=chat.semantic_text(req))
+        sr = cache_pb.StoreRequest(tenant=d.tenant, request=req, answer=answer, ttl_seconds=ttl_s)
+        if d.embedding is not None and self.settings.semantic_cache:
+            sr.embedding.CopyFrom(d.embedding)
+
+        async def run() -> None:
+            try:
+                await self.cache.Store(sr, timeout=self.deadlines.cache_s)
+            except grpc.RpcError as exc:
+                log.warning("cache store failed", extra={"code": parse_rpc_error(exc).code.name})
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # ---- lookup phase ---------------------------------------------------------------------------
+
+    async def decide(self, principal: Principal, req: types_pb2.ChatRequest,
+                     control: gateway_pb.CacheControl) -> Decision:
+        timings = Timings()
+        cacheable = chat.is_deterministic(req) or control.allow_nondeterministic
+        d = Decision(id="chatcmpl-" + secrets.token_hex(12), created=int(time.time()), tenant=principal.team,
+                     cache=MISS, cache_reason="", timings=timings, store=cacheable and not control.no_store)
+        lookup = cacheable and not control.no_cache
+        if not cacheable:
+            d.cache_reason = "bypass: not deterministic (temperature is not 0)"
+        elif control.no_cache:
+            d.cache_reason = "bypass: no-cache requested"
+        text = chat.semantic_text(req)
+        embed_task = asyncio.ensure_future(self._embed(text, timings)) if text.strip() else None
+        if lookup:
+            exact = await self._exact(principal.team, req, timings)
+            if exact.hit:
+                if embed_task is not None:
+                    embed_task.cancel()
+                d.cache, d.cache_reason, d.answer = EXACT, exact.reason or "hit", exact.answer
+                return d
+            d.cache_reason = exact.reason
+        emb, embed_reason = (await embed_task) if embed_task is not None else (None, "")
+        d.embedding = emb
+        route_task = asyncio.ensure_future(self._route(principal, req, emb, timings))
+        if lookup and self.settings.semantic_cache:
+            if emb is None:
+                d.cache_reason = embed_reason or "miss: nothing to embed"
+            else:
+                sem = await self._semantic(principal.team, req, emb, timings)
+                if sem.hit:
+                    route_task.cancel()
+                    d.cache, d.cache_reason, d.answer = SEMANTIC, sem.reason or "hit", sem.answer
+                    return d
+                d.cache_reason = sem.reason
+        route = await route_task
+        d.plan, d.route_reason = list(route.plan), route.reason
+        if not d.plan:
+            raise ApiError(503, f"no model available for {req.model!r}: {route.reason}", type="service_unavailable")
+        return d
+
+    # ---- answers ---------------------------------------------------------------------------------
+
+    async def complete(self, principal: Principal, req: types_pb2.ChatRequest,
+                       control: gateway_pb.CacheControl) -> Outcome:
+        d = await self.decide(principal, req, control)
+        if d.answer is not None:
+            a = d.answer
+            return Outcome(d, a.content, a.model, a.usage, a.finish_reason or "stop")
+        since = time.perf_counter()
+        try:
+            resp = await self.reasoner.Complete(
+                reasoner_pb.CompleteRequest(request=req, plan=d.plan, tenant=principal.team),
+                timeout=self.deadlines.reason_s)
+        except grpc.RpcError as exc:
+            raise api_error_from_remote(parse_rpc_error(exc), "reasoner") from exc
+        finally:
+            d.timings.add("upstream", since)
+        if not resp.tool_calls_json:
+            self._store(d, req, resp.content, resp.model, resp.usage, resp.finish_reason, control.ttl_seconds)
+        return Outcome(d, resp.content, resp.model, resp.usage, resp.finish_reason, resp.tool_calls_json)
+
+    async def stream(self, principal: Principal, req: types_pb2.ChatRequest,
+                     control: gateway_pb.CacheControl) -> StreamSession:
+        d = await self.decide(principal, req, control)
+        if d.answer is not None:
+            return StreamSession(d, d.answer.model, _replay(d.answer))
+        since = time.perf_counter()
+        call = self.reasoner.StreamComplete(
+            reasoner_pb.StreamCompleteRequest(request=req, plan=d.plan, tenant=principal.team),
+            timeout=self.deadlines.reason_s)
+        it = call.__aiter__()
+        try:
+            while True:
+                ev = await it.__anext__()
+                if ev.WhichOneof("event") == "started":
+                    break
+        except StopAsyncIteration:
+            raise ApiError(502, "upstream ended the stream before answering", type="upstream_error") from None
+        except grpc.RpcError as exc:
+            raise api_error_from_remote(parse_rpc_error(exc), "reasoner") from exc
+        finally:
+            d.timings.add("upstream_ttfb", since)
+        return StreamSession(d, ev.started.model, self._relay(d, req, control, call, it))
+
+    async def _relay(self, d: Decision, req: types_pb2.ChatRequest, control: gateway_pb.CacheControl,
+                     call: Any, it: AsyncIterator[reasoner_pb.StreamCompleteResponse],
+                     ) -> AsyncGenerator[StreamEvent, None]:
+        parts: list[str] = []
+        tool_calls = False
+        try:
+            async for ev in it:
+                kind = ev.WhichOneof("event")
+                if kind == "delta":
+                    parts.append(ev.delta.content)
+                    tool_calls = tool_calls or bool(ev.delta.tool_calls_json)
+                    yield StreamEvent(ev.delta.content, ev.delta.reasoning, ev.delta.tool_calls_json)
+                elif kind == "done":
+                    if not tool_calls:
+                        self._store(d, req, "".join(parts), ev.done.model, ev.done.usage, ev.done.finish_reason,
+                                    control.ttl_seconds)
+                    yield StreamEvent(end=ev.done)
+                    return
+        except grpc.RpcError as exc:
+            raise api_error_from_remote(parse_rpc_error(exc), "reasoner") from exc
+        finally:
+            call.cancel()
+        raise ApiError(502, "upstream stream ended without completing the answer", type="upstream_error",
+                       code="stream_interrupted")
+
+
+async def _replay(answer: cache_pb.CachedAnswer) -> AsyncGenerator[StreamEvent, None]:
+    """A cached answer as stream deltas of a few words each, then the end event."""
+    words = answer.content.split(" ")
+    for i in range(0, len(words), 4):
+        chunk = " ".join(words[i:i + 4])
+        yield StreamEvent(chunk if i + 4 >= len(words) else chunk + " ")
+    yield StreamEvent(end=reasoner_pb.Done(model=answer.model, usage=answer.usage,
+                                           finish_reason=answer.finish_reason or "stop"))

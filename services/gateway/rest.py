@@ -1,0 +1,230 @@
+"""The REST bridge: OpenAI's chat-completions API over aiohttp, SSE streaming, health endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import grpc
+import orjson
+from aiohttp import web
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from redis.asyncio import Redis
+
+from services.gateway.auth import AuthError, KeyStore, Principal, bearer
+from services.gateway.hub import Decision, Hub
+from services.gateway.openai_wire import (
+    DONE_SSE,
+    ApiError,
+    api_error_from_remote,
+    chunk_sse,
+    completion_json,
+    error_sse,
+    parse_chat_request,
+)
+from weir.gateway.v1 import gateway_service_pb2 as gateway_pb
+from weir.kit import telemetry
+from weir.kit.errors import parse_rpc_error
+from weir.kit.logging import current_trace_id
+from weir.router.v1 import router_service_pb2 as router_pb
+
+log = logging.getLogger("weir.gateway.rest")
+_UNSAFE = re.compile(r"[^\x20-\x7e]")
+_JSON = "application/json"
+
+
+def _header(value: str) -> str:
+    return _UNSAFE.sub("?", value)[:300]
+
+
+def cache_control(headers: Any) -> gateway_pb.CacheControl:
+    """Cache-Control request directives (no-store, no-cache, max-age=N) and Weir's opt-in header."""
+    ctl = gateway_pb.CacheControl()
+    for directive in headers.get("Cache-Control", "").lower().split(","):
+        name, _, value = directive.strip().partition("=")
+        if name == "no-store":
+            ctl.no_store = True
+        elif name == "no-cache":
+            ctl.no_cache = True
+        elif name in ("max-age", "s-maxage"):
+            if not value.isdigit() or int(value) > 10 * 365 * 86400:
+                raise ApiError(400, f"Cache-Control {name} must be a number of seconds, got {value!r}",
+                               param="Cache-Control")
+            ctl.ttl_seconds = int(value)
+    if headers.get("x-weir-cache-allow", "").lower() == "nondeterministic":
+        ctl.allow_nondeterministic = True
+    return ctl
+
+
+def weir_headers(d: Decision, model: str, trace_id: str, server_timing: str) -> dict[str, str]:
+    out = {
+        "x-weir-cache": d.cache,
+        "x-weir-model": model,
+        "x-weir-trace-id": trace_id,
+        "x-request-id": d.id,
+        "Server-Timing": server_timing,
+    }
+    if d.cache_reason:
+        out["x-weir-cache-reason"] = _header(d.cache_reason)
+    if d.route_reason:
+        out["x-weir-route-reason"] = _header(d.route_reason)
+    return out
+
+
+@contextlib.contextmanager
+def request_trace(request: web.Request, name: str) -> Iterator[str]:
+    """A server span continuing the caller's traceparent when tracing is on; yields the trace id."""
+    if not telemetry.enabled():
+        incoming = request.headers.get("traceparent", "")
+        parts = incoming.split("-")
+        trace_id = parts[1] if len(parts) == 4 and len(parts[1]) == 32 else telemetry.new_trace_id()
+        token = current_trace_id.set(trace_id)
+        try:
+            yield trace_id
+        finally:
+            current_trace_id.reset(token)
+        return
+    from opentelemetry import propagate, trace
+
+    tracer = trace.get_tracer("weir.gateway")
+    ctx = propagate.extract(dict(request.headers))
+    with tracer.start_as_current_span(name, context=ctx, kind=trace.SpanKind.SERVER) as span:
+        span.set_attribute("http.request.method", request.method)
+        span.set_attribute("url.path", request.path)
+        yield format(span.get_span_context().trace_id, "032x")
+
+
+def _json_response(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=body, status=status, content_type=_JSON, headers=headers)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request,
+                            handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as err:
+        return _json_response(err.body(), err.status, err.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status)
+        http_err = ApiError(exc.status, exc.reason or "error", type="invalid_request_error", code=code)
+        return _json_response(http_err.body(), exc.status)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error", extra={"path": request.path})
+        return _json_response(ApiError(500, "internal error", type="internal_error").body(), 500)
+
+
+class RestApi:
+    def __init__(self, hub: Hub, keys: KeyStore, redis: Redis, max_body_bytes: int) -> None:
+        self.hub = hub
+        self.keys = keys
+        self.redis = redis
+        self.max_body_bytes = max_body_bytes
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[errors_middleware], client_max_size=self.max_body_bytes)
+        app.router.add_post("/v1/chat/completions", self.chat_completions)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        return app
+
+    async def _principal(self, request: web.Request) -> Principal:
+        try:
+            return await self.keys.authenticate(bearer(request.headers.get("Authorization")))
+        except AuthError as exc:
+            raise ApiError(401, str(exc), type="authentication_error", code="invalid_api_key") from exc
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        with request_trace(request, "POST /v1/chat/completions") as trace_id:
+            principal = await self._principal(request)
+            raw = await request.read()
+            req, include_usage = parse_chat_request(raw)
+            control = cache_control(request.headers)
+            if not req.stream:
+                out = await self.hub.complete(principal, req, control)
+                d = out.decision
+                body = completion_json(d.id, d.created, out.model, out.content, out.finish_reason, out.usage,
+                                       out.tool_calls_json)
+                return _json_response(body, headers=weir_headers(d, out.model, trace_id, d.timings.header()))
+            session = await self.hub.stream(principal, req, control)
+            d = session.decision
+            resp = web.StreamResponse(headers={
+                "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "Connection": "keep-alive",
+                **weir_headers(d, session.model, trace_id, d.timings.header())})
+            await resp.prepare(request)
+            model = session.model
+            await resp.write(chunk_sse(d.id, d.created, model, {"role": "assistant", "content": ""}))
+            async with contextlib.aclosing(session.events) as events:
+                try:
+                    async for ev in events:
+                        if ev.end is not None:
+                            await resp.write(chunk_sse(d.id, d.created, ev.end.model or model, {},
+                                                       ev.end.finish_reason or "stop"))
+                            if include_usage:
+                                await resp.write(chunk_sse(d.id, d.created, ev.end.model or model, {},
+                                                           usage=ev.end.usage, choices=False))
+                            await resp.write(DONE_SSE)
+                            break
+                        delta: dict[str, Any] = {}
+                        if ev.content:
+                            delta["content"] = ev.content
+                        if ev.reasoning:
+                            delta["reasoning_content"] = ev.reasoning
+                        if ev.tool_calls_json:
+                            delta["tool_calls"] = orjson.loads(ev.tool_calls_json)
+                        if delta:
+                            await resp.write(chunk_sse(d.id, d.created, model, delta))
+                except ApiError as err:
+                    # The answer is incomplete: say so and end without [DONE], never pass it off as whole.
+                    log.warning("stream interrupted", extra={"error": err.message})
+                    await resp.write(error_sse(err))
+            return resp
+
+    async def models(self, request: web.Request) -> web.Response:
+        principal = await self._principal(request)
+        try:
+            listed = await self.hub.router.ListModels(router_pb.ListModelsRequest(),
+                                                      timeout=self.hub.deadlines.route_s)
+        except grpc.RpcError as exc:
+            raise api_error_from_remote(parse_rpc_error(exc), "router") from exc
+        allowed = set(principal.allowed_models)
+        data = [{"id": m.id, "object": "model", "created": 0, "owned_by": m.provider or "weir"}
+                for m in listed.models if not allowed or m.id in allowed]
+        return _json_response(orjson.dumps({"object": "list", "data": data}))
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return _json_response(b'{"status":"ok"}')
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        checks = await self.check_dependencies()
+        ok = all(v == "SERVING" for v in checks.values())
+        return _json_response(orjson.dumps({"status": "ready" if ok else "unavailable", "checks": checks}),
+                              200 if ok else 503)
+
+    async def check_dependencies(self) -> dict[str, str]:
+        async def grpc_health(ch: grpc.aio.Channel) -> str:
+            try:
+                resp = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                return str(health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status))
+            except grpc.RpcError as exc:
+                return f"UNAVAILABLE ({exc.code().name.lower()})"
+
+        async def redis_health() -> str:
+            try:
+                await asyncio.wait_for(self.redis.ping(), 1.0)
+                return "SERVING"
+            except Exception as exc:
+                return f"UNAVAILABLE ({type(exc).__name__})"
+
+        names = list(self.hub.channels)
+        results = await asyncio.gather(*(grpc_health(self.hub.channels[n]) for n in names), redis_health())
+        return dict(zip([*names, "redis"], results, strict=True))

@@ -1,0 +1,49 @@
+"""The gateway process: gRPC GatewayService and the REST bridge on one event loop, sharing one hub."""
+
+from __future__ import annotations
+
+import grpc
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from services.gateway.auth import KeyStore
+from services.gateway.grpc_api import GatewayServicer
+from services.gateway.hub import Hub
+from services.gateway.rest import RestApi
+from services.gateway.settings import GatewaySettings
+from weir.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
+
+
+class GatewayService:
+    service_names: tuple[str, ...] = (gateway_service_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name,)
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        self.keys = KeyStore(self.redis, settings.master_key, settings.redis_prefix)
+        self.hub = Hub(settings)
+        self.rest = RestApi(self.hub, self.keys, self.redis, settings.max_body_bytes)
+        self._runner: web.AppRunner | None = None
+        self._http = ""
+
+    def register(self, server: grpc.aio.Server) -> None:
+        gateway_service_pb2_grpc.add_GatewayServiceServicer_to_server(GatewayServicer(self.hub, self.keys), server)
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.rest.app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.settings.http_host, self.settings.http_port, backlog=1024,
+                           reuse_address=True)
+        await site.start()
+        sock = site._server.sockets[0]  # type: ignore[union-attr]
+        host, port = sock.getsockname()[:2]
+        self._http = f"{host}:{port}"
+
+    def ready_info(self) -> dict[str, str]:
+        return {"http": self._http}
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.hub.close()
+        await self.redis.aclose()

@@ -1,0 +1,53 @@
+"""GatewayService over gRPC: the same operations for internal callers."""
+
+from __future__ import annotations
+
+import uuid
+
+import grpc
+import pytest
+
+from weir.common.v1 import types_pb2
+from weir.devmesh import Mesh
+from weir.gateway.v1 import gateway_service_pb2 as pb
+from weir.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
+from weir.kit.errors import parse_rpc_error
+
+
+def _request(text: str, model: str = "fake-small") -> types_pb2.ChatRequest:
+    req = types_pb2.ChatRequest(model=model, messages=[types_pb2.ChatMessage(role="user", content=text)])
+    req.sampling.temperature = 0
+    return req
+
+
+async def test_unary_and_stream(mesh: Mesh) -> None:
+    md = (("authorization", f"Bearer {mesh.master_key}"),)
+    async with grpc.aio.insecure_channel(mesh.procs["gateway"].grpc) as ch:
+        stub = pb_grpc.GatewayServiceStub(ch)
+        req = _request(f"Tell me about owls {uuid.uuid4()}")
+        resp = await stub.CreateChatCompletion(pb.CreateChatCompletionRequest(request=req), metadata=md)
+        assert resp.content and resp.model == "fake-small"
+        assert resp.cache == types_pb2.CACHE_TIER_MISS
+        assert {t.hop for t in resp.timings} >= {"embed", "route", "upstream", "total"}
+        events = [ev async for ev in stub.StreamChatCompletion(
+            pb.StreamChatCompletionRequest(request=req, cache_control=pb.CacheControl(no_cache=True)), metadata=md)]
+        kinds = [ev.WhichOneof("event") for ev in events]
+        assert kinds[0] == "start" and kinds[-1] == "end" and "delta" in kinds
+        assert "".join(ev.delta.content for ev in events if ev.HasField("delta")) == resp.content
+        models = await stub.ListModels(pb.ListModelsRequest(), metadata=md)
+        assert "auto" in [m.id for m in models.models]
+
+
+async def test_unauthenticated_and_invalid(mesh: Mesh) -> None:
+    async with grpc.aio.insecure_channel(mesh.procs["gateway"].grpc) as ch:
+        stub = pb_grpc.GatewayServiceStub(ch)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.CreateChatCompletion(pb.CreateChatCompletionRequest(request=_request("hi")),
+                                            metadata=(("authorization", "Bearer nope"),))
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert parse_rpc_error(info.value).reason == "INVALID_API_KEY"
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.CreateChatCompletion(pb.CreateChatCompletionRequest(request=types_pb2.ChatRequest(model="x")),
+                                            metadata=(("authorization", f"Bearer {mesh.master_key}"),))
+        err = parse_rpc_error(info.value)
+        assert err.code == grpc.StatusCode.INVALID_ARGUMENT and err.field_violations

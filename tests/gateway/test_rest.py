@@ -1,0 +1,175 @@
+"""The REST bridge through a real mesh, with the official openai client where it fits and raw HTTP elsewhere."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+import openai
+import orjson
+import pytest
+
+from weir.devmesh import Mesh
+
+
+@pytest.fixture
+def client(mesh: Mesh) -> openai.OpenAI:
+    return openai.OpenAI(base_url=mesh.base_url, api_key=mesh.master_key, max_retries=0)
+
+
+def ask(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+def test_answer_carries_weir_headers(client: openai.OpenAI) -> None:
+    raw = client.chat.completions.with_raw_response.create(
+        model="fake-small", messages=ask(f"Name a prime number {uuid.uuid4()}"), temperature=0)
+    resp = raw.parse()
+    assert resp.choices[0].message.content
+    assert resp.choices[0].finish_reason == "stop"
+    assert resp.model == "fake-small"
+    assert resp.usage is not None and resp.usage.prompt_tokens > 0 and resp.usage.completion_tokens > 0
+    assert raw.headers["x-weir-cache"] == "miss"
+    assert raw.headers["x-weir-model"] == "fake-small"
+    assert len(raw.headers["x-weir-trace-id"]) == 32
+    timing = raw.headers["server-timing"]
+    for hop in ("embed", "cache", "route", "upstream", "total"):
+        assert f"{hop};dur=" in timing
+
+
+def test_stream_matches_whole_answer_and_ends_with_done(mesh: Mesh, client: openai.OpenAI) -> None:
+    messages = ask(f"Describe a river in one line {uuid.uuid4()}")
+    whole = client.chat.completions.create(model="fake-large", messages=messages, temperature=0.7)
+    chunks = list(client.chat.completions.create(model="fake-large", messages=messages, temperature=0.7,
+                                                 stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    # The raw SSE body ends with [DONE].
+    with httpx.stream("POST", f"{mesh.base_url}/chat/completions",
+                      headers={"Authorization": f"Bearer {mesh.master_key}"},
+                      json={"model": "fake-large", "messages": messages, "stream": True,
+                            "stream_options": {"include_usage": True}}) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        assert r.headers["x-weir-model"] == "fake-large"
+        events = [line for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]"
+    usage = orjson.loads(events[-2][6:])["usage"]
+    assert usage["completion_tokens"] > 0
+
+
+def test_repeated_question_is_answered_from_the_exact_tier(client: openai.OpenAI) -> None:
+    messages = ask(f"What is the boiling point of water? {uuid.uuid4()}")
+    first = client.chat.completions.with_raw_response.create(model="auto", messages=messages, temperature=0)
+    assert first.headers["x-weir-cache"] == "miss"
+    # The store happens in the background after the answer; poll briefly for it.
+    for _ in range(50):
+        again = client.chat.completions.with_raw_response.create(model="auto", messages=messages, temperature=0)
+        if again.headers["x-weir-cache"] == "exact":
+            break
+    assert again.headers["x-weir-cache"] == "exact"
+    assert again.parse().choices[0].message.content == first.parse().choices[0].message.content
+    assert again.headers["x-weir-model"] == first.headers["x-weir-model"]
+
+
+def _wait_stored(client: openai.OpenAI, messages: list[dict[str, str]], model: str) -> None:
+    for _ in range(50):
+        r = client.chat.completions.with_raw_response.create(model=model, messages=messages, temperature=0)
+        if r.headers["x-weir-cache"] == "exact":
+            return
+    raise AssertionError("answer was never stored")
+
+
+def test_paraphrase_is_answered_from_the_semantic_tier(client: openai.OpenAI) -> None:
+    original = ask("How do I reset my password on the company laptop?")
+    first = client.chat.completions.create(model="fake-small", messages=original, temperature=0)
+    _wait_stored(client, original, "fake-small")
+    raw = client.chat.completions.with_raw_response.create(
+        model="fake-small", messages=ask("How can I reset the password on my company laptop?"), temperature=0)
+    assert raw.headers["x-weir-cache"] == "semantic", raw.headers.get("x-weir-cache-reason")
+    assert raw.parse().choices[0].message.content == first.choices[0].message.content
+
+
+def test_different_numbers_are_not_served_from_the_semantic_tier(client: openai.OpenAI) -> None:
+    original = ask("Cancel my order 48213")
+    client.chat.completions.create(model="fake-small", messages=original, temperature=0)
+    _wait_stored(client, original, "fake-small")
+    raw = client.chat.completions.with_raw_response.create(
+        model="fake-small", messages=ask("Cancel my order 48231"), temperature=0)
+    assert raw.headers["x-weir-cache"] == "miss"
+    assert "refused" in raw.headers.get("x-weir-cache-reason", "")
+
+
+def test_cached_answer_is_replayed_as_a_stream(client: openai.OpenAI) -> None:
+    messages = ask(f"Spell the word banana {uuid.uuid4()}")
+    whole = client.chat.completions.create(model="fake-small", messages=messages, temperature=0)
+    _wait_stored(client, messages, "fake-small")
+    with client.chat.completions.with_streaming_response.create(
+            model="fake-small", messages=messages, temperature=0, stream=True) as r:
+        assert r.headers["x-weir-cache"] == "exact"
+        lines = [line for line in r.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    text = "".join(orjson.loads(line[6:])["choices"][0]["delta"].get("content", "") for line in lines[:-1])
+    assert text == whole.choices[0].message.content
+
+
+def test_nondeterministic_requests_bypass_the_cache(client: openai.OpenAI) -> None:
+    messages = ask(f"Write a haiku about rain {uuid.uuid4()}")
+    for _ in range(2):
+        raw = client.chat.completions.with_raw_response.create(model="fake-small", messages=messages, temperature=0.9)
+        assert raw.headers["x-weir-cache"] == "miss"
+        assert raw.headers["x-weir-cache-reason"].startswith("bypass")
+
+
+def test_no_cache_header_skips_lookup(mesh: Mesh, client: openai.OpenAI) -> None:
+    messages = ask(f"List three colours {uuid.uuid4()}")
+    client.chat.completions.create(model="fake-small", messages=messages, temperature=0)
+    _wait_stored(client, messages, "fake-small")
+    raw = client.chat.completions.with_raw_response.create(
+        model="fake-small", messages=messages, temperature=0, extra_headers={"Cache-Control": "no-cache"})
+    assert raw.headers["x-weir-cache"] == "miss"
+
+
+def test_bad_request_gets_400_in_openai_shape(mesh: Mesh, client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="fake-small", messages=ask("hi"), temperature=7)
+    assert info.value.status_code == 400
+    body = info.value.body
+    assert isinstance(body, dict) and body["param"] == "temperature"
+    for payload, param in ((b"{not json", None), (b'{"model": "fake-small"}', "messages"),
+                           (b'{"model": "fake-small", "messages": [{"role": "wizard", "content": "x"}]}',
+                            "messages[0].role")):
+        r = httpx.post(f"{mesh.base_url}/chat/completions", content=payload,
+                       headers={"Authorization": f"Bearer {mesh.master_key}", "Content-Type": "application/json"})
+        assert r.status_code == 400
+        err = r.json()["error"]
+        assert err["type"] == "invalid_request_error" and err["message"] and err["param"] == param
+
+
+def test_unknown_model_is_404(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as info:
+        client.chat.completions.create(model="no-such-model", messages=ask("hi"))
+    assert "no-such-model" in str(info.value)
+
+
+def test_wrong_key_gets_401(mesh: Mesh) -> None:
+    bad = openai.OpenAI(base_url=mesh.base_url, api_key="wk-not-a-real-key", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as info:
+        bad.chat.completions.create(model="fake-small", messages=ask("hi"))
+    assert info.value.status_code == 401
+    r = httpx.post(f"{mesh.base_url}/chat/completions", json={"model": "fake-small", "messages": ask("hi")})
+    assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+
+
+def test_models_and_health(mesh: Mesh, client: openai.OpenAI) -> None:
+    ids = [m.id for m in client.models.list()]
+    assert ids[0] == "auto" and {"fake-small", "fake-large"} <= set(ids)
+    assert httpx.get(f"{mesh.http}/healthz").status_code == 200
+    ready = httpx.get(f"{mesh.http}/readyz")
+    assert ready.status_code == 200, ready.text
+    assert set(ready.json()["checks"]) == {"embedder", "cache", "router", "reasoner", "redis"}
+
+
+def test_unknown_route_is_json_404(mesh: Mesh) -> None:
+    r = httpx.get(f"{mesh.http}/v1/nope")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"

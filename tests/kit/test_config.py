@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from weir.kit.config import ConfigError, describe, env, load
+from weir.mesh_config import parse
+
+
+@dataclass(frozen=True)
+class Sample:
+    port: int = env("T_PORT", 5000)
+    ratio: float = env("T_RATIO", 0.5)
+    on: bool = env("T_ON", False)
+    path: Path | None = env("T_PATH", None)
+    names: tuple[str, ...] = env("T_NAMES", ())
+    token: str = env("T_TOKEN", secret=True)
+
+
+def test_reads_and_converts_by_annotation() -> None:
+    s = load(Sample, {"T_PORT": "7", "T_RATIO": "1.5", "T_ON": "yes", "T_PATH": "/tmp/x", "T_NAMES": "a, b,",
+                      "T_TOKEN": "s3cret"})
+    assert (s.port, s.ratio, s.on, s.path, s.names) == (7, 1.5, True, Path("/tmp/x"), ("a", "b"))
+    assert describe(s)["token"] == "***"
+
+
+def test_lists_every_problem_at_once_and_hides_secrets() -> None:
+    with pytest.raises(ConfigError) as info:
+        load(Sample, {"T_PORT": "seven", "T_ON": "maybe"})
+    msg = str(info.value)
+    assert "T_PORT='seven'" in msg and "T_ON='maybe'" in msg and "T_TOKEN: required" in msg
+    with pytest.raises(ConfigError) as info:
+        load(Sample, {"T_TOKEN": "x", "T_RATIO": "nope-secret"})
+    assert "T_RATIO" in str(info.value)
+
+
+def test_mesh_config_validation() -> None:
+    base = {"providers": [{"name": "p", "kind": "openai", "base_url": "http://x"}],
+            "models": [{"id": "m", "provider": "p"}]}
+    cfg = parse(base)
+    assert cfg.models["m"].upstream_model == "m"
+    with pytest.raises(ConfigError, match="unknown provider"):
+        parse({**base, "models": [{"id": "m", "provider": "nope"}]})
+    with pytest.raises(ConfigError, match="unknown keys"):
+        parse({**base, "models": [{"id": "m", "provider": "p", "prise": 1}]})
+    with pytest.raises(ConfigError, match="unknown model"):
+        parse({**base, "virtual_models": [{"id": "auto", "strong": "m", "weak": "zz"}]})
+    with pytest.raises(ConfigError, match="not set"):
+        parse({**base, "providers": [{"name": "p", "kind": "openai", "base_url": "${WEIR_SURELY_UNSET_VAR}"}]})
+
+
+def test_price_math() -> None:
+    cfg = parse({"providers": [{"name": "p", "kind": "openai", "base_url": "http://x"}],
+                 "models": [{"id": "m", "provider": "p", "input_usd_per_mtok": 2.0, "output_usd_per_mtok": 8.0,
+                             "cached_input_usd_per_mtok": 1.0}]})
+    assert cfg.models["m"].cost_usd(1_000_000, 500_000, cached_tokens=500_000) == pytest.approx(1.0 + 0.5 + 4.0)

@@ -1,0 +1,42 @@
+"""The `weir` command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+from weir.mesh_config import REPO_ROOT
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="weir", description="Weir: a token-aware gRPC mesh in front of LLMs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_up = sub.add_parser("up", help="start the whole mesh in the foreground")
+    p_up.add_argument("--no-fake", action="store_true", help="never start the simulated provider")
+    sub.add_parser("fake-llm", help="run the simulated OpenAI-compatible provider", add_help=False)
+    p_model = sub.add_parser("model", help="embedding model tools")
+    model_sub = p_model.add_subparsers(dest="model_command", required=True)
+    p_export = model_sub.add_parser("export", help="export the bundled all-MiniLM-L6-v2 to ONNX (idempotent)")
+    p_export.add_argument("--out", default="", help="model directory (default: the cache dir)")
+
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "up":
+        from weir.cli.up import up
+
+        sys.exit(up(no_fake=args.no_fake))
+    if args.command == "fake-llm":
+        from weir.fakellm.server import main as fake_main
+
+        fake_main(rest)
+        return
+    if args.command == "model" and args.model_command == "export":
+        script = REPO_ROOT / "scripts" / "export-model.sh"
+        cmd = ["bash", str(script), *([args.out] if args.out else [])]
+        sys.exit(subprocess.call(cmd, env=os.environ.copy()))
+    parser.error(f"unknown command {args.command}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""A whole mesh for tests and benchmarks: fake-llm and the five services, each its own process on a free port."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from weir.kit import supervisor
+
+MASTER_KEY = "wk-test-master-key-0123456789"
+
+
+@dataclass
+class Mesh:
+    procs: dict[str, supervisor.Process] = field(default_factory=dict)
+    master_key: str = MASTER_KEY
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.procs['gateway'].http}/v1"
+
+    @property
+    def http(self) -> str:
+        return f"http://{self.procs['gateway'].http}"
+
+    @property
+    def fake_url(self) -> str:
+        return f"http://{self.procs['fake-llm'].http}"
+
+    def stop(self) -> None:
+        supervisor.stop_all(list(self.procs.values()))
+
+
+def start_mesh(state: Path, redis_url: str, extra_env: dict[str, str] | None = None) -> Mesh:
+    """Starts fake-llm, embedder, cache, router, reasoner (in parallel), then the gateway."""
+    mesh = Mesh()
+    logs = state / "logs"
+    env = {"WEIR_STATE_DIR": str(state), "WEIR_REDIS_URL": redis_url, "WEIR_MASTER_KEY": MASTER_KEY,
+           "WEIR_CACHE_REDIS_PREFIX": "weir-test:", "WEIR_REASONER_BACKOFF_BASE_MS": "20", **(extra_env or {})}
+    try:
+        fake = supervisor.start("fake-llm", supervisor.python_module("weir.fakellm", "--port", "0"), env, log_dir=logs)
+        mesh.procs["fake-llm"] = fake
+        env["WEIR_FAKE_LLM_URL"] = f"http://{fake.http}/v1"
+        names = ("embedder", "cache", "router", "reasoner")
+        port0 = {f"WEIR_{n.upper()}_PORT": "0" for n in names}
+        with ThreadPoolExecutor(len(names)) as pool:
+            futures = {n: pool.submit(supervisor.start, n, supervisor.python_module(f"services.{n}"),
+                                      {**env, **port0}, log_dir=logs) for n in names}
+            for n, fut in futures.items():
+                mesh.procs[n] = fut.result()
+        addrs = {f"WEIR_{n.upper()}_ADDR": mesh.procs[n].grpc for n in names}
+        mesh.procs["gateway"] = supervisor.start(
+            "gateway", supervisor.python_module("services.gateway"),
+            {**env, **addrs, "WEIR_GATEWAY_PORT": "0", "WEIR_GATEWAY_HTTP_PORT": "0"}, log_dir=logs)
+    except BaseException:
+        mesh.stop()
+        raise
+    return mesh

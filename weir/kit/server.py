@@ -1,0 +1,223 @@
+"""The gRPC server every Weir service runs: grpc.aio with health, reflection, rich errors, graceful stop.
+
+A service module provides a `Service` (its servicers plus start/close hooks) and calls `serve()`::
+
+    def main() -> None:
+        settings = load(EmbedderSettings)
+        serve(lambda: EmbedderService(settings), settings.server)
+
+`create_server()` builds and starts a server without owning the process (tests use it in-process);
+`serve()` owns the process: logging, telemetry, uvloop, SIGTERM/SIGINT, and the ready file that
+`weir.kit.supervisor` waits for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import grpc
+import orjson
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from weir.kit import telemetry
+from weir.kit.config import env
+from weir.kit.errors import WeirError
+from weir.kit.logging import setup_logging
+
+log = logging.getLogger("weir.server")
+
+GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.so_reuseport", 0),
+]
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Where and how a service listens (each service gives its own defaults)."""
+
+    host: str = env("WEIR_HOST", "127.0.0.1", help="interface to bind")
+    log_level: str = env("WEIR_LOG_LEVEL", "info")
+    grace_s: float = env("WEIR_SHUTDOWN_GRACE_S", 5.0, help="seconds in-flight calls get on SIGTERM")
+    ready_file: Path | None = env("WEIR_READY_FILE", None, help="written with the bound address once serving")
+
+
+class Service(Protocol):
+    """One deployable service: gRPC servicers plus resources opened before serving and closed after."""
+
+    #: Full names of the gRPC services registered, for health and reflection.
+    service_names: tuple[str, ...]
+
+    async def start(self) -> None: ...
+
+    def register(self, server: grpc.aio.Server) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class _ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Turns WeirError into a google.rpc.Status with details and any other exception into INTERNAL."""
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+
+    async def intercept_service(  # type: ignore[override]
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method = details.method
+        cached = self._wrapped.get(method)
+        if cached is not None:
+            return cached
+        handler = await continuation(details)
+        if handler is None or method.startswith("/grpc."):
+            return handler
+        wrapped = _wrap(handler, method)
+        self._wrapped[method] = wrapped
+        return wrapped
+
+
+def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    from grpc_status import rpc_status
+
+    async def fail(exc: BaseException, context: grpc.aio.ServicerContext) -> None:
+        if isinstance(exc, WeirError):
+            await context.abort_with_status(rpc_status.to_status(exc.to_status()))
+        log.exception("unhandled error in %s", method, exc_info=exc)
+        await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+    if handler.unary_unary is not None:
+        inner_uu = handler.unary_unary
+
+        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                return await inner_uu(request, context)  # type: ignore[arg-type]
+            except (WeirError, Exception) as exc:
+                if isinstance(exc, asyncio.CancelledError) or _is_abort(exc):
+                    raise
+                await fail(exc, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary_unary, handler.request_deserializer, handler.response_serializer
+        )
+    if handler.unary_stream is not None:
+        inner_us = handler.unary_stream
+
+        async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                async for item in inner_us(request, context):  # type: ignore[arg-type,attr-defined]
+                    yield item
+            except (WeirError, Exception) as exc:
+                if isinstance(exc, asyncio.CancelledError) or _is_abort(exc):
+                    raise
+                await fail(exc, context)
+
+        return grpc.unary_stream_rpc_method_handler(
+            unary_stream, handler.request_deserializer, handler.response_serializer
+        )
+    return handler
+
+
+def _is_abort(exc: BaseException) -> bool:
+    # grpc.aio signals context.abort() with an internal exception type; let it through untouched.
+    return type(exc).__name__ == "AbortError"
+
+
+async def create_server(service: Service, host: str = "127.0.0.1", port: int = 0) -> tuple[grpc.aio.Server, int]:
+    """Starts `service` on host:port (0 picks a free port) with health and reflection; returns (server, port)."""
+    interceptors = [*telemetry.server_interceptors(), _ErrorInterceptor()]
+    server = grpc.aio.server(interceptors=interceptors, options=GRPC_OPTIONS)
+    service.register(server)
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    names = (*service.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
+    reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot bind {host}:{port}")
+    await service.start()
+    await server.start()
+    for name in ("", *service.service_names):
+        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    server._weir_health = health  # type: ignore[attr-defined]
+    return server, bound
+
+
+async def stop_server(server: grpc.aio.Server, service: Service, grace_s: float) -> None:
+    """Marks the server NOT_SERVING, lets in-flight calls finish within `grace_s`, then closes resources."""
+    health = getattr(server, "_weir_health", None)
+    if health is not None:
+        await health.enter_graceful_shutdown()
+    await server.stop(grace_s)
+    await service.close()
+
+
+def write_ready_file(path: Path | None, **info: Any) -> None:
+    """Atomically writes {"pid": ..., **info} as JSON to `path` (the supervisor's start signal)."""
+    if path is None:
+        return
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(orjson.dumps({"pid": os.getpid(), **info}))
+    tmp.replace(path)
+
+
+def install_event_loop() -> None:
+    """Uses uvloop when available (WEIR_UVLOOP=0 turns it off)."""
+    if os.environ.get("WEIR_UVLOOP", "1") == "0":
+        return
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def wait_for_stop_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+def run_process(name: str, settings: ServerSettings, main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Common process wrapper: JSON logs, telemetry, event loop; `main` runs until a stop signal."""
+    setup_logging(name, settings.log_level)
+    telemetry.setup_telemetry(name)
+    install_event_loop()
+    try:
+        asyncio.run(main())
+    finally:
+        telemetry.shutdown_telemetry()
+
+
+def serve(name: str, factory: Callable[[], Service], settings: ServerSettings, port: int) -> None:
+    """Runs one gRPC service as this process until SIGTERM/SIGINT."""
+
+    async def main() -> None:
+        service = factory()
+        server, bound = await create_server(service, settings.host, port)
+        address = f"{settings.host}:{bound}"
+        extra = getattr(service, "ready_info", None)  # e.g. the gateway's HTTP address
+        write_ready_file(settings.ready_file, grpc=address, **(extra() if extra else {}))
+        log.info("serving", extra={"address": address, "services": list(service.service_names)})
+        await wait_for_stop_signal()
+        log.info("stopping", extra={"grace_s": settings.grace_s})
+        await stop_server(server, service, settings.grace_s)
+
+    run_process(name, settings, main)

@@ -1,0 +1,105 @@
+"""Starts Weir processes and waits until they serve; stops them cleanly. Used by `weir up` and the tests.
+
+Each child gets WEIR_READY_FILE; it writes its bound addresses there once listening (see
+`weir.kit.server.write_ready_file`), so ports can be 0 and nobody polls a port that is not open yet.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+
+class StartError(RuntimeError):
+    """A process exited or stayed silent before signalling readiness."""
+
+
+@dataclass
+class Process:
+    """A started child process and what it reported when ready."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    info: dict[str, Any] = field(default_factory=dict)
+    log_path: Path | None = None
+
+    @property
+    def grpc(self) -> str:
+        return str(self.info.get("grpc", ""))
+
+    @property
+    def http(self) -> str:
+        return str(self.info.get("http", ""))
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM, wait up to `timeout`, then SIGKILL. Returns the exit code."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        return self.popen.returncode
+
+    def log_tail(self, lines: int = 40) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def start(
+    name: str,
+    argv: Sequence[str],
+    env: Mapping[str, str] | None = None,
+    *,
+    timeout: float = 120.0,
+    log_dir: Path | None = None,
+    stdout: IO[bytes] | int | None = None,
+) -> Process:
+    """Starts argv (e.g. [python, -m, services.cache]) and waits for its ready file."""
+    run_dir = Path(tempfile.mkdtemp(prefix=f"weir-{name}-"))
+    ready = run_dir / "ready.json"
+    child_env = {**os.environ, **(env or {}), "WEIR_READY_FILE": str(ready)}
+    log_path: Path | None = None
+    out: Any = stdout
+    if stdout is None:
+        log_path = (log_dir or run_dir) / f"{name}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        out = open(log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+    popen = subprocess.Popen(list(argv), env=child_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = Process(name=name, popen=popen, log_path=log_path)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready.exists():
+            proc.info = orjson.loads(ready.read_bytes())
+            return proc
+        if popen.poll() is not None:
+            raise StartError(f"{name} exited with {popen.returncode} before it was ready:\n{proc.log_tail()}")
+        time.sleep(0.02)
+    proc.stop()
+    raise StartError(f"{name} was not ready within {timeout:.0f}s:\n{proc.log_tail()}")
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    """argv running a module with this interpreter."""
+    return [sys.executable, "-m", module, *args]
+
+
+def stop_all(processes: Sequence[Process], timeout: float = 10.0) -> None:
+    """Stops processes in reverse start order."""
+    for proc in reversed(processes):
+        proc.stop(timeout)
