@@ -49,7 +49,8 @@ def start_service(tmp_path: Path) -> Iterator[StartService]:
 
     def start(name: str, env: Mapping[str, str] | None = None, module: str | None = None,
               args: tuple[str, ...] = ()) -> supervisor.Process:
-        base = {"WEIR_STATE_DIR": str(tmp_path / "state"), "WEIR_LOG_LEVEL": "info"}
+        base = {"WEIR_STATE_DIR": str(tmp_path / "state"), "WEIR_LOG_LEVEL": "info",
+                f"WEIR_{name.upper().replace('-', '_')}_PORT": "0"}
         proc = supervisor.start(
             name, supervisor.python_module(module or f"services.{name}", *args), {**base, **(env or {})},
             log_dir=tmp_path / "logs",

@@ -1,0 +1,59 @@
+"""Settings of the router service, from WEIR_ROUTER_* variables (the model table comes from WEIR_CONFIG)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from services.router.health import HealthPolicy
+from weir.kit.config import env, load
+from weir.kit.server import ServerSettings
+
+
+@dataclass(frozen=True)
+class RouterSettings:
+    """How the router listens, scores virtual models and weighs provider health."""
+
+    port: int = env("WEIR_ROUTER_PORT", 50053)
+    quality_bias: float = env(
+        "WEIR_ROUTER_QUALITY_BIAS", 0.0,
+        help="default cost/quality knob in [-1, 1]; a request's quality_bias adds to it",
+    )
+    scorer_path: Path | None = env(
+        "WEIR_ROUTER_SCORER_PATH", None,
+        help="trained scorer artefact (.npz, see services/router/scorer.py); unset = the length prior",
+    )
+    embedding_dim: int = env(
+        "WEIR_ROUTER_EMBEDDING_DIM", 384,
+        help="embedding dimension expected when no trained scorer is loaded (all-MiniLM-L6-v2: 384)",
+    )
+    prior_midpoint_tokens: int = env(
+        "WEIR_ROUTER_PRIOR_MIDPOINT_TOKENS", 1000,
+        help="prompt length at which the length prior gives p(strong) = 0.5",
+    )
+    failure_threshold: int = env(
+        "WEIR_ROUTER_FAILURE_THRESHOLD", 3, help="consecutive failures before a model cools down"
+    )
+    cooldown_base_s: float = env("WEIR_ROUTER_COOLDOWN_BASE_S", 5.0, help="first cooldown; doubles per failure")
+    cooldown_max_s: float = env("WEIR_ROUTER_COOLDOWN_MAX_S", 300.0, help="longest cooldown (Retry-After aside)")
+    latency_alpha: float = env("WEIR_ROUTER_LATENCY_ALPHA", 0.2, help="weight of a new sample in the latency EWMA")
+    server: ServerSettings = field(default_factory=lambda: load(ServerSettings))
+
+    @property
+    def health_policy(self) -> HealthPolicy:
+        return HealthPolicy(
+            failure_threshold=self.failure_threshold,
+            cooldown_base_s=self.cooldown_base_s,
+            cooldown_max_s=self.cooldown_max_s,
+            latency_alpha=self.latency_alpha,
+        )
+
+    def validate(self) -> list[str]:
+        problems = [f"WEIR_ROUTER: {p}" for p in self.health_policy.validate()]
+        if not -1.0 <= self.quality_bias <= 1.0:
+            problems.append(f"WEIR_ROUTER_QUALITY_BIAS must be in [-1, 1], got {self.quality_bias}")
+        if self.embedding_dim <= 0:
+            problems.append("WEIR_ROUTER_EMBEDDING_DIM must be > 0")
+        if self.prior_midpoint_tokens <= 0:
+            problems.append("WEIR_ROUTER_PRIOR_MIDPOINT_TOKENS must be > 0")
+        return problems
