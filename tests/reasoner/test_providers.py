@@ -1,0 +1,210 @@
+"""The reasoner's pure translation layer: request bodies, responses, stream events, errors, SSE framing."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from services.reasoner import providers as p
+from services.reasoner.sse import SSEParser
+from services.reasoner.upstream import KeyPool
+from weir.common.v1 import types_pb2
+
+
+def msg(role: str, content: str = "", **kw: str) -> types_pb2.ChatMessage:
+    return types_pb2.ChatMessage(role=role, content=content, **kw)
+
+
+TOOLS = '[{"type":"function","function":{"name":"lookup","description":"Find","parameters":{"type":"object"}}}]'
+CALLS = '[{"id":"call_1","type":"function","function":{"name":"lookup","arguments":"{\\"q\\": \\"weir\\"}"}}]'
+
+
+def conversation() -> types_pb2.ChatRequest:
+    return types_pb2.ChatRequest(
+        messages=[
+            msg("system", "Be brief."),
+            msg("developer", "Use tools."),
+            msg("user", "Look it up."),
+            msg("assistant", "", tool_calls_json=CALLS),
+            msg("tool", "a low dam", tool_call_id="call_1"),
+            msg("user", content_parts_json='[{"type":"text","text":"And this?"},'
+                '{"type":"image_url","image_url":{"url":"data:image/png;base64,QUJD"}}]'),
+        ],
+        sampling=types_pb2.SamplingParams(temperature=0.5, stop=["END"], seed=3, frequency_penalty=0.1),
+        tools_json=TOOLS, tool_choice_json='"required"', user="u-9",
+        extra_json='{"thinking": {"type": "enabled", "budget_tokens": 1024}, "stream": false}',
+    )
+
+
+def test_anthropic_body() -> None:
+    body = p.anthropic_body(conversation(), "claude-x", stream=True, default_max_tokens=777)
+    assert body["model"] == "claude-x" and body["stream"] is True
+    assert body["system"] == "Be brief.\n\nUse tools."
+    assert body["max_tokens"] == 777
+    assert body["temperature"] == 0.5 and body["stop_sequences"] == ["END"]
+    assert "seed" not in body and "frequency_penalty" not in body
+    assert body["tools"] == [{"name": "lookup", "description": "Find", "input_schema": {"type": "object"}}]
+    assert body["tool_choice"] == {"type": "any"}
+    assert body["metadata"] == {"user_id": "u-9"}
+    assert body["thinking"] == {"type": "enabled", "budget_tokens": 1024}
+    user1, assistant, user2 = body["messages"]
+    assert user1 == {"role": "user", "content": "Look it up."}
+    assert assistant == {"role": "assistant", "content": [
+        {"type": "tool_use", "id": "call_1", "name": "lookup", "input": {"q": "weir"}}]}
+    # the tool result and the next user turn merge into one user turn (turns must alternate)
+    assert user2["role"] == "user"
+    assert user2["content"] == [
+        {"type": "tool_result", "tool_use_id": "call_1", "content": "a low dam"},
+        {"type": "text", "text": "And this?"},
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "QUJD"}},
+    ]
+    unary = p.anthropic_body(conversation(), "claude-x", stream=False, default_max_tokens=777)
+    assert "stream" not in unary
+    limited = types_pb2.ChatRequest(messages=[msg("user", "hi")], sampling=types_pb2.SamplingParams(max_tokens=9))
+    assert p.anthropic_body(limited, "c", stream=False, default_max_tokens=777)["max_tokens"] == 9
+
+
+def test_anthropic_tool_choice() -> None:
+    assert p.anthropic_tool_choice("auto") == {"type": "auto"}
+    assert p.anthropic_tool_choice("none") == {"type": "none"}
+    assert p.anthropic_tool_choice({"type": "function", "function": {"name": "f"}}) == {"type": "tool", "name": "f"}
+
+
+def test_anthropic_completion() -> None:
+    body = orjson.dumps({
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "c", "stop_reason": "tool_use",
+        "content": [{"type": "thinking", "thinking": "hmm", "signature": "s"},
+                    {"type": "text", "text": "Calling."},
+                    {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {"q": 1}}],
+        "usage": {"input_tokens": 10, "output_tokens": 7, "cache_read_input_tokens": 90,
+                  "cache_creation_input_tokens": 0},
+    })
+    c = p.anthropic_completion(body)
+    assert (c.content, c.reasoning, c.finish_reason, c.response_id) == ("Calling.", "hmm", "tool_calls", "msg_1")
+    assert c.tool_calls == [{"id": "toolu_1", "type": "function",
+                             "function": {"name": "lookup", "arguments": '{"q":1}'}}]
+    assert c.usage == types_pb2.Usage(prompt_tokens=100, completion_tokens=7, total_tokens=107, cached_tokens=90)
+    for stop, finish in (("end_turn", "stop"), ("max_tokens", "length"), ("refusal", "content_filter"),
+                         ("stop_sequence", "stop")):
+        assert p.anthropic_finish(stop) == finish
+
+
+def test_anthropic_stream_events() -> None:
+    state = p.StreamState()
+    events = [
+        ("message_start", {"type": "message_start", "message": {"id": "msg_2", "usage": {"input_tokens": 12,
+                                                                                          "output_tokens": 1}}}),
+        ("ping", {"type": "ping"}),
+        ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "thinking"}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                 "delta": {"type": "thinking_delta", "thinking": "let me"}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                 "delta": {"type": "signature_delta", "signature": "x"}}),
+        ("content_block_start", {"type": "content_block_start", "index": 1, "content_block": {"type": "text"}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 1,
+                                 "delta": {"type": "text_delta", "text": "Hi"}}),
+        ("content_block_start", {"type": "content_block_start", "index": 2,
+                                 "content_block": {"type": "tool_use", "id": "toolu_9", "name": "f", "input": {}}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 2,
+                                 "delta": {"type": "input_json_delta", "partial_json": '{"a":'}}),
+        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "tool_use"},
+                           "usage": {"output_tokens": 30}}),
+    ]
+    pieces: list[p.Piece] = []
+    for name, doc in events:
+        pieces += p.anthropic_stream_event(state, name, orjson.dumps(doc))
+    assert pieces == [
+        p.Piece(reasoning="let me"),
+        p.Piece(content="Hi"),
+        p.Piece(tool_calls=[{"index": 0, "id": "toolu_9", "type": "function",
+                             "function": {"name": "f", "arguments": ""}}]),
+        p.Piece(tool_calls=[{"index": 0, "function": {"arguments": '{"a":'}}]),
+    ]
+    assert state.finish_reason == "tool_calls" and not state.complete
+    p.anthropic_stream_event(state, "message_stop", b'{"type": "message_stop"}')
+    assert state.complete and state.response_id == "msg_2"
+    assert state.usage == types_pb2.Usage(prompt_tokens=12, completion_tokens=30, total_tokens=42)
+    with pytest.raises(p.UpstreamFailure) as err:
+        p.anthropic_stream_event(state, "error",
+                                 b'{"type":"error","error":{"type":"overloaded_error","message":"busy"}}')
+    assert err.value.kind == "server_error" and err.value.transient
+
+
+def test_openai_body_and_stream() -> None:
+    body = p.openai_body(conversation(), "gpt-x", stream=True)
+    assert body["model"] == "gpt-x"
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+    assert (body["seed"], body["frequency_penalty"], body["stop"]) == (3, 0.1, ["END"])
+    assert body["messages"][3] == {"role": "assistant", "content": None, "tool_calls": orjson.loads(CALLS)}
+    assert body["messages"][4] == {"role": "tool", "content": "a low dam", "tool_call_id": "call_1"}
+    assert body["messages"][5]["content"][1]["type"] == "image_url"
+    assert body["tool_choice"] == "required" and body["thinking"]["budget_tokens"] == 1024
+    assert "stream" not in p.openai_body(conversation(), "gpt-x", stream=False)
+
+    state = p.StreamState()
+    chunk = {"id": "c1", "choices": [{"index": 0, "delta": {"reasoning_content": "r", "content": "a"},
+                                      "finish_reason": None}]}
+    assert p.openai_stream_event(state, orjson.dumps(chunk)) == [p.Piece(content="a", reasoning="r")]
+    done = {"id": "c1", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+    p.openai_stream_event(state, orjson.dumps(done))
+    assert not state.complete
+    p.openai_stream_event(state, b"[DONE]")
+    assert state.complete and state.usage is None  # the caller estimates it then
+    with pytest.raises(p.UpstreamFailure) as err:
+        p.openai_stream_event(p.StreamState(), b'{"id": "x", "choices": [')
+    assert err.value.kind == "stream_malformed"
+
+
+@pytest.mark.parametrize("status,body,kind", [
+    (429, b'{"error": {"message": "slow down", "code": "rate_limit_exceeded"}}', "rate_limited"),
+    (503, b"<html>bad gateway</html>", "server_error"),
+    (529, b'{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}', "server_error"),
+    (400, b'{"error": {"message": "too long", "code": "context_length_exceeded"}}', "context_length"),
+    (400, b'{"type":"error","error":{"type":"invalid_request_error","message":"prompt is too long: 9 > 5"}}',
+     "context_length"),
+    (400, b'{"error": {"message": "filtered", "code": "content_filter"}}', "content_filtered"),
+    (400, b'{"error": {"message": "bad temperature", "param": "temperature"}}', "bad_request"),
+    (401, b'{"error": {"message": "bad key"}}', "auth_failed"),
+    (404, b'{"error": {"message": "no model"}}', "not_found"),
+])
+def test_classify_http_error(status: int, body: bytes, kind: str) -> None:
+    failure = p.classify_http_error(status, body, 0.0)
+    assert failure.kind == kind and failure.http_status == status and failure.message
+
+
+def test_retry_after_headers() -> None:
+    assert p.parse_retry_after({"Retry-After": "3"}) == 3.0
+    assert p.parse_retry_after({"retry-after-ms": "250", "Retry-After": "3"}) == 0.25
+    assert p.parse_retry_after({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 1.0
+    assert p.parse_retry_after({}) == 0.0
+
+
+def test_sse_parser_survives_any_chunking() -> None:
+    raw = (b": comment\r\nevent: message_start\r\ndata: {\"a\": 1}\r\n\r\n"
+           b"data: line1\ndata: line2\n\n"
+           b"data: x\r\rdata: [DONE]\r\n\r\n")
+    expected = [("message_start", b'{"a": 1}'), ("", b"line1\nline2"), ("", b"x"), ("", b"[DONE]")]
+    for size in (1, 2, 3, 7, len(raw)):
+        parser = SSEParser()
+        got = []
+        for i in range(0, len(raw), size):
+            got += parser.feed(raw[i:i + size])
+        assert got == expected, size
+        assert parser.leftover() == b""
+    parser = SSEParser()
+    parser.feed(b"data: {\"half\":")
+    assert parser.leftover() == b'data: {"half":'
+
+
+def test_key_pool_rotates_and_rests() -> None:
+    pool = KeyPool(["a", "b", "c"])
+    assert [pool.pick("m") for _ in range(4)] == ["a", "b", "c", "a"]
+    pool.rest("b", "m", 60)
+    assert [pool.pick("m") for _ in range(3)] == ["c", "a", "c"]
+    assert pool.pick("other") in ("a", "b", "c")
+    pool.rest("a", "m", 30)
+    pool.rest("c", "m", 90)
+    with pytest.raises(p.UpstreamFailure) as err:
+        pool.pick("m")
+    assert err.value.kind == "rate_limited" and 29 < err.value.retry_after_s <= 30
+    assert KeyPool([]).pick("m") is None and KeyPool([]).wait_s("m") is None
