@@ -1,5 +1,5 @@
 # Weir developer commands. `make up` and `make test` bootstrap what they need (see scripts/bootstrap.sh).
-.PHONY: up test check lint proto proto-check model bench bootstrap clean
+.PHONY: up test check lint proto proto-check deploy-check model bench bootstrap clean
 
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -16,7 +16,10 @@ test: bootstrap check
 	@$(VENV)/bin/pytest
 
 ## Static checks: generated code up to date, lint, types.
-check: proto-check lint
+check: proto-check lint deploy-check
+
+deploy-check:
+	@bash scripts/validate-deploy.sh
 
 lint:
 	@$(VENV)/bin/ruff check .
