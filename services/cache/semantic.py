@@ -1,0 +1,425 @@
+"""The semantic tier in Milvus (a server, or Milvus Lite running in this process).
+
+Layout:
+- one collection per embedding model (``<prefix>_<model slug>_<hash>``), so vectors of different models
+  never meet; its dimension is fixed by the first vector stored;
+- one partition per tenant (``t_<sha256(tenant)[:32]>``). Every search names exactly the caller's
+  partition, AND filters on the tenant field, AND the rows returned are checked against the tenant
+  once more, so no single forgotten clause can leak another tenant's answers. (Milvus Lite's partition
+  key is hash buckets plus a filter, i.e. only a filter; hence explicit partitions.)
+- a COSINE HNSW index on the vector (the best dense index Milvus Lite has; FAISS-backed per segment)
+  and an INVERTED index on context_key.
+
+Rows: id (entry id), tenant, context_key, model, question, answer (base64 of the serialized
+CachedAnswer), created and expires (ms). Milvus does not expire rows: searches filter on
+``expires > now`` and a periodic purge deletes expired rows.
+
+pymilvus is blocking, so every call runs in a small thread pool; writes are serialized (Milvus Lite
+does not support concurrent writers to one collection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import hashlib
+import logging
+import re
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from services.cache.settings import CacheSettings
+
+log = logging.getLogger("weir.cache.semantic")
+
+T = TypeVar("T")
+
+VARCHAR_MAX = 65535  # Milvus' VARCHAR limit, in bytes
+_QUERY_LIMIT = 16384  # Milvus' largest query window
+IDLE_FLUSH_S = 1.0  # Milvus Lite: pending writes are flushed once writes pause this long
+_SLUG = re.compile(r"[^A-Za-z0-9]+")
+
+
+class MilvusUnavailable(Exception):
+    """Milvus is not connected or a call failed; the semantic tier degrades."""
+
+
+class DimensionMismatch(ValueError):
+    """The vector's dimension differs from the dimension of its model's collection."""
+
+    def __init__(self, model_id: str, expected: int, got: int) -> None:
+        super().__init__(f"embedding model {model_id!r} has dimension {expected} in the cache, got {got}")
+        self.expected = expected
+        self.got = got
+
+
+@dataclass(frozen=True)
+class Row:
+    """One semantic entry to write."""
+
+    entry_id: str
+    tenant: str
+    context_key: str
+    model: str
+    question: str
+    answer: bytes
+    created_ms: int
+    expires_ms: int
+    vector: np.ndarray
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One search hit of the caller's tenant and context."""
+
+    entry_id: str
+    similarity: float
+    question: str
+    answer: bytes
+
+
+def quote(value: str) -> str:
+    """A Milvus filter string literal (callers reject control characters up front)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def encode_answer(blob: bytes) -> str:
+    return base64.b64encode(blob).decode("ascii")
+
+
+def fits(row: Row) -> bool:
+    """Whether the row's text fields fit Milvus' VARCHAR limit."""
+    return len(row.question.encode()) <= VARCHAR_MAX and 4 * ((len(row.answer) + 2) // 3) <= VARCHAR_MAX
+
+
+class SemanticTier:
+    """The semantic tier over one MilvusClient."""
+
+    def __init__(self, settings: CacheSettings) -> None:
+        self.settings = settings
+        self.uri = settings.resolved_milvus_uri
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="weir-milvus")
+        self._client: Any = None
+        self._rt = settings.milvus_timeout_s  # reads: a stalled search degrades quickly
+        self._wt = settings.milvus_write_timeout_s  # writes, flushes, invalidations: they must land
+        self._write_lock = asyncio.Lock()
+        self._dims: dict[str, int] = {}  # collection -> dimension
+        self._partitions: set[tuple[str, str]] = set()
+        self._pending: dict[str, int] = {}  # collection -> rows written since its last flush
+        self._connect_error = "not connected yet"
+        self._last_write = 0.0
+        self._last_purge = time.monotonic()
+        self._last_error_log = 0.0
+
+    # ---- connection ------------------------------------------------------------------------------
+
+    @property
+    def available(self) -> bool:
+        return self._client is not None
+
+    @property
+    def unavailable_reason(self) -> str:
+        return self._connect_error
+
+    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+
+    async def connect(self) -> bool:
+        """Opens the client and loads the existing collections; False (and logged) when Milvus is not there."""
+        try:
+            self._client = await self._run(self._open)
+        except Exception as exc:  # any failure to reach Milvus degrades the tier
+            self._client = None
+            self._connect_error = f"{type(exc).__name__}: {exc}"[:300]
+            log.warning("milvus unavailable; the semantic tier degrades",
+                        extra={"uri": self.safe_uri(), "error": self._connect_error})
+            return False
+        log.info("milvus connected", extra={"uri": self.safe_uri(), "lite": self.settings.milvus_is_lite,
+                                            "collections": sorted(self._dims)})
+        return True
+
+    def safe_uri(self) -> str:
+        return re.sub(r"//[^@/]*@", "//***@", self.uri)
+
+    def _open(self) -> Any:
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # CPU-feature probing, at info level
+        from pymilvus import MilvusClient
+
+        if self.settings.milvus_is_lite:
+            Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
+        kwargs: dict[str, Any] = {"timeout": self._rt * 5}  # connecting
+        if self.settings.milvus_token:
+            kwargs["token"] = self.settings.milvus_token
+        client = MilvusClient(self.uri, **kwargs)
+        prefix = self.settings.milvus_collection_prefix + "_"
+        for name in client.list_collections():
+            if name.startswith(prefix):
+                self._adopt(client, name)
+        return client
+
+    def _adopt(self, client: Any, name: str) -> int:
+        """Loads an existing collection, learns its dimension; Lite: flushes what the WAL replayed."""
+        desc = client.describe_collection(name, timeout=self._rt)
+        dim = next(int(f["params"]["dim"]) for f in desc["fields"] if f["name"] == "vector")
+        client.load_collection(name, timeout=self._wt)
+        if self.settings.milvus_is_lite:
+            client.flush(name, timeout=self._wt)
+        self._dims[name] = dim
+        return dim
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            async with self._write_lock:
+                await self._run(self._flush_all, client)
+                await self._run(client.close)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _flush_all(self, client: Any) -> None:
+        if self.settings.resolved_flush_rows:
+            for name, pending in self._pending.items():
+                if pending:
+                    client.flush(name, timeout=self._wt)
+        self._pending.clear()
+
+    def _require(self) -> Any:
+        client = self._client
+        if client is None:
+            raise MilvusUnavailable(self._connect_error)
+        return client
+
+    def note_error(self, what: str, exc: BaseException) -> str:
+        """Logs a failed call (at most every 10 s) and returns a short reason."""
+        reason = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:200]
+        now = time.monotonic()
+        if now - self._last_error_log > 10.0:
+            self._last_error_log = now
+            log.warning("milvus call failed; the semantic tier degrades", extra={"op": what, "error": reason})
+        return reason
+
+    # ---- naming ----------------------------------------------------------------------------------
+
+    def collection_name(self, model_id: str) -> str:
+        slug = _SLUG.sub("_", model_id).strip("_")[:48] or "model"
+        digest = hashlib.sha256(model_id.encode()).hexdigest()[:10]
+        return f"{self.settings.milvus_collection_prefix}_{slug}_{digest}"
+
+    @staticmethod
+    def partition_name(tenant: str) -> str:
+        return "t_" + hashlib.sha256(tenant.encode()).hexdigest()[:32]
+
+    # ---- collections -----------------------------------------------------------------------------
+
+    def _known_dim(self, client: Any, name: str) -> int | None:
+        """The collection's dimension, adopting a collection another process created; None if absent."""
+        dim = self._dims.get(name)
+        if dim is None and client.has_collection(name, timeout=self._rt):
+            dim = self._adopt(client, name)
+        return dim
+
+    def _create_collection(self, client: Any, name: str, dim: int) -> None:
+        from pymilvus import DataType, MilvusClient
+
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False,
+                                            description="weir semantic cache")
+        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
+        schema.add_field("tenant", DataType.VARCHAR, max_length=1024)
+        schema.add_field("context_key", DataType.VARCHAR, max_length=64)
+        schema.add_field("model", DataType.VARCHAR, max_length=1024)
+        schema.add_field("question", DataType.VARCHAR, max_length=VARCHAR_MAX)
+        schema.add_field("answer", DataType.VARCHAR, max_length=VARCHAR_MAX)
+        schema.add_field("created", DataType.INT64)
+        schema.add_field("expires", DataType.INT64)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+        index = client.prepare_index_params()
+        index.add_index(field_name="vector", index_type="HNSW", metric_type="COSINE",
+                        params={"M": 16, "efConstruction": 200})
+        index.add_index(field_name="context_key", index_type="INVERTED")
+        client.create_collection(name, schema=schema, consistency_level=self.settings.milvus_consistency,
+                                 timeout=self._wt)
+        # sync=False: do not poll the build state (the collection is empty; Milvus Lite lacks the RPC).
+        client.create_index(name, index, timeout=self._wt, sync=False)
+        client.load_collection(name, timeout=self._wt)
+        self._dims[name] = dim
+        log.info("semantic collection created", extra={"collection": name, "dim": dim})
+
+    def check_dim(self, model_id: str, dim: int) -> None:
+        """Raises DimensionMismatch when the model's known collection has another dimension."""
+        expected = self._dims.get(self.collection_name(model_id))
+        if expected is not None and expected != dim:
+            raise DimensionMismatch(model_id, expected, dim)
+
+    # ---- search ----------------------------------------------------------------------------------
+
+    async def search(self, tenant: str, context_key: str, model_id: str, vector: np.ndarray) -> list[Candidate]:
+        """The caller's nearest live entries in the same context, best first (at most top_k)."""
+        client = self._require()
+        return await self._run(self._search, client, tenant, context_key, model_id, vector)
+
+    def _search(self, client: Any, tenant: str, context_key: str, model_id: str,
+                vector: np.ndarray) -> list[Candidate]:
+        name = self.collection_name(model_id)
+        dim = self._known_dim(client, name)
+        if dim is None:
+            return []
+        if dim != vector.shape[0]:
+            raise DimensionMismatch(model_id, dim, int(vector.shape[0]))
+        partition = self.partition_name(tenant)
+        if (name, partition) not in self._partitions:
+            if not client.has_partition(name, partition, timeout=self._rt):
+                return []
+            self._partitions.add((name, partition))
+        now = int(time.time() * 1000)
+        expr = f"tenant == {quote(tenant)} and context_key == {quote(context_key)} and expires > {now}"
+        result = client.search(
+            name,
+            data=[vector],
+            limit=self.settings.top_k,
+            partition_names=[partition],
+            filter=expr,
+            output_fields=["tenant", "context_key", "question", "answer", "expires"],
+            search_params={"metric_type": "COSINE", "params": {"ef": self.settings.hnsw_ef}},
+            timeout=self._rt,
+        )
+        out: list[Candidate] = []
+        for hit in result[0] if result else ():
+            entity = hit["entity"]
+            # Defence in depth: the partition and the filter already scope the search.
+            if entity["tenant"] != tenant or entity["context_key"] != context_key or entity["expires"] <= now:
+                log.error("milvus returned a row outside the search scope; dropped",
+                          extra={"collection": name, "entry_id": hit["id"]})
+                continue
+            out.append(Candidate(
+                entry_id=str(hit["id"]),
+                similarity=float(hit["distance"]),
+                question=str(entity["question"]),
+                answer=base64.b64decode(entity["answer"]),
+            ))
+        out.sort(key=lambda c: c.similarity, reverse=True)
+        return out
+
+    # ---- writes ----------------------------------------------------------------------------------
+
+    async def upsert(self, row: Row, model_id: str) -> str:
+        """Writes the row into its model's collection (created on first use); returns the collection."""
+        client = self._require()
+        async with self._write_lock:
+            return await self._run(self._upsert, client, row, model_id)
+
+    def _upsert(self, client: Any, row: Row, model_id: str) -> str:
+        name = self.collection_name(model_id)
+        dim = self._known_dim(client, name)
+        if dim is None:
+            self._create_collection(client, name, int(row.vector.shape[0]))
+        elif dim != row.vector.shape[0]:
+            raise DimensionMismatch(model_id, dim, int(row.vector.shape[0]))
+        partition = self.partition_name(row.tenant)
+        if (name, partition) not in self._partitions:
+            if not client.has_partition(name, partition, timeout=self._rt):
+                client.create_partition(name, partition, timeout=self._wt)
+            self._partitions.add((name, partition))
+        client.upsert(name, [{
+            "id": row.entry_id,
+            "tenant": row.tenant,
+            "context_key": row.context_key,
+            "model": row.model,
+            "question": row.question,
+            "answer": encode_answer(row.answer),
+            "created": row.created_ms,
+            "expires": row.expires_ms,
+            "vector": row.vector,
+        }], partition_name=partition, timeout=self._wt)
+        self._wrote(client, name, 1)
+        return name
+
+    def _wrote(self, client: Any, name: str, rows: int) -> None:
+        """Milvus Lite searches unflushed rows slowly (Python, ~25 us a row): flush every few writes."""
+        every = self.settings.resolved_flush_rows
+        if not every:
+            return
+        self._last_write = time.monotonic()
+        self._pending[name] = self._pending.get(name, 0) + rows
+        if self._pending[name] >= every:
+            client.flush(name, timeout=self._wt)
+            self._pending[name] = 0
+
+    async def delete_ids(self, tenant: str, by_collection: dict[str, list[str]]) -> None:
+        """Deletes entries by id from the tenant's partition of the named collections."""
+        client = self._require()
+        async with self._write_lock:
+            await self._run(self._delete_ids, client, tenant, by_collection)
+
+    def _delete_ids(self, client: Any, tenant: str, by_collection: dict[str, list[str]]) -> None:
+        partition = self.partition_name(tenant)
+        for name, ids in by_collection.items():
+            if not ids or self._known_dim(client, name) is None:
+                continue
+            if not client.has_partition(name, partition, timeout=self._rt):
+                continue
+            client.delete(name, ids=ids, partition_name=partition, timeout=self._wt)
+            self._wrote(client, name, len(ids))
+
+    async def delete_where(self, tenant: str, clause: str) -> set[str]:
+        """Deletes the tenant's rows matching `clause` ('' = all) in every collection; returns the live ids."""
+        client = self._require()
+        async with self._write_lock:
+            return await self._run(self._delete_where, client, tenant, clause)
+
+    def _delete_where(self, client: Any, tenant: str, clause: str) -> set[str]:
+        partition = self.partition_name(tenant)
+        expr = f"tenant == {quote(tenant)}" + (f" and {clause}" if clause else "")
+        now = int(time.time() * 1000)
+        live: set[str] = set()
+        for name in list(self._dims):
+            if not client.has_partition(name, partition, timeout=self._rt):
+                continue
+            while True:
+                rows = client.query(name, filter=expr, output_fields=["expires"], partition_names=[partition],
+                                    limit=_QUERY_LIMIT, timeout=self._wt)
+                if not rows:
+                    break
+                ids = [str(r["id"]) for r in rows]
+                live.update(str(r["id"]) for r in rows if int(r["expires"]) > now)
+                client.delete(name, ids=ids, partition_name=partition, timeout=self._wt)
+                self._wrote(client, name, len(ids))
+        return live
+
+    async def maintain(self) -> int:
+        """Upkeep, called about once a second: flushes writes idle for a second (Milvus Lite) and, every
+        purge interval, deletes expired rows. Returns the rows purged."""
+        client = self._require()
+        now = time.monotonic()
+        purge = now - self._last_purge >= self.settings.purge_interval_s
+        idle = any(self._pending.values()) and now - self._last_write >= IDLE_FLUSH_S
+        if not purge and not idle:
+            return 0
+        async with self._write_lock:
+            if not purge:
+                await self._run(self._flush_all, client)
+                return 0
+            self._last_purge = now
+            return await self._run(self._purge, client)
+
+    def _purge(self, client: Any) -> int:
+        now = int(time.time() * 1000)
+        purged = 0
+        for name in list(self._dims):
+            while True:
+                rows = client.query(name, filter=f"expires <= {now}", output_fields=["id"],
+                                    limit=_QUERY_LIMIT, timeout=self._wt)
+                if not rows:
+                    break
+                ids = [str(r["id"]) for r in rows]
+                client.delete(name, ids=ids, timeout=self._wt)
+                purged += len(ids)
+                self._wrote(client, name, len(ids))
+        self._flush_all(client)
+        return purged

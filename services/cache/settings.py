@@ -1,0 +1,97 @@
+"""Settings of the cache service, from WEIR_CACHE_* variables (plus WEIR_REDIS_URL and WEIR_MILVUS_URI)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from weir.kit.config import env, load, state_dir
+from weir.kit.server import ServerSettings
+
+_COLLECTION_PREFIX = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+_CONSISTENCY = ("Strong", "Session", "Bounded", "Eventually")
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """Where the two tiers live, how long entries last and how strict the semantic tier is."""
+
+    port: int = env("WEIR_CACHE_PORT", 50052)
+    redis_url: str = env("WEIR_REDIS_URL", "redis://127.0.0.1:6379/0", secret=True,
+                         help="the exact tier's Redis (may carry a password, so never logged)")
+    redis_prefix: str = env("WEIR_CACHE_REDIS_PREFIX", "weir:cache:",
+                            help="prefix of every key, so several meshes or test runs can share a Redis")
+    redis_timeout_s: float = env("WEIR_CACHE_REDIS_TIMEOUT_S", 0.25,
+                                 help="socket connect/read timeout; a dead Redis degrades lookups this fast")
+    redis_retry_after_s: float = env("WEIR_CACHE_REDIS_RETRY_AFTER_S", 1.0,
+                                     help="after a connection failure, Redis is skipped (degraded) this long")
+    ttl_s: int = env("WEIR_CACHE_TTL_S", 86400, help="default time to live of an entry")
+    max_entries_per_tenant: int = env("WEIR_CACHE_MAX_ENTRIES_PER_TENANT", 100_000,
+                                      help="capacity per tenant; the oldest entries are evicted beyond it")
+    milvus_uri: str = env("WEIR_MILVUS_URI", "", secret=True,
+                          help="Milvus server URI (http://host:19530) or a Milvus Lite file; "
+                               "empty = <state dir>/milvus/cache.db")
+    milvus_token: str = env("WEIR_MILVUS_TOKEN", "", secret=True, help="Milvus credentials (user:password)")
+    milvus_collection_prefix: str = env("WEIR_CACHE_MILVUS_COLLECTION_PREFIX", "weir_cache",
+                                        help="collections are <prefix>_<embedding model>_<hash>")
+    milvus_timeout_s: float = env("WEIR_CACHE_MILVUS_TIMEOUT_S", 2.0, help="timeout of one Milvus read")
+    milvus_write_timeout_s: float = env(
+        "WEIR_CACHE_MILVUS_WRITE_TIMEOUT_S", 30.0,
+        help="timeout of one Milvus write or flush (Milvus Lite stalls them while it compacts segments)",
+    )
+    milvus_consistency: str = env("WEIR_CACHE_MILVUS_CONSISTENCY", "Session",
+                                  help="consistency level of new collections (Strong with several replicas)")
+    milvus_flush_rows: int | None = env(
+        "WEIR_CACHE_MILVUS_FLUSH_ROWS", None,
+        help="flush a collection after this many writes; unset = 128 for Milvus Lite (whose unflushed rows "
+             "are searched slowly), 0 (never) for a server",
+    )
+    purge_interval_s: float = env("WEIR_CACHE_PURGE_INTERVAL_S", 60.0,
+                                  help="how often expired semantic rows are deleted (they are never served)")
+    sim_threshold: float = env("WEIR_CACHE_SIM_THRESHOLD", 0.85,
+                               help="cosine similarity a candidate needs before the verifier looks at it")
+    top_k: int = env("WEIR_CACHE_SEMANTIC_TOP_K", 5, help="candidates fetched per semantic lookup")
+    hnsw_ef: int = env("WEIR_CACHE_HNSW_EF", 128,
+                       help="HNSW search breadth (64 misses ~10% of near neighbours at 100k random 384-d rows)")
+    server: ServerSettings = field(default_factory=lambda: load(ServerSettings))
+
+    @property
+    def resolved_milvus_uri(self) -> str:
+        return self.milvus_uri or str(state_dir() / "milvus" / "cache.db")
+
+    @property
+    def milvus_is_lite(self) -> bool:
+        """pymilvus runs Milvus Lite in this process for a local `.db` path."""
+        return self.resolved_milvus_uri.endswith(".db")
+
+    @property
+    def resolved_flush_rows(self) -> int:
+        if self.milvus_flush_rows is not None:
+            return self.milvus_flush_rows
+        return 128 if self.milvus_is_lite else 0
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.ttl_s <= 0:
+            problems.append("WEIR_CACHE_TTL_S must be > 0")
+        if self.max_entries_per_tenant <= 0:
+            problems.append("WEIR_CACHE_MAX_ENTRIES_PER_TENANT must be > 0")
+        if min(self.redis_timeout_s, self.milvus_timeout_s, self.milvus_write_timeout_s) <= 0:
+            problems.append("WEIR_CACHE_REDIS_TIMEOUT_S and WEIR_CACHE_MILVUS_(WRITE_)TIMEOUT_S must be > 0")
+        if self.redis_retry_after_s < 0:
+            problems.append("WEIR_CACHE_REDIS_RETRY_AFTER_S must be >= 0")
+        if not 0.0 < self.sim_threshold <= 1.0:
+            problems.append(f"WEIR_CACHE_SIM_THRESHOLD must be in (0, 1], got {self.sim_threshold}")
+        if not 1 <= self.top_k <= 100:
+            problems.append("WEIR_CACHE_SEMANTIC_TOP_K must be in [1, 100]")
+        if self.hnsw_ef < self.top_k:
+            problems.append("WEIR_CACHE_HNSW_EF must be >= WEIR_CACHE_SEMANTIC_TOP_K")
+        if not _COLLECTION_PREFIX.fullmatch(self.milvus_collection_prefix):
+            problems.append("WEIR_CACHE_MILVUS_COLLECTION_PREFIX must be a letter or _ then letters, digits, _")
+        if self.milvus_consistency not in _CONSISTENCY:
+            problems.append(f"WEIR_CACHE_MILVUS_CONSISTENCY must be one of {', '.join(_CONSISTENCY)}")
+        if self.milvus_flush_rows is not None and self.milvus_flush_rows < 0:
+            problems.append("WEIR_CACHE_MILVUS_FLUSH_ROWS must be >= 0")
+        if self.purge_interval_s <= 0:
+            problems.append("WEIR_CACHE_PURGE_INTERVAL_S must be > 0")
+        return problems

@@ -1,0 +1,118 @@
+"""Helpers for the cache tests: a real cache process (real Redis, real Milvus Lite in the test's tmp dir)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+import pytest
+
+from weir.cache.v1 import cache_service_pb2 as pb
+from weir.cache.v1 import cache_service_pb2_grpc as pb_grpc
+from weir.common.v1 import types_pb2
+from weir.kit import supervisor
+from weir.kit.clients import open_channel
+from weir.kit.errors import RemoteError, parse_rpc_error
+
+DIM = 384
+MODEL_ID = "all-minilm-l6-v2@test"
+
+
+def chat(question: str, model: str = "fake-small", temperature: float = 0.0, system: str = "",
+         history: tuple[tuple[str, str], ...] = ()) -> types_pb2.ChatRequest:
+    """A chat request ending in `question`, after an optional system prompt and earlier turns."""
+    req = types_pb2.ChatRequest(model=model)
+    req.sampling.temperature = temperature
+    if system:
+        req.messages.add(role="system", content=system)
+    for role, content in history:
+        req.messages.add(role=role, content=content)
+    req.messages.add(role="user", content=question)
+    return req
+
+
+def unit(seed: int) -> np.ndarray:
+    v = np.random.default_rng(seed).normal(size=DIM).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def near(v: np.ndarray, cosine: float, seed: int = 99) -> np.ndarray:
+    """A unit vector whose cosine similarity to `v` is exactly `cosine`."""
+    u = unit(seed)
+    u = u - float(u @ v) * v
+    u /= np.linalg.norm(u)
+    w = cosine * v + np.sqrt(1.0 - cosine**2) * u
+    out: np.ndarray = (w / np.linalg.norm(w)).astype(np.float32)
+    return out
+
+
+def embedding(v: np.ndarray, model_id: str = MODEL_ID) -> types_pb2.Embedding:
+    return types_pb2.Embedding(vector=v.astype("<f4").tobytes(), dim=int(v.shape[0]), model_id=model_id)
+
+
+def answer(content: str, model: str = "fake-small") -> pb.CachedAnswer:
+    return pb.CachedAnswer(content=content, model=model, finish_reason="stop",
+                           usage=types_pb2.Usage(prompt_tokens=10, completion_tokens=5, total_tokens=15))
+
+
+async def call_error(aw: Awaitable[object]) -> RemoteError:
+    try:
+        await aw
+    except grpc.aio.AioRpcError as exc:
+        return parse_rpc_error(exc)
+    raise AssertionError("the call succeeded")
+
+
+@dataclass
+class Cache:
+    """A running cache process and a stub on it."""
+
+    proc: supervisor.Process
+    stub: pb_grpc.CacheServiceAsyncStub
+
+    async def store(self, tenant: str, req: types_pb2.ChatRequest, content: str, v: np.ndarray | None = None,
+                    ttl_seconds: int = 0, model: str = "fake-small", model_id: str = MODEL_ID) -> pb.StoreResponse:
+        sr = pb.StoreRequest(tenant=tenant, request=req, answer=answer(content, model), ttl_seconds=ttl_seconds)
+        if v is not None:
+            sr.embedding.CopyFrom(embedding(v, model_id))
+        resp = await self.stub.Store(sr)
+        assert resp.stored, resp.reason
+        return resp
+
+    async def exact(self, tenant: str, req: types_pb2.ChatRequest) -> pb.LookupExactResponse:
+        return await self.stub.LookupExact(pb.LookupExactRequest(tenant=tenant, request=req), timeout=5)
+
+    async def semantic(self, tenant: str, req: types_pb2.ChatRequest, v: np.ndarray,
+                       model_id: str = MODEL_ID) -> pb.LookupSemanticResponse:
+        return await self.stub.LookupSemantic(
+            pb.LookupSemanticRequest(tenant=tenant, request=req, embedding=embedding(v, model_id)), timeout=5)
+
+    async def stats(self, tenant: str = "") -> pb.GetStatsResponse:
+        return await self.stub.GetStats(pb.GetStatsRequest(tenant=tenant))
+
+
+StartCache = Callable[..., Awaitable[Cache]]
+
+
+@pytest.fixture
+async def start_cache(start_service: Callable[..., supervisor.Process],
+                      redis_url: str) -> AsyncIterator[StartCache]:
+    """Factory: await start_cache({"WEIR_CACHE_...": ...}) runs a cache process on the test's Redis."""
+    channels: list[grpc.aio.Channel] = []
+
+    async def start(env: Mapping[str, str] | None = None) -> Cache:
+        proc = start_service("cache", {"WEIR_CACHE_PORT": "0", "WEIR_REDIS_URL": redis_url, **(env or {})})
+        channel = open_channel(proc.grpc)
+        channels.append(channel)
+        return Cache(proc, pb_grpc.CacheServiceStub(channel))
+
+    yield start
+    for channel in channels:
+        await channel.close()
+
+
+@pytest.fixture
+async def cache(start_cache: StartCache) -> Cache:
+    return await start_cache()
