@@ -2,9 +2,12 @@
 
     .venv/bin/python -m bench.router_bench [--n 20000] [--grpc-n 3000] [--concurrency 16]
 
-In-process cases time `Router.route` alone (numpy dot over a 384-d embedding, plan and reason building).
-The gRPC cases start `python -m services.router` on a free port and time unary Route calls from one
-grpc.aio client, one at a time (latency) and with several in flight (throughput).
+In-process cases time `Router.route` alone (numpy dot over a 384-d embedding, plan and reason building),
+with the length prior, a random format-1 scorer and the shipped trained scorer
+(services/router/artifacts/scorer.npz, format 2: two 384-d dots, two sigmoids, a calibration lookup).
+The gRPC cases start `python -m services.router` on a free port (it loads the shipped scorer by default)
+and time unary Route calls from one grpc.aio client, one at a time (latency) and with several in flight
+(throughput); the request's embedding names the shipped scorer's model so the scorer, not the prior, decides.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import numpy as np
 
 from services.router.health import HealthBook
 from services.router.policy import Router
-from services.router.scorer import Scorer
+from services.router.scorer import Scorer, load_scorer
+from services.router.settings import SHIPPED_SCORER
 from weir.common.v1 import types_pb2
 from weir.kit import supervisor
 from weir.kit.clients import open_channel
@@ -30,6 +34,11 @@ from weir.router.v1 import router_service_pb2 as pb
 from weir.router.v1 import router_service_pb2_grpc as pb_grpc
 
 DIM = 384
+
+
+def shipped_model_id() -> str:
+    """The embedding model id of the shipped scorer ("minilm" when none is shipped)."""
+    return load_scorer(SHIPPED_SCORER).embedding_model_id if SHIPPED_SCORER.is_file() else "minilm"
 
 
 def percentiles(samples_ns: list[int]) -> tuple[float, float, float]:
@@ -83,6 +92,15 @@ def in_process(n: int) -> None:
     print(row("auto, trained scorer, strong model cooling",
               time_calls(lambda: cooled.route("auto", prompt_tokens=5000, embedding=emb, embedding_dim=DIM,
                                               allowed_models=("auto",), quality_bias=0.2), n)))
+    if SHIPPED_SCORER.is_file():
+        shipped = load_scorer(SHIPPED_SCORER)
+        with_shipped = Router(mesh, shipped, prior, HealthBook())
+        model_id = shipped.embedding_model_id
+        print(row(f"shipped scorer ({shipped.name}) probability only",
+                  time_calls(lambda: shipped.probability(vec, 500, 256), n)))
+        print(row(f"auto, shipped scorer ({shipped.name})",
+                  time_calls(lambda: with_shipped.route("auto", prompt_tokens=500, max_tokens=256, embedding=emb,
+                                                        embedding_dim=DIM, embedding_model_id=model_id), n)))
 
 
 async def through_grpc(address: str, n: int, concurrency: int) -> None:
@@ -91,7 +109,7 @@ async def through_grpc(address: str, n: int, concurrency: int) -> None:
     request = pb.RouteRequest(
         requested_model="auto", prompt_tokens=500, max_tokens=256,
         embedding=types_pb2.Embedding(vector=(vec / np.linalg.norm(vec)).astype("<f4").tobytes(), dim=DIM,
-                                      model_id="minilm"),
+                                      model_id=shipped_model_id()),
     )
     async with open_channel(address) as channel:
         stub = pb_grpc.RouterServiceStub(channel)

@@ -13,7 +13,8 @@ Route(requested model) gives an ordered plan (the first target is tried first, t
   The plan is [chosen] + the other tier's model and the configured fallbacks, models at least as strong
   as the chosen one first.
   An embedding that is missing, malformed, of another dimension or from another embedding model than
-  the scorer's is not used: the length prior (see scorer.py) decides, and the reason says so.
+  the scorer's is not used: the length prior (see scorer.py) decides, and the reason says so. The reason
+  always names what scored the request: "(length prior)", "(length prior: <why>)" or "(scorer <name>)".
 
 Then, for either kind:
 - models the caller's key may not use (`allowed_models`; a virtual model listed there allows its members)
@@ -33,7 +34,7 @@ import grpc
 import numpy as np
 
 from services.router.health import HealthBook, ModelHealth
-from services.router.scorer import Scorer
+from services.router.scorer import Scorer, StrongScorer, accepts_model
 from weir.kit.errors import WeirError, invalid_argument
 from weir.mesh_config import MeshConfig, Model, VirtualModel
 
@@ -66,7 +67,7 @@ class Router:
     """Routing policy over one model table; health is shared with ReportOutcome through `health`."""
 
     def __init__(
-        self, mesh: MeshConfig, scorer: Scorer, prior: Scorer, health: HealthBook, quality_bias: float = 0.0
+        self, mesh: MeshConfig, scorer: StrongScorer, prior: Scorer, health: HealthBook, quality_bias: float = 0.0
     ) -> None:
         if not -1.0 <= quality_bias <= 1.0:
             raise ValueError(f"quality_bias must be in [-1, 1], got {quality_bias}")
@@ -187,7 +188,7 @@ class Router:
     def _strong_probability(
         self, prompt_tokens: int, max_tokens: int, vector: bytes, dim: int, model_id: str
     ) -> tuple[float, str]:
-        """p(strong) and a note on what scored it ("" for the trained scorer on a usable embedding)."""
+        """p(strong) and a note on what scored it: " (length prior...)" or " (scorer <name>)"."""
         scorer = self.scorer
         if not vector:
             problem = "no embedding"
@@ -195,12 +196,12 @@ class Router:
             problem = f"embedding dim {dim} != {scorer.dim}"
         elif len(vector) != 4 * dim:
             problem = f"malformed embedding ({len(vector)} bytes for dim {dim})"
-        elif scorer.embedding_model_id and model_id and model_id != scorer.embedding_model_id:
+        elif not accepts_model(scorer.embedding_model_id, model_id):
             problem = f"embedding from {model_id}, scorer trained on {scorer.embedding_model_id}"
         else:
             p = scorer.probability(np.frombuffer(vector, dtype=_F32_LE), prompt_tokens, max_tokens)
             if not math.isnan(p):
-                return p, " (length prior)" if scorer is self.prior else ""
+                return p, " (length prior)" if scorer is self.prior else f" (scorer {scorer.name})"
             problem = "embedding has non-finite values"
         return self.prior.probability(None, prompt_tokens, max_tokens), f" (length prior: {problem})"
 

@@ -10,7 +10,7 @@ import grpc
 
 from services.router.health import HealthBook
 from services.router.policy import Router
-from services.router.scorer import Scorer
+from services.router.scorer import Scorer, StrongScorer, load_scorer
 from services.router.settings import RouterSettings
 from weir.common.v1 import types_pb2
 from weir.mesh_config import MeshConfig, load_mesh_config
@@ -24,8 +24,9 @@ def build_router(
     settings: RouterSettings, mesh: MeshConfig, clock: Callable[[], float] = time.monotonic
 ) -> Router:
     """The policy for `mesh`: the trained scorer when WEIR_ROUTER_SCORER_PATH names one, else the prior."""
+    scorer: StrongScorer
     if settings.scorer_path is not None:
-        scorer = Scorer.load(settings.scorer_path)
+        scorer = load_scorer(settings.scorer_path)
         prior = Scorer.prior(scorer.dim, settings.prior_midpoint_tokens)
     else:
         scorer = prior = Scorer.prior(settings.embedding_dim, settings.prior_midpoint_tokens)
@@ -79,6 +80,8 @@ class RouterService(pb_grpc.RouterServiceServicer):
                 "models": list(self.mesh.models),
                 "virtual_models": list(self.mesh.virtual_models),
                 "scorer": str(self.settings.scorer_path or "prior"),
+                "scorer_name": scorer.name,
+                "scorer_embedding_model": scorer.embedding_model_id,
                 "scorer_description": scorer.description,
                 "embedding_dim": scorer.dim,
                 "quality_bias": self.settings.quality_bias,

@@ -9,6 +9,13 @@ from services.router.health import HealthPolicy
 from weir.kit.config import env, load
 from weir.kit.server import ServerSettings
 
+#: The trained scorer shipped with the router (services/router/training/train.py writes it).
+SHIPPED_SCORER = Path(__file__).resolve().parent / "artifacts" / "scorer.npz"
+
+
+def _default_scorer() -> Path | None:
+    return SHIPPED_SCORER if SHIPPED_SCORER.is_file() else None
+
 
 @dataclass(frozen=True)
 class RouterSettings:
@@ -20,8 +27,9 @@ class RouterSettings:
         help="default cost/quality knob in [-1, 1]; a request's quality_bias adds to it",
     )
     scorer_path: Path | None = env(
-        "WEIR_ROUTER_SCORER_PATH", None,
-        help="trained scorer artefact (.npz, see services/router/scorer.py); unset = the length prior",
+        "WEIR_ROUTER_SCORER_PATH", _default_scorer(),
+        help="trained scorer artefact (.npz, see services/router/scorer.py); unset = the shipped "
+             "services/router/artifacts/scorer.npz when present; set but empty = the length prior",
     )
     embedding_dim: int = env(
         "WEIR_ROUTER_EMBEDDING_DIM", 384,

@@ -10,7 +10,8 @@ import grpc
 import numpy as np
 import pytest
 
-from services.router.scorer import Scorer
+from services.router.scorer import Scorer, load_scorer
+from services.router.settings import SHIPPED_SCORER
 from weir.common.v1 import types_pb2
 from weir.kit import supervisor
 from weir.kit.clients import open_channel
@@ -21,8 +22,9 @@ from weir.router.v1 import router_service_pb2_grpc as pb_grpc
 
 StartService = Callable[..., supervisor.Process]
 DIM = 384
-# The fake model table, and a free port (the router listens on 50053 by default).
-BASE_ENV = {"WEIR_CONFIG": str(FAKE_CONFIG), "WEIR_ROUTER_PORT": "0"}
+# The fake model table, a free port (the router listens on 50053 by default) and the length prior instead
+# of the shipped scorer (an empty WEIR_ROUTER_SCORER_PATH), so the decisions below are known by hand.
+BASE_ENV = {"WEIR_CONFIG": str(FAKE_CONFIG), "WEIR_ROUTER_PORT": "0", "WEIR_ROUTER_SCORER_PATH": ""}
 
 
 def embedding(v: np.ndarray, model_id: str = "minilm@test") -> types_pb2.Embedding:
@@ -152,3 +154,18 @@ def test_bad_scorer_path_stops_start_up(start_service: StartService, tmp_path: P
                                  "WEIR_ROUTER_SCORER_PATH": str(tmp_path / "missing.npz")})
     with pytest.raises(supervisor.StartError, match="WEIR_ROUTER_QUALITY_BIAS"):
         start_service("router", {**BASE_ENV, "WEIR_ROUTER_QUALITY_BIAS": "3"})
+
+
+async def test_the_shipped_scorer_is_the_default(start_service: StartService) -> None:
+    model_id = load_scorer(SHIPPED_SCORER).embedding_model_id
+    env = {k: v for k, v in BASE_ENV.items() if k != "WEIR_ROUTER_SCORER_PATH"}
+    proc = start_service("router", env)
+    async with open_channel(proc.grpc) as channel:
+        stub = pb_grpc.RouterServiceStub(channel)
+        resp = await stub.Route(pb.RouteRequest(requested_model="auto", prompt_tokens=100,
+                                                embedding=embedding(unit(2), model_id)))
+        assert "(scorer mmlu-gain)" in resp.reason
+        assert 0.0 <= resp.strong_probability <= 1.0
+        other = await stub.Route(pb.RouteRequest(requested_model="auto", prompt_tokens=100,
+                                                 embedding=embedding(unit(2), "minilm@test")))
+        assert f"(length prior: embedding from minilm@test, scorer trained on {model_id})" in other.reason
