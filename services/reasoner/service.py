@@ -1,9 +1,18 @@
 """The reasoner: runs a chat request along the router's plan, with retries, fallbacks and streaming.
 
-Per target, transient failures (429, 5xx, connection errors, timeouts, broken streams that sent nothing yet)
-are retried with exponential backoff and jitter, honouring Retry-After up to a cap; then the next target is
-tried. A context-length error skips to a later target with a larger window; content-filter refusals and
-other 400s end the request at once.
+Per target, transient failures (429, 5xx, connection errors, broken streams that sent nothing yet) are
+retried with exponential backoff and jitter, honouring Retry-After up to a cap; then the next target is
+tried. A timeout (no response, no first token) moves on to the next target at once: a hung deployment
+would cost a whole timeout per retry (it is retried only when no other target is left). A context-length
+error skips to a later target with a larger window; content-filter refusals end the request at once, and
+so do other 400s from the first target called (a fallback tried only because an earlier target failed that
+rejects the request, e.g. a parameter it does not support, is skipped instead).
+
+Each deployment has a circuit breaker (breaker.py): after N consecutive failed calls it is skipped without a
+call ("circuit_open" attempts) until a cool-down ends and one probe call gets through.
+
+Identical concurrent requests (same non-empty coalesce_key, tenant and plan) share one upstream call
+(coalesce.py); the copies the other callers get are marked `coalesced`.
 
 A stream is: failed `attempt`s, then `started` (the answering target, sent with its first delta), `delta`s, and
 `done`. Once `started` went out the target is fixed: if its stream breaks (cut, stalled, malformed, no end
@@ -16,17 +25,22 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Hashable
 from contextlib import aclosing
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import grpc
 import orjson
 
 from services.reasoner import providers as p
+from services.reasoner.breaker import Breakers, Permit
+from services.reasoner.coalesce import StreamFlights, UnaryFlights
 from services.reasoner.settings import ReasonerSettings
 from services.reasoner.upstream import Upstream
 from weir.common.v1 import types_pb2
+from weir.kit import metrics, telemetry
+from weir.kit import semconv as sc
 from weir.kit.clients import open_channel
 from weir.kit.errors import WeirError, invalid_argument
 from weir.mesh_config import MeshConfig, Model
@@ -47,6 +61,73 @@ class Target:
     route: types_pb2.RouteTarget
     model: Model
     upstream: Upstream
+
+    @property
+    def deployment(self) -> tuple[str, str]:
+        """The circuit breaker's key: provider and upstream model."""
+        return (self.model.provider, self.model.upstream_model)
+
+    def observe(self, chat: types_pb2.ChatRequest, run: PlanRun, stream: bool) -> AttemptObserver:
+        return AttemptObserver(self, chat, run, stream)
+
+
+_INFLIGHT = metrics.gauge("weir_reasoner_inflight_upstream", "Provider calls in progress", ("model",))
+_TOKENS = metrics.counter("weir_reasoner_tokens", "Tokens by model, team and direction (in: prompt, out: completion)",
+                          ("model", "team", "direction"))
+_ATTEMPTS = metrics.counter("weir_reasoner_attempts", "Provider calls by model and outcome", ("model", "outcome"))
+_UPSTREAM_SECONDS = metrics.histogram("weir_reasoner_upstream_seconds", "Provider call duration", ("model",))
+
+
+class AttemptObserver:
+    """One provider call as seen by operators: a GenAI client span and the reasoner's metrics."""
+
+    __slots__ = ("_model", "_span", "_t0", "_team", "_upstream_model")
+
+    def __init__(self, target: Target, chat: types_pb2.ChatRequest, run: PlanRun, stream: bool) -> None:
+        pr = target.upstream.provider
+        s = chat.sampling
+        self._model = target.model.id
+        self._upstream_model = target.model.upstream_model
+        self._team = run.tenant
+        self._t0 = time.perf_counter()
+        self._span = telemetry.ClientSpan(f"chat {target.model.upstream_model}", {
+            sc.GEN_AI_OPERATION_NAME: "chat",
+            sc.GEN_AI_PROVIDER_NAME: pr.kind,
+            sc.GEN_AI_REQUEST_MODEL: target.model.upstream_model,
+            sc.GEN_AI_REQUEST_MAX_TOKENS: s.max_tokens if s.HasField("max_tokens") else None,
+            sc.GEN_AI_REQUEST_TEMPERATURE: s.temperature if s.HasField("temperature") else None,
+            sc.SERVER_ADDRESS: urlsplit(pr.base_url).hostname,
+            sc.WEIR_ATTEMPT: len(run.attempts) + 1,
+            sc.WEIR_STREAM: stream,
+            sc.WEIR_TENANT: run.tenant or None,
+        })
+        _INFLIGHT.labels(self._model).inc()
+
+    def _finish(self, outcome: str) -> None:
+        _INFLIGHT.labels(self._model).dec()
+        _ATTEMPTS.labels(self._model, outcome).inc()
+        _UPSTREAM_SECONDS.labels(self._model).observe(time.perf_counter() - self._t0)
+
+    def ok(self, usage: types_pb2.Usage, finish_reason: str, response_id: str) -> None:
+        self._finish("ok")
+        _TOKENS.labels(self._model, self._team, "in").inc(usage.prompt_tokens)
+        _TOKENS.labels(self._model, self._team, "out").inc(usage.completion_tokens)
+        self._span.set({sc.GEN_AI_RESPONSE_MODEL: self._upstream_model,
+                        sc.GEN_AI_USAGE_INPUT_TOKENS: usage.prompt_tokens,
+                        sc.GEN_AI_USAGE_OUTPUT_TOKENS: usage.completion_tokens,
+                        sc.GEN_AI_RESPONSE_FINISH_REASONS: [finish_reason] if finish_reason else None,
+                        sc.GEN_AI_RESPONSE_ID: response_id or None, sc.WEIR_ATTEMPT_OUTCOME: "ok",
+                        sc.HTTP_RESPONSE_STATUS_CODE: 200})
+        self._span.end()
+
+    def failed(self, f: p.UpstreamFailure) -> None:
+        self._finish(f.kind)
+        self._span.set({sc.WEIR_ATTEMPT_OUTCOME: f.kind, sc.HTTP_RESPONSE_STATUS_CODE: f.http_status or None})
+        self._span.end(error=f.kind)
+
+    def cancelled(self) -> None:
+        self._finish("cancelled")
+        self._span.end(error="cancelled")
 
 
 class OutcomeReporter:
@@ -81,39 +162,72 @@ class OutcomeReporter:
 class PlanRun:
     """One request's walk through its plan: which target to call next, attempts made, the final error."""
 
-    def __init__(self, targets: list[Target], settings: ReasonerSettings, context: grpc.aio.ServicerContext,
-                 reporter: OutcomeReporter | None) -> None:
-        self._targets = targets
+    def __init__(self, targets: list[Target], settings: ReasonerSettings, deadline: float | None,
+                 reporter: OutcomeReporter | None, breakers: Breakers) -> None:
+        self.targets = targets
         self._settings = settings
-        self._context = context
+        self._deadline = deadline  # time.monotonic() by which the caller gives up; None: no deadline
         self._reporter = reporter
+        self._breakers = breakers
         self._index = 0
         self._current: Target | None = None
+        self._permit: Permit | None = None  # the breaker's leave for the call in progress
         self._tries = 0
         self._last: p.UpstreamFailure | None = None
         self._min_context = 0  # after a context-length error only larger windows are tried
+        self._skipped: list[Target] = []  # targets passed over because their breaker is open
         self.attempts: list[pb.Attempt] = []
+        self.tenant = ""  # the caller's team, for metrics and spans
         self.failures: list[tuple[Target, p.UpstreamFailure]] = []
 
     async def next(self) -> Target | None:
         """The target to call now (after sleeping any backoff); None once the plan is exhausted."""
         f, current = self._last, self._current
         self._last = None
-        if f is not None and current is not None and f.transient and self._tries <= self._settings.max_retries:
+        if f is not None and current is not None and self._may_retry(f):
             delay = self._delay(f)
             if delay is not None:
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                self._tries += 1
-                return current
-        while self._index < len(self._targets):
-            target = self._targets[self._index]
+                permit = self._breakers.allow(current.deployment)
+                if permit is None:  # this request's own failures (or others') opened the breaker
+                    self._skip(current)
+                else:
+                    self._permit = permit
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    self._tries += 1
+                    return current
+        while self._index < len(self.targets):
+            target = self.targets[self._index]
             self._index += 1
             if target.model.context_window <= self._min_context:
                 continue
-            self._current, self._tries = target, 1
+            permit = self._breakers.allow(target.deployment)
+            if permit is None:
+                self._skip(target)
+                continue
+            self._current, self._tries, self._permit = target, 1, permit
             return target
         return None
+
+    def release(self) -> None:
+        """Frees a breaker probe held by a call that ended without an outcome (the caller went away)."""
+        if self._permit is not None:
+            self._breakers.release(self._permit)
+            self._permit = None
+
+    def _may_retry(self, f: p.UpstreamFailure) -> bool:
+        if not f.transient or self._tries > self._settings.max_retries:
+            return False
+        return f.kind != "timeout" or not any(
+            t.model.context_window > self._min_context and self._breakers.remaining_s(t.deployment) == 0
+            for t in self.targets[self._index:]
+        )
+
+    def _skip(self, target: Target) -> None:
+        self._skipped.append(target)
+        self.attempts.append(pb.Attempt(target=target.route, outcome="circuit_open"))
+        log.info("target skipped: circuit breaker open", extra={
+            "model": target.model.id, "retry_in_s": round(self._breakers.remaining_s(target.deployment), 3)})
 
     def _delay(self, f: p.UpstreamFailure) -> float | None:
         """Backoff before retrying after `f`; None when waiting makes no sense (long Retry-After, deadline)."""
@@ -129,8 +243,7 @@ class PlanRun:
             if wait > s.retry_after_cap_s:
                 return None
             delay = max(delay, wait)
-        remaining: float | None = self._context.time_remaining()
-        if remaining is not None and delay >= remaining:
+        if self._deadline is not None and delay >= self._deadline - time.monotonic():
             return None
         return delay
 
@@ -143,12 +256,21 @@ class PlanRun:
         return attempt
 
     def succeeded(self, target: Target, t0: float) -> pb.Attempt:
+        if self._permit is not None:
+            self._breakers.success(self._permit)
+            self._permit = None
         return self._attempt(target, "ok", 200, t0, 0.0)
 
     def failed(self, target: Target, f: p.UpstreamFailure, t0: float) -> pb.Attempt:
         """Records a failed call; `fatal()` says whether the request ends here."""
         self._last = f
         self.failures.append((target, f))
+        if self._permit is not None:
+            if f.kind in _REQUEST_FAULTS:  # the deployment answered; its health is unknown either way
+                self._breakers.release(self._permit)
+            else:
+                self._breakers.failure(self._permit)
+            self._permit = None
         if f.kind == "context_length":
             self._min_context = max(self._min_context, target.model.context_window)
         log.info("attempt failed", extra={"model": target.model.id, "outcome": f.kind, "http_status": f.http_status,
@@ -172,6 +294,8 @@ class PlanRun:
                              f"{target.model.id} refused the request (content filter): {f.message}",
                              "CONTENT_FILTERED", md)
         if f.kind == "bad_request":
+            if self._skipped or any(e.kind not in _REQUEST_FAULTS for _, e in self.failures[:-1]):
+                return None  # a fallback tried because earlier targets failed: skip it, the request may be fine
             return WeirError(grpc.StatusCode.INVALID_ARGUMENT, f"{target.model.id} rejected the request: {f.message}",
                              "UPSTREAM_BAD_REQUEST", md)
         return None
@@ -182,7 +306,16 @@ class PlanRun:
                          "STREAM_INTERRUPTED", self._metadata(target, f))
 
     def final_error(self) -> WeirError:
-        """The error once every target failed."""
+        """The error once every target failed or was skipped."""
+        if not self.failures:
+            wait = min(self._breakers.remaining_s(t.deployment) for t in self._skipped)
+            models = ", ".join(t.model.id for t in self._skipped)
+            return WeirError(grpc.StatusCode.UNAVAILABLE,
+                             f"every target's circuit breaker is open after repeated failures ({models})",
+                             "CIRCUIT_OPEN", {"models": models,
+                                              "attempts": ",".join(f"{t.model.id}:circuit_open:0"
+                                                                   for t in self._skipped)},
+                             retry_after_s=max(0.1, wait))
         target, last = self.failures[-1]
         md = self._metadata(target, last)
         kinds = {f.kind for _, f in self.failures}
@@ -262,6 +395,9 @@ class ReasonerService(pb_grpc.ReasonerServiceServicer):
             name: Upstream(provider, settings.anthropic_max_tokens) for name, provider in config.providers.items()
         }
         self._reporter: OutcomeReporter | None = None
+        self.breakers = Breakers(settings.breaker_policy)
+        self._unary: UnaryFlights[pb.CompleteResponse] = UnaryFlights(_shared_response)
+        self._streams: StreamFlights[pb.StreamCompleteResponse] = StreamFlights(_is_done, _shared_done)
 
     async def start(self) -> None:
         for upstream in self.upstreams.values():
@@ -300,7 +436,9 @@ class ReasonerService(pb_grpc.ReasonerServiceServicer):
             targets.append(Target(route, model, self.upstreams[model.provider]))
         if bad:
             raise invalid_argument("invalid plan", *bad)
-        return PlanRun(targets, self.settings, context, self._reporter)
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        return PlanRun(targets, self.settings, deadline, self._reporter, self.breakers)
 
     def _usage(self, usage: types_pb2.Usage | None, chat: types_pb2.ChatRequest, chars: int,
                target: Target) -> types_pb2.Usage:
@@ -314,60 +452,133 @@ class ReasonerService(pb_grpc.ReasonerServiceServicer):
     async def Complete(self, request: pb.CompleteRequest, context: grpc.aio.ServicerContext) -> pb.CompleteResponse:
         chat = request.request
         run = self._plan(chat, list(request.plan), context)
-        while (target := await run.next()) is not None:
-            t0 = time.perf_counter()
-            try:
-                c = await target.upstream.complete(chat, target.model)
-            except p.UpstreamFailure as f:
-                run.failed(target, f, t0)
-                err = run.fatal(target, f)
-                if err is not None:
-                    raise err from None
-                continue
-            run.succeeded(target, t0)
-            chars = len(c.content) + len(c.reasoning) + (len(orjson.dumps(c.tool_calls)) if c.tool_calls else 0)
-            return pb.CompleteResponse(
-                content=c.content, model=target.model.id, provider=target.model.provider,
-                usage=self._usage(c.usage, chat, chars, target), finish_reason=c.finish_reason,
-                attempts=run.attempts, reasoning_content=c.reasoning,
-                tool_calls_json=orjson.dumps(c.tool_calls).decode() if c.tool_calls else "",
-                provider_response_id=c.response_id,
-            )
-        raise run.final_error()
+        run.tenant = request.tenant
+        key = _flight_key(request.tenant, request.coalesce_key, run)
+        if key is None:
+            return await self._complete(chat, run)
+        return await self._unary.run(key, lambda: self._complete(chat, run))
+
+    async def _complete(self, chat: types_pb2.ChatRequest, run: PlanRun) -> pb.CompleteResponse:
+        try:
+            while (target := await run.next()) is not None:
+                t0 = time.perf_counter()
+                obs = target.observe(chat, run, stream=False)
+                try:
+                    c = await target.upstream.complete(chat, target.model)
+                except p.UpstreamFailure as f:
+                    obs.failed(f)
+                    run.failed(target, f, t0)
+                    err = run.fatal(target, f)
+                    if err is not None:
+                        raise err from None
+                    continue
+                except BaseException:
+                    obs.cancelled()
+                    raise
+                run.succeeded(target, t0)
+                chars = len(c.content) + len(c.reasoning) + (len(orjson.dumps(c.tool_calls)) if c.tool_calls else 0)
+                usage = self._usage(c.usage, chat, chars, target)
+                obs.ok(usage, c.finish_reason, c.response_id)
+                return pb.CompleteResponse(
+                    content=c.content, model=target.model.id, provider=target.model.provider,
+                    usage=usage, finish_reason=c.finish_reason,
+                    attempts=run.attempts, reasoning_content=c.reasoning,
+                    tool_calls_json=orjson.dumps(c.tool_calls).decode() if c.tool_calls else "",
+                    provider_response_id=c.response_id,
+                )
+            raise run.final_error()
+        finally:
+            run.release()
 
     async def StreamComplete(self, request: pb.StreamCompleteRequest,
                              context: grpc.aio.ServicerContext) -> AsyncIterator[pb.StreamCompleteResponse]:
         chat = request.request
         run = self._plan(chat, list(request.plan), context)
-        while (target := await run.next()) is not None:
-            t0 = time.perf_counter()
-            state = p.StreamState()
-            sent = False
-            started = pb.StreamCompleteResponse(
-                started=pb.Started(model=target.model.id, provider=target.model.provider))
-            try:
-                async with aclosing(target.upstream.stream(chat, target.model, state)) as upstream:
-                    async for pieces in upstream:
-                        for delta in _deltas(pieces):
-                            if not sent:  # committed to this target from here on: no fallback
-                                sent = True
-                                yield started
-                            yield pb.StreamCompleteResponse(delta=delta)
-            except p.UpstreamFailure as f:
-                attempt = run.failed(target, f, t0)
-                yield pb.StreamCompleteResponse(attempt=attempt)
-                if sent:
-                    raise run.interrupted(target, f) from None
-                err = run.fatal(target, f)
-                if err is not None:
-                    raise err from None
-                continue
-            run.succeeded(target, t0)
-            if not sent:  # an empty answer
-                yield started
-            done = pb.Done(model=target.model.id, provider=target.model.provider,
-                           usage=self._usage(state.usage, chat, state.chars, target),
-                           finish_reason=state.finish_reason)
-            yield pb.StreamCompleteResponse(done=done)
-            return
-        raise run.final_error()
+        run.tenant = request.tenant
+        key = _flight_key(request.tenant, request.coalesce_key, run)
+        events = self._stream(chat, run) if key is None else self._streams.follow(key, lambda: self._stream(chat, run))
+        async with aclosing(events):
+            async for event in events:
+                yield event
+
+    async def _stream(self, chat: types_pb2.ChatRequest,
+                      run: PlanRun) -> AsyncGenerator[pb.StreamCompleteResponse, None]:
+        told = 0  # attempts already sent as events
+
+        def untold() -> list[pb.StreamCompleteResponse]:
+            nonlocal told
+            out = [pb.StreamCompleteResponse(attempt=a) for a in run.attempts[told:]]
+            told = len(run.attempts)
+            return out
+
+        try:
+            while (target := await run.next()) is not None:
+                for event in untold():  # targets skipped by their circuit breaker
+                    yield event
+                t0 = time.perf_counter()
+                state = p.StreamState()
+                sent = False
+                obs = target.observe(chat, run, stream=True)
+                started = pb.StreamCompleteResponse(
+                    started=pb.Started(model=target.model.id, provider=target.model.provider))
+                try:
+                    async with aclosing(target.upstream.stream(chat, target.model, state)) as upstream:
+                        async for pieces in upstream:
+                            for delta in _deltas(pieces):
+                                if not sent:  # committed to this target from here on: no fallback
+                                    sent = True
+                                    yield started
+                                yield pb.StreamCompleteResponse(delta=delta)
+                except p.UpstreamFailure as f:
+                    obs.failed(f)
+                    run.failed(target, f, t0)
+                    for event in untold():
+                        yield event
+                    if sent:
+                        raise run.interrupted(target, f) from None
+                    err = run.fatal(target, f)
+                    if err is not None:
+                        raise err from None
+                    continue
+                except BaseException:
+                    obs.cancelled()
+                    raise
+                run.succeeded(target, t0)
+                if not sent:  # an empty answer
+                    yield started
+                usage = self._usage(state.usage, chat, state.chars, target)
+                obs.ok(usage, state.finish_reason, state.response_id)
+                done = pb.Done(model=target.model.id, provider=target.model.provider, usage=usage,
+                               finish_reason=state.finish_reason)
+                yield pb.StreamCompleteResponse(done=done)
+                return
+            for event in untold():
+                yield event
+            raise run.final_error()
+        finally:
+            run.release()
+
+
+def _flight_key(tenant: str, coalesce_key: str, run: PlanRun) -> Hashable | None:
+    """Calls coalesce only with the same key, tenant and plan (a caller never gets a model it was not routed to)."""
+    if not coalesce_key:
+        return None
+    return (tenant, coalesce_key, tuple(t.model.id for t in run.targets))
+
+
+def _shared_response(resp: pb.CompleteResponse) -> pb.CompleteResponse:
+    out = pb.CompleteResponse()
+    out.CopyFrom(resp)
+    out.coalesced = True
+    return out
+
+
+def _is_done(event: pb.StreamCompleteResponse) -> bool:
+    return event.WhichOneof("event") == "done"
+
+
+def _shared_done(event: pb.StreamCompleteResponse) -> pb.StreamCompleteResponse:
+    out = pb.StreamCompleteResponse()
+    out.CopyFrom(event)
+    out.done.coalesced = True
+    return out

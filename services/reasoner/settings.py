@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from services.reasoner.breaker import BreakerPolicy
 from weir.kit.config import env, load
 from weir.kit.server import ServerSettings
 
@@ -23,8 +24,21 @@ class ReasonerSettings:
     anthropic_max_tokens: int = env(
         "WEIR_REASONER_ANTHROPIC_MAX_TOKENS", 4096, help="max_tokens sent to Anthropic when the request has none"
     )
+    breaker_failures: int = env(
+        "WEIR_REASONER_BREAKER_FAILURES", 5,
+        help="consecutive failed calls that open a deployment's circuit breaker (its calls are skipped)",
+    )
+    breaker_cooldown_s: float = env(
+        "WEIR_REASONER_BREAKER_COOLDOWN_S", 5.0,
+        help="how long an opened breaker skips its deployment before one probe call; doubles per failed probe",
+    )
+    breaker_cooldown_max_s: float = env("WEIR_REASONER_BREAKER_COOLDOWN_MAX_S", 60.0, help="longest cool-down")
     router_addr: str = env("WEIR_ROUTER_ADDR", "", help="router to report outcomes to (host:port); empty: none")
     server: ServerSettings = field(default_factory=lambda: load(ServerSettings))
+
+    @property
+    def breaker_policy(self) -> BreakerPolicy:
+        return BreakerPolicy(self.breaker_failures, self.breaker_cooldown_s, self.breaker_cooldown_max_s)
 
     def validate(self) -> list[str]:
         problems = []
@@ -34,6 +48,10 @@ class ReasonerSettings:
             problems.append("need 0 <= WEIR_REASONER_BACKOFF_BASE_MS <= WEIR_REASONER_BACKOFF_MAX_MS")
         if self.retry_after_cap_s < 0:
             problems.append("WEIR_REASONER_RETRY_AFTER_CAP_S must be >= 0")
+        if self.breaker_failures < 1:
+            problems.append("WEIR_REASONER_BREAKER_FAILURES must be >= 1")
+        if self.breaker_cooldown_s <= 0 or self.breaker_cooldown_max_s < self.breaker_cooldown_s:
+            problems.append("need 0 < WEIR_REASONER_BREAKER_COOLDOWN_S <= WEIR_REASONER_BREAKER_COOLDOWN_MAX_S")
         if self.anthropic_max_tokens < 1:
             problems.append("WEIR_REASONER_ANTHROPIC_MAX_TOKENS must be >= 1")
         return problems

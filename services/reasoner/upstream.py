@@ -138,15 +138,24 @@ class Upstream:
                      state: p.StreamState) -> AsyncGenerator[list[p.Piece], None]:
         """One streaming call: yields the pieces of each network read as they arrive, fills `state`.
 
-        Raises UpstreamFailure: HTTP errors before the first yield; stream_cut / stream_stalled /
+        Timeouts: the first piece (text, reasoning or tool call) must arrive within the provider's
+        first_token_timeout_s of sending the request (headers and empty role/ping events do not count:
+        "timeout"); after it, a gap of that long without an event (pings excepted) is a stall; the whole call
+        is bounded by total_timeout_s.
+
+        Raises UpstreamFailure: HTTP errors and "timeout" before the first yield; stream_cut / stream_stalled /
         stream_malformed / stream_incomplete once streaming (the caller knows whether it passed anything on).
+        Pieces that arrived before a broken event are yielded before the failure is raised.
         """
         data, headers, key = self._request(chat, model, stream=True)
         wait = self.provider.first_token_timeout_s
         anthropic = self.provider.kind == "anthropic"
         parser = SSEParser()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        first = True  # no piece yet
         try:
-            async with asyncio.timeout(wait):
+            async with asyncio.timeout_at(deadline):
                 resp = await self.session.post(self.url, data=data, headers=headers)
         except aiohttp.ClientError as exc:
             raise p.UpstreamFailure("connection_error", 0, _describe(exc)) from None
@@ -156,26 +165,42 @@ class Upstream:
             if resp.status != 200:
                 raise await self._failure(resp, key, model)
             while not state.ended:
-                idle = asyncio.timeout(wait)
+                idle = asyncio.timeout_at(deadline)
                 try:
                     async with idle:
                         chunk = await resp.content.readany()
                 except TimeoutError:
-                    what = f"no data for {wait:g}s" if idle.expired() else (
-                        f"total timeout of {self.provider.total_timeout_s:g}s")
-                    raise p.UpstreamFailure("stream_stalled", 200, f"stream stalled: {what}") from None
+                    if not idle.expired():
+                        raise p.UpstreamFailure("stream_stalled", 200, "stream stalled: total timeout of "
+                                                f"{self.provider.total_timeout_s:g}s") from None
+                    if first:
+                        raise p.UpstreamFailure("timeout", 200, f"no first token within {wait:g}s") from None
+                    raise p.UpstreamFailure("stream_stalled", 200, f"stream stalled: no data for {wait:g}s") from None
                 except aiohttp.ClientError as exc:
                     raise p.UpstreamFailure("stream_cut", 200, f"stream cut: {_describe(exc)}") from None
                 if not chunk:
                     break
                 pieces: list[p.Piece] = []
+                broken: p.UpstreamFailure | None = None
+                progress = False
                 for event, payload in parser.feed(chunk):
-                    if anthropic:
-                        pieces.extend(p.anthropic_stream_event(state, event, payload))
-                    elif payload:
-                        pieces.extend(p.openai_stream_event(state, payload))
+                    try:
+                        if anthropic:
+                            pieces.extend(p.anthropic_stream_event(state, event, payload))
+                        elif payload:
+                            pieces.extend(p.openai_stream_event(state, payload))
+                    except p.UpstreamFailure as f:
+                        broken = f
+                        break
+                    progress = progress or event != "ping"
+                if pieces:
+                    first = False
+                if progress and not first:
+                    deadline = loop.time() + wait
                 if pieces:
                     yield pieces
+                if broken is not None:
+                    raise broken
             if state.ended:
                 await _drain(resp, wait)
         if not state.complete:

@@ -13,6 +13,8 @@ from services.router.policy import Router
 from services.router.scorer import Scorer, StrongScorer, load_scorer
 from services.router.settings import RouterSettings
 from weir.common.v1 import types_pb2
+from weir.kit import semconv as sc
+from weir.kit import telemetry
 from weir.mesh_config import MeshConfig, load_mesh_config
 from weir.router.v1 import router_service_pb2 as pb
 from weir.router.v1 import router_service_pb2_grpc as pb_grpc
@@ -106,6 +108,11 @@ class RouterService(pb_grpc.RouterServiceServicer):
             allowed_models=request.allowed_models,
             quality_bias=request.quality_bias,
         )
+        telemetry.set_attributes({
+            sc.GEN_AI_REQUEST_MODEL: request.requested_model, sc.WEIR_ROUTE_MODEL: decision.plan[0].id,
+            sc.WEIR_ROUTE_REASON: decision.reason, sc.WEIR_ROUTE_TIER: decision.tier,
+            sc.WEIR_ROUTE_STRONG_PROBABILITY: decision.strong_probability,
+            sc.WEIR_ROUTE_PLAN: [m.id for m in decision.plan], sc.WEIR_TENANT: request.tenant or None})
         return pb.RouteResponse(
             plan=[self._targets[m.id] for m in decision.plan],
             reason=decision.reason,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import aiohttp
 import grpc
@@ -13,68 +13,25 @@ import orjson
 import pytest
 
 from tests.conftest import StartService
-from weir.common.v1 import types_pb2
+from tests.reasoner.conftest import (
+    KEYS,
+    complete,
+    complete_error,
+    outcomes,
+    queue,
+    request,
+    stats,
+    stream,
+    text_of,
+    write_config,
+)
 from weir.fakellm.server import key_fingerprint
 from weir.kit import supervisor
 from weir.kit.clients import open_channel
-from weir.kit.errors import RemoteError, parse_rpc_error
-from weir.reasoner.v1 import reasoner_service_pb2 as pb
 from weir.reasoner.v1 import reasoner_service_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
-    Stub = pb_grpc.ReasonerServiceAsyncStub  # exists in the generated .pyi only
-KEYS = {"T_REASONER_KEY_A": "key-a", "T_REASONER_KEY_B": "key-b"}
-
-
-@pytest.fixture(scope="module")
-def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """fake-llm on a free port, requiring one of the two test keys; yields its base URL."""
-    proc = supervisor.start("fake-llm", supervisor.python_module("weir.fakellm", "--port", "0", "--tokens", "16"),
-                            {"WEIR_FAKE_LLM_KEY": ",".join(KEYS.values())},
-                            log_dir=tmp_path_factory.mktemp("fake-logs"))
-    yield f"http://{proc.http}"
-    proc.stop()
-
-
-def write_config(path: Path, fake_url: str) -> Path:
-    path.write_text(f"""
-[[providers]]
-name = "fake"
-kind = "openai"
-base_url = "{fake_url}/v1"
-api_key_env = ["T_REASONER_KEY_A", "T_REASONER_KEY_B"]
-first_token_timeout_s = 2.0
-total_timeout_s = 10.0
-max_connections = 16
-
-[[providers]]
-name = "fake-anthropic"
-kind = "anthropic"
-base_url = "{fake_url}"
-api_key_env = "T_REASONER_KEY_A"
-
-[[models]]
-id = "fake-small"
-provider = "fake"
-context_window = 16384
-
-[[models]]
-id = "fake-tiny"
-provider = "fake"
-context_window = 4096
-
-[[models]]
-id = "fake-large"
-provider = "fake"
-context_window = 128000
-
-[[models]]
-id = "claude"
-provider = "fake-anthropic"
-upstream_model = "claude-fake"
-context_window = 200000
-""")
-    return path
+    from tests.reasoner.conftest import Stub
 
 
 @pytest.fixture(scope="module")
@@ -83,17 +40,11 @@ def reasoner(fake: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
     tmp = tmp_path_factory.mktemp("reasoner")
     env = {**KEYS, "WEIR_CONFIG": str(write_config(tmp / "weir.toml", fake)), "WEIR_REASONER_PORT": "0",
            "WEIR_REASONER_BACKOFF_BASE_MS": "5", "WEIR_REASONER_BACKOFF_MAX_MS": "20",
-           "WEIR_REASONER_MAX_RETRIES": "2", "WEIR_STATE_DIR": str(tmp / "state")}
+           "WEIR_REASONER_MAX_RETRIES": "2", "WEIR_STATE_DIR": str(tmp / "state"),
+           "WEIR_REASONER_BREAKER_FAILURES": "1000"}  # breakers have their own tests and process
     proc = supervisor.start("reasoner", supervisor.python_module("services.reasoner"), env, log_dir=tmp)
     yield proc.grpc
     assert proc.stop() == 0
-
-
-@pytest.fixture
-async def http(fake: str) -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(fake) as session:
-        await session.post("/_fake/reset")
-        yield session
 
 
 @pytest.fixture
@@ -101,64 +52,6 @@ async def stub(reasoner: str) -> AsyncIterator[Stub]:
     channel = open_channel(reasoner)
     yield pb_grpc.ReasonerServiceStub(channel)
     await channel.close()
-
-
-async def queue(http: aiohttp.ClientSession, fault: str, count: int = 1, model: str = "") -> None:
-    async with http.post("/_fake/faults", json={"fault": fault, "count": count, "model": model}) as r:
-        assert r.status == 200, await r.text()
-
-
-async def stats(http: aiohttp.ClientSession) -> dict[str, Any]:
-    async with http.get("/_fake/stats") as r:
-        doc: dict[str, Any] = await r.json()
-        return doc
-
-
-def request(text: str = "What is a weir?", **sampling: Any) -> types_pb2.ChatRequest:
-    return types_pb2.ChatRequest(
-        model="auto",
-        messages=[types_pb2.ChatMessage(role="system", content="Be brief."),
-                  types_pb2.ChatMessage(role="user", content=text)],
-        sampling=types_pb2.SamplingParams(**sampling),
-    )
-
-
-def plan(*models: str) -> list[types_pb2.RouteTarget]:
-    return [types_pb2.RouteTarget(model=m) for m in models]
-
-
-async def complete(stub: Stub, req: types_pb2.ChatRequest,
-                   *models: str) -> pb.CompleteResponse:
-    resp: pb.CompleteResponse = await stub.Complete(pb.CompleteRequest(request=req, plan=plan(*models),
-                                                                       tenant="t1"), timeout=30)
-    return resp
-
-
-async def complete_error(stub: Stub, req: types_pb2.ChatRequest, *models: str) -> RemoteError:
-    with pytest.raises(grpc.RpcError) as info:
-        await complete(stub, req, *models)
-    return parse_rpc_error(info.value)
-
-
-async def stream(stub: Stub, req: types_pb2.ChatRequest,
-                 *models: str) -> tuple[list[pb.StreamCompleteResponse], RemoteError | None]:
-    """Every event of a StreamComplete call, and the error status it ended with (None when OK)."""
-    events: list[pb.StreamCompleteResponse] = []
-    call = stub.StreamComplete(pb.StreamCompleteRequest(request=req, plan=plan(*models)), timeout=30)
-    try:
-        async for event in call:
-            events.append(event)
-    except grpc.RpcError as exc:
-        return events, parse_rpc_error(exc)
-    return events, None
-
-
-def text_of(events: list[pb.StreamCompleteResponse]) -> str:
-    return "".join(e.delta.content for e in events if e.WhichOneof("event") == "delta")
-
-
-def outcomes(attempts: Any) -> list[tuple[str, str, int]]:
-    return [(a.target.model, a.outcome, a.http_status) for a in attempts]
 
 
 # ---------------------------------------------------------------------------------------------- answers
@@ -400,8 +293,18 @@ async def test_slow_first_token_is_retried(stub: Stub, http: aiohttp.ClientSessi
     await queue(http, "slow_first_token:8000", 1, "fake-small")
     events, err = await stream(stub, request(), "fake-small")
     assert err is None
-    assert events[0].attempt.outcome == "stream_stalled"
+    assert events[0].attempt.outcome == "timeout"  # the only target: retried
     assert events[-1].done.model == "fake-small"
+
+
+async def test_timeout_falls_back_without_retrying(stub: Stub, http: aiohttp.ClientSession) -> None:
+    """No first token / no response: the next target at once (a retry would cost another whole timeout)."""
+    await queue(http, "slow_first_token:8000", -1, "fake-small")
+    events, err = await stream(stub, request(), "fake-small", "fake-large")
+    assert err is None
+    assert [e.attempt.outcome for e in events if e.WhichOneof("event") == "attempt"] == ["timeout"]
+    assert events[-1].done.model == "fake-large"
+    assert (await stats(http))["by_model"] == {"fake-small": 1, "fake-large": 1}
 
 
 @pytest.mark.parametrize("fault,outcome", [("pace:20,malformed:6", "stream_malformed"),

@@ -17,6 +17,7 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from weir.kit import telemetry
+from weir.kit import metrics, telemetry
 from weir.kit.config import env
 from weir.kit.errors import WeirError
 from weir.kit.logging import setup_logging
@@ -54,6 +55,7 @@ class ServerSettings:
     log_level: str = env("WEIR_LOG_LEVEL", "info")
     grace_s: float = env("WEIR_SHUTDOWN_GRACE_S", 5.0, help="seconds in-flight calls get on SIGTERM")
     ready_file: Path | None = env("WEIR_READY_FILE", None, help="written with the bound address once serving")
+    metrics_port: int | None = env("WEIR_METRICS_PORT", None, help="Prometheus /metrics port (0 = any free port)")
 
 
 class Service(Protocol):
@@ -101,16 +103,26 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         log.exception("unhandled error in %s", method, exc_info=exc)
         await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
+    observe = metrics.GRPC_SERVER_SECONDS.labels
+
+    def record(since: float, context: grpc.aio.ServicerContext) -> None:
+        code = context.code()
+        observe(method, code.name if isinstance(code, grpc.StatusCode) else "OK").observe(
+            time.perf_counter() - since)
+
     if handler.unary_unary is not None:
         inner_uu = handler.unary_unary
 
         async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            since = time.perf_counter()
             try:
                 return await inner_uu(request, context)  # type: ignore[arg-type]
             except (WeirError, Exception) as exc:
                 if isinstance(exc, asyncio.CancelledError) or _is_abort(exc):
                     raise
                 await fail(exc, context)
+            finally:
+                record(since, context)
 
         return grpc.unary_unary_rpc_method_handler(
             unary_unary, handler.request_deserializer, handler.response_serializer
@@ -119,6 +131,7 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         inner_us = handler.unary_stream
 
         async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            since = time.perf_counter()
             try:
                 async for item in inner_us(request, context):  # type: ignore[arg-type,attr-defined]
                     yield item
@@ -126,6 +139,8 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
                 if isinstance(exc, asyncio.CancelledError) or _is_abort(exc):
                     raise
                 await fail(exc, context)
+            finally:
+                record(since, context)
 
         return grpc.unary_stream_rpc_method_handler(
             unary_stream, handler.request_deserializer, handler.response_serializer
@@ -213,8 +228,10 @@ def serve(name: str, factory: Callable[[], Service], settings: ServerSettings, p
         service = factory()
         server, bound = await create_server(service, settings.host, port)
         address = f"{settings.host}:{bound}"
-        extra = getattr(service, "ready_info", None)  # e.g. the gateway's HTTP address
-        write_ready_file(settings.ready_file, grpc=address, **(extra() if extra else {}))
+        info: dict[str, Any] = getattr(service, "ready_info", dict)()  # e.g. the gateway's HTTP address
+        if settings.metrics_port is not None:
+            info["metrics"] = f"{settings.host}:{metrics.serve_metrics(settings.host, settings.metrics_port)}"
+        write_ready_file(settings.ready_file, grpc=address, **info)
         log.info("serving", extra={"address": address, "services": list(service.service_names)})
         await wait_for_stop_signal()
         log.info("stopping", extra={"grace_s": settings.grace_s})

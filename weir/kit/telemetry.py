@@ -32,10 +32,15 @@ def setup_telemetry(service: str) -> bool:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service)})
+    resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", f"weir-{service}")})
     provider = TracerProvider(resource=resource)
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
+    # Redis calls (exact cache tier, keys, limits) as client spans; command arguments (keys, values) are not
+    # recorded, so no API key or cached answer reaches a trace.
+    from opentelemetry.instrumentation.redis import RedisInstrumentor
+
+    RedisInstrumentor().instrument(tracer_provider=provider)
     _enabled = True
     return True
 
@@ -76,3 +81,44 @@ def client_interceptors() -> list[Any]:
 def new_trace_id() -> str:
     """A W3C trace id for requests handled while tracing is off."""
     return secrets.token_hex(16)
+
+
+def set_attributes(attributes: dict[str, Any]) -> None:
+    """Adds attributes to the current span (the gRPC server span inside a servicer); no-op when tracing is off."""
+    if not _enabled:
+        return
+    from opentelemetry import trace
+
+    trace.get_current_span().set_attributes({k: v for k, v in attributes.items() if v is not None})
+
+
+class ClientSpan:
+    """A span for a call this process makes (a provider, Milvus, an ONNX run) that is NOT made current, so it is
+    safe across `yield` in async generators. A no-op object when tracing is off."""
+
+    __slots__ = ("_span",)
+
+    def __init__(self, name: str, attributes: dict[str, Any] | None = None, kind: str = "client") -> None:
+        self._span: Any = None
+        if not _enabled:
+            return
+        from opentelemetry import trace
+
+        span_kind = {"client": trace.SpanKind.CLIENT, "internal": trace.SpanKind.INTERNAL}[kind]
+        self._span = trace.get_tracer("weir").start_span(
+            name, kind=span_kind, attributes={k: v for k, v in (attributes or {}).items() if v is not None})
+
+    def set(self, attributes: dict[str, Any]) -> None:
+        if self._span is not None:
+            self._span.set_attributes({k: v for k, v in attributes.items() if v is not None})
+
+    def end(self, error: str | None = None) -> None:
+        if self._span is None:
+            return
+        if error:
+            from opentelemetry.trace import Status, StatusCode
+
+            self._span.set_attribute("error.type", error)
+            self._span.set_status(Status(StatusCode.ERROR, error))
+        self._span.end()
+        self._span = None

@@ -25,29 +25,29 @@ _sym_db = _symbol_database.Default()
 from weir.common.v1 import types_pb2 as weir_dot_common_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'weir/reasoner/v1/reasoner_service.proto\x12\x10weir.reasoner.v1\x1a\x1aweir/common/v1/types.proto\"z\n\x0f\x43ompleteRequest\x12,\n\x07request\x18\x01 \x01(\x0b\x32\x1b.weir.common.v1.ChatRequest\x12)\n\x04plan\x18\x02 \x03(\x0b\x32\x1b.weir.common.v1.RouteTarget\x12\x0e\n\x06tenant\x18\x03 \x01(\t\"p\n\x07\x41ttempt\x12+\n\x06target\x18\x01 \x01(\x0b\x32\x1b.weir.common.v1.RouteTarget\x12\x13\n\x0bhttp_status\x18\x02 \x01(\x05\x12\x0f\n\x07outcome\x18\x03 \x01(\t\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\"\x80\x02\n\x10\x43ompleteResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12$\n\x05usage\x18\x04 \x01(\x0b\x32\x15.weir.common.v1.Usage\x12\x15\n\rfinish_reason\x18\x05 \x01(\t\x12+\n\x08\x61ttempts\x18\x06 \x03(\x0b\x32\x19.weir.reasoner.v1.Attempt\x12\x19\n\x11reasoning_content\x18\x07 \x01(\t\x12\x17\n\x0ftool_calls_json\x18\x08 \x01(\t\x12\x1c\n\x14provider_response_id\x18\t \x01(\t\"\x80\x01\n\x15StreamCompleteRequest\x12,\n\x07request\x18\x01 \x01(\x0b\x32\x1b.weir.common.v1.ChatRequest\x12)\n\x04plan\x18\x02 \x03(\x0b\x32\x1b.weir.common.v1.RouteTarget\x12\x0e\n\x06tenant\x18\x03 \x01(\t\"D\n\x05\x44\x65lta\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\x11\n\treasoning\x18\x02 \x01(\t\x12\x17\n\x0ftool_calls_json\x18\x03 \x01(\t\"d\n\x04\x44one\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12$\n\x05usage\x18\x03 \x01(\x0b\x32\x15.weir.common.v1.Usage\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\"*\n\x07Started\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\"\xcf\x01\n\x16StreamCompleteResponse\x12,\n\x07started\x18\x04 \x01(\x0b\x32\x19.weir.reasoner.v1.StartedH\x00\x12(\n\x05\x64\x65lta\x18\x01 \x01(\x0b\x32\x17.weir.reasoner.v1.DeltaH\x00\x12,\n\x07\x61ttempt\x18\x02 \x01(\x0b\x32\x19.weir.reasoner.v1.AttemptH\x00\x12&\n\x04\x64one\x18\x03 \x01(\x0b\x32\x16.weir.reasoner.v1.DoneH\x00\x42\x07\n\x05\x65vent2\xcb\x01\n\x0fReasonerService\x12Q\n\x08\x43omplete\x12!.weir.reasoner.v1.CompleteRequest\x1a\".weir.reasoner.v1.CompleteResponse\x12\x65\n\x0eStreamComplete\x12\'.weir.reasoner.v1.StreamCompleteRequest\x1a(.weir.reasoner.v1.StreamCompleteResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'weir/reasoner/v1/reasoner_service.proto\x12\x10weir.reasoner.v1\x1a\x1aweir/common/v1/types.proto\"\x90\x01\n\x0f\x43ompleteRequest\x12,\n\x07request\x18\x01 \x01(\x0b\x32\x1b.weir.common.v1.ChatRequest\x12)\n\x04plan\x18\x02 \x03(\x0b\x32\x1b.weir.common.v1.RouteTarget\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\x14\n\x0c\x63oalesce_key\x18\x04 \x01(\t\"p\n\x07\x41ttempt\x12+\n\x06target\x18\x01 \x01(\x0b\x32\x1b.weir.common.v1.RouteTarget\x12\x13\n\x0bhttp_status\x18\x02 \x01(\x05\x12\x0f\n\x07outcome\x18\x03 \x01(\t\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\"\x93\x02\n\x10\x43ompleteResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12$\n\x05usage\x18\x04 \x01(\x0b\x32\x15.weir.common.v1.Usage\x12\x15\n\rfinish_reason\x18\x05 \x01(\t\x12+\n\x08\x61ttempts\x18\x06 \x03(\x0b\x32\x19.weir.reasoner.v1.Attempt\x12\x19\n\x11reasoning_content\x18\x07 \x01(\t\x12\x17\n\x0ftool_calls_json\x18\x08 \x01(\t\x12\x1c\n\x14provider_response_id\x18\t \x01(\t\x12\x11\n\tcoalesced\x18\n \x01(\x08\"\x96\x01\n\x15StreamCompleteRequest\x12,\n\x07request\x18\x01 \x01(\x0b\x32\x1b.weir.common.v1.ChatRequest\x12)\n\x04plan\x18\x02 \x03(\x0b\x32\x1b.weir.common.v1.RouteTarget\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\x14\n\x0c\x63oalesce_key\x18\x04 \x01(\t\"D\n\x05\x44\x65lta\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\x11\n\treasoning\x18\x02 \x01(\t\x12\x17\n\x0ftool_calls_json\x18\x03 \x01(\t\"w\n\x04\x44one\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12$\n\x05usage\x18\x03 \x01(\x0b\x32\x15.weir.common.v1.Usage\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\x11\n\tcoalesced\x18\x05 \x01(\x08\"*\n\x07Started\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\"\xcf\x01\n\x16StreamCompleteResponse\x12,\n\x07started\x18\x04 \x01(\x0b\x32\x19.weir.reasoner.v1.StartedH\x00\x12(\n\x05\x64\x65lta\x18\x01 \x01(\x0b\x32\x17.weir.reasoner.v1.DeltaH\x00\x12,\n\x07\x61ttempt\x18\x02 \x01(\x0b\x32\x19.weir.reasoner.v1.AttemptH\x00\x12&\n\x04\x64one\x18\x03 \x01(\x0b\x32\x16.weir.reasoner.v1.DoneH\x00\x42\x07\n\x05\x65vent2\xcb\x01\n\x0fReasonerService\x12Q\n\x08\x43omplete\x12!.weir.reasoner.v1.CompleteRequest\x1a\".weir.reasoner.v1.CompleteResponse\x12\x65\n\x0eStreamComplete\x12\'.weir.reasoner.v1.StreamCompleteRequest\x1a(.weir.reasoner.v1.StreamCompleteResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'weir.reasoner.v1.reasoner_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_COMPLETEREQUEST']._serialized_start=89
-  _globals['_COMPLETEREQUEST']._serialized_end=211
-  _globals['_ATTEMPT']._serialized_start=213
-  _globals['_ATTEMPT']._serialized_end=325
-  _globals['_COMPLETERESPONSE']._serialized_start=328
-  _globals['_COMPLETERESPONSE']._serialized_end=584
-  _globals['_STREAMCOMPLETEREQUEST']._serialized_start=587
-  _globals['_STREAMCOMPLETEREQUEST']._serialized_end=715
-  _globals['_DELTA']._serialized_start=717
-  _globals['_DELTA']._serialized_end=785
-  _globals['_DONE']._serialized_start=787
-  _globals['_DONE']._serialized_end=887
-  _globals['_STARTED']._serialized_start=889
-  _globals['_STARTED']._serialized_end=931
-  _globals['_STREAMCOMPLETERESPONSE']._serialized_start=934
-  _globals['_STREAMCOMPLETERESPONSE']._serialized_end=1141
-  _globals['_REASONERSERVICE']._serialized_start=1144
-  _globals['_REASONERSERVICE']._serialized_end=1347
+  _globals['_COMPLETEREQUEST']._serialized_start=90
+  _globals['_COMPLETEREQUEST']._serialized_end=234
+  _globals['_ATTEMPT']._serialized_start=236
+  _globals['_ATTEMPT']._serialized_end=348
+  _globals['_COMPLETERESPONSE']._serialized_start=351
+  _globals['_COMPLETERESPONSE']._serialized_end=626
+  _globals['_STREAMCOMPLETEREQUEST']._serialized_start=629
+  _globals['_STREAMCOMPLETEREQUEST']._serialized_end=779
+  _globals['_DELTA']._serialized_start=781
+  _globals['_DELTA']._serialized_end=849
+  _globals['_DONE']._serialized_start=851
+  _globals['_DONE']._serialized_end=970
+  _globals['_STARTED']._serialized_start=972
+  _globals['_STARTED']._serialized_end=1014
+  _globals['_STREAMCOMPLETERESPONSE']._serialized_start=1017
+  _globals['_STREAMCOMPLETERESPONSE']._serialized_end=1224
+  _globals['_REASONERSERVICE']._serialized_start=1227
+  _globals['_REASONERSERVICE']._serialized_end=1430
 # @@protoc_insertion_point(module_scope)

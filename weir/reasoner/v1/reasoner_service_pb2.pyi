@@ -28,8 +28,14 @@ class CompleteRequest(_message.Message):
     REQUEST_FIELD_NUMBER: _builtins.int
     PLAN_FIELD_NUMBER: _builtins.int
     TENANT_FIELD_NUMBER: _builtins.int
+    COALESCE_KEY_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     """Tenant (team) of the caller."""
+    coalesce_key: _builtins.str
+    """Coalescing key: concurrent calls with the same non-empty key (and tenant and plan) share one upstream
+    call and all get its answer (or its error). Empty: never coalesced. The gateway sets it to the
+    tenant-scoped exact-cache key for cacheable requests only, so tenants never share answers.
+    """
     @_builtins.property
     def request(self) -> _types_pb2.ChatRequest:
         """The chat request."""
@@ -44,10 +50,11 @@ class CompleteRequest(_message.Message):
         request: _types_pb2.ChatRequest | None = ...,
         plan: _abc.Iterable[_types_pb2.RouteTarget] | None = ...,
         tenant: _builtins.str = ...,
+        coalesce_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan", "request", b"request", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coalesce_key", b"coalesce_key", "plan", b"plan", "request", b"request", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -66,7 +73,9 @@ class Attempt(_message.Message):
     http_status: _builtins.int
     """HTTP status, 0 for a transport failure."""
     outcome: _builtins.str
-    """"ok" or the error class, e.g. "rate_limited", "server_error", "stream_cut"."""
+    """"ok" or the error class, e.g. "rate_limited", "server_error", "stream_cut"; "circuit_open" when the
+    target was skipped without a call because its circuit breaker is open.
+    """
     latency_ms: _builtins.float
     """Duration in milliseconds."""
     @_builtins.property
@@ -104,6 +113,7 @@ class CompleteResponse(_message.Message):
     REASONING_CONTENT_FIELD_NUMBER: _builtins.int
     TOOL_CALLS_JSON_FIELD_NUMBER: _builtins.int
     PROVIDER_RESPONSE_ID_FIELD_NUMBER: _builtins.int
+    COALESCED_FIELD_NUMBER: _builtins.int
     content: _builtins.str
     """The answer text."""
     model: _builtins.str
@@ -118,6 +128,10 @@ class CompleteResponse(_message.Message):
     """Tool calls of the answer as the JSON array OpenAI sends; empty when none."""
     provider_response_id: _builtins.str
     """The provider's response id."""
+    coalesced: _builtins.bool
+    """True when this answer was shared from an identical in-flight call made for another request (see
+    coalesce_key): its usage was spent once, by that call, and is repeated here for information.
+    """
     @_builtins.property
     def usage(self) -> _types_pb2.Usage:
         """Real usage reported by the provider (estimated only where it reports none)."""
@@ -138,10 +152,11 @@ class CompleteResponse(_message.Message):
         reasoning_content: _builtins.str = ...,
         tool_calls_json: _builtins.str = ...,
         provider_response_id: _builtins.str = ...,
+        coalesced: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "content", b"content", "finish_reason", b"finish_reason", "model", b"model", "provider", b"provider", "provider_response_id", b"provider_response_id", "reasoning_content", b"reasoning_content", "tool_calls_json", b"tool_calls_json", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "coalesced", b"coalesced", "content", b"content", "finish_reason", b"finish_reason", "model", b"model", "provider", b"provider", "provider_response_id", b"provider_response_id", "reasoning_content", b"reasoning_content", "tool_calls_json", b"tool_calls_json", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -156,8 +171,14 @@ class StreamCompleteRequest(_message.Message):
     REQUEST_FIELD_NUMBER: _builtins.int
     PLAN_FIELD_NUMBER: _builtins.int
     TENANT_FIELD_NUMBER: _builtins.int
+    COALESCE_KEY_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     """Tenant (team) of the caller."""
+    coalesce_key: _builtins.str
+    """Coalescing key: concurrent calls with the same non-empty key (and tenant and plan) share one upstream
+    call and all get its answer (or its error). Empty: never coalesced. The gateway sets it to the
+    tenant-scoped exact-cache key for cacheable requests only, so tenants never share answers.
+    """
     @_builtins.property
     def request(self) -> _types_pb2.ChatRequest:
         """The chat request."""
@@ -172,10 +193,11 @@ class StreamCompleteRequest(_message.Message):
         request: _types_pb2.ChatRequest | None = ...,
         plan: _abc.Iterable[_types_pb2.RouteTarget] | None = ...,
         tenant: _builtins.str = ...,
+        coalesce_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan", "request", b"request", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coalesce_key", b"coalesce_key", "plan", b"plan", "request", b"request", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -221,12 +243,17 @@ class Done(_message.Message):
     PROVIDER_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
     FINISH_REASON_FIELD_NUMBER: _builtins.int
+    COALESCED_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """The Weir model id that actually answered."""
     provider: _builtins.str
     """The provider that answered."""
     finish_reason: _builtins.str
     """Finish reason."""
+    coalesced: _builtins.bool
+    """True when this stream was shared from an identical in-flight call made for another request (see
+    coalesce_key): its usage was spent once, by that call, and is repeated here for information.
+    """
     @_builtins.property
     def usage(self) -> _types_pb2.Usage:
         """Real usage of the call."""
@@ -238,10 +265,11 @@ class Done(_message.Message):
         provider: _builtins.str = ...,
         usage: _types_pb2.Usage | None = ...,
         finish_reason: _builtins.str = ...,
+        coalesced: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["finish_reason", b"finish_reason", "model", b"model", "provider", b"provider", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coalesced", b"coalesced", "finish_reason", b"finish_reason", "model", b"model", "provider", b"provider", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
