@@ -15,6 +15,8 @@ MASTER_KEY = "wk-test-master-key-0123456789"
 class Mesh:
     procs: dict[str, supervisor.Process] = field(default_factory=dict)
     master_key: str = MASTER_KEY
+    gateway_env: dict[str, str] = field(default_factory=dict)  # how the gateway was started (for add_gateway)
+    log_dir: Path | None = None
 
     @property
     def base_url(self) -> str:
@@ -50,10 +52,18 @@ def start_mesh(state: Path, redis_url: str, extra_env: dict[str, str] | None = N
             for n, fut in futures.items():
                 mesh.procs[n] = fut.result()
         addrs = {f"WEIR_{n.upper()}_ADDR": mesh.procs[n].grpc for n in names}
+        mesh.gateway_env, mesh.log_dir = {**env, **addrs, "WEIR_GATEWAY_PORT": "0", "WEIR_GATEWAY_HTTP_PORT": "0"}, logs
         mesh.procs["gateway"] = supervisor.start(
-            "gateway", supervisor.python_module("services.gateway"),
-            {**env, **addrs, "WEIR_GATEWAY_PORT": "0", "WEIR_GATEWAY_HTTP_PORT": "0"}, log_dir=logs)
+            "gateway", supervisor.python_module("services.gateway"), mesh.gateway_env, log_dir=logs)
     except BaseException:
         mesh.stop()
         raise
     return mesh
+
+
+def add_gateway(mesh: Mesh, name: str, extra_env: dict[str, str] | None = None) -> supervisor.Process:
+    """Another gateway replica on the same Redis and services (stopped with the mesh); see `Process.http`."""
+    proc = supervisor.start(name, supervisor.python_module("services.gateway"),
+                            {**mesh.gateway_env, **(extra_env or {})}, log_dir=mesh.log_dir)
+    mesh.procs[name] = proc
+    return proc

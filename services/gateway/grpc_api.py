@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator
 
 import grpc
 
-from services.gateway.auth import AuthError, KeyStore, Principal, bearer
+from services.gateway.auth import AuthError, KeyStore, Principal, StoreUnavailable, bearer
 from services.gateway.hub import Hub
 from services.gateway.openai_wire import ApiError
 from weir.gateway.v1 import gateway_service_pb2 as pb
@@ -24,10 +23,18 @@ _CODES = {
 
 
 def to_weir_error(err: ApiError) -> WeirError:
-    retry = float(err.headers["Retry-After"]) if err.headers and "Retry-After" in err.headers else 0.0
+    """The REST error as a gRPC status; rate-limit headers travel in the ErrorInfo metadata."""
+    headers = err.headers or {}
+    retry = float(headers["Retry-After"]) if "Retry-After" in headers else 0.0
     violations = [(err.param, err.message)] if err.param else []
+    metadata = {k.lower(): v for k, v in headers.items() if k.lower().startswith(("x-ratelimit-", "x-weir-"))}
     return WeirError(_CODES.get(err.status, grpc.StatusCode.INTERNAL), err.message,
-                     reason=(err.code or err.type).upper(), field_violations=violations, retry_after_s=retry)
+                     reason=(err.code or err.type).upper(), field_violations=violations, retry_after_s=retry,
+                     metadata=metadata)
+
+
+def _metadata(headers: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    return tuple((k.lower(), v) for k, v in headers.items())
 
 
 class GatewayServicer(pb_grpc.GatewayServiceServicer):
@@ -39,6 +46,9 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         md = dict(context.invocation_metadata() or ())
         try:
             return await self.keys.authenticate(bearer(str(md.get("authorization", ""))))
+        except StoreUnavailable as exc:
+            raise WeirError(grpc.StatusCode.UNAVAILABLE, str(exc), reason="POLICY_UNAVAILABLE",
+                            retry_after_s=1.0) from exc
         except AuthError as exc:
             raise WeirError(grpc.StatusCode.UNAUTHENTICATED, str(exc), reason="INVALID_API_KEY") from exc
 
@@ -51,14 +61,26 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
             raise WeirError(grpc.StatusCode.INVALID_ARGUMENT, "request.messages needs a user message",
                             reason="INVALID_ARGUMENT", field_violations=[("request.messages", "no user message")])
 
+    @staticmethod
+    def _key(context: grpc.aio.ServicerContext) -> str:
+        md = dict(context.invocation_metadata() or ())
+        raw = bearer(str(md.get("authorization", "")))
+        if not raw:
+            raise WeirError(grpc.StatusCode.UNAUTHENTICATED, "missing API key: send `authorization: Bearer <key>`",
+                            reason="INVALID_API_KEY")
+        return raw
+
     async def CreateChatCompletion(self, request: pb.CreateChatCompletionRequest,
                                    context: grpc.aio.ServicerContext) -> pb.CreateChatCompletionResponse:
-        principal = await self._principal(context)
+        raw_key = self._key(context)
         self._check(request)
         try:
-            out = await self.hub.complete(principal, request.request, request.cache_control)
+            adm = await self.hub.admit(raw_key, request.request, request.cache_control)
+            out = await self.hub.complete(adm, request.request, request.cache_control)
         except ApiError as err:
             raise to_weir_error(err) from err
+        if adm.headers:
+            await context.send_initial_metadata(_metadata(adm.headers))
         d = out.decision
         return pb.CreateChatCompletionResponse(
             id=d.id, content=out.content, model=out.model, usage=out.usage, finish_reason=out.finish_reason,
@@ -67,25 +89,32 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
 
     async def StreamChatCompletion(self, request: pb.StreamChatCompletionRequest,
                                    context: grpc.aio.ServicerContext) -> AsyncIterator[pb.StreamChatCompletionResponse]:
-        principal = await self._principal(context)
+        raw_key = self._key(context)
         self._check(request)
         try:
-            session = await self.hub.stream(principal, request.request, request.cache_control)
+            adm = await self.hub.admit(raw_key, request.request, request.cache_control)
+            session = await self.hub.stream(adm, request.request, request.cache_control)
+        except ApiError as err:
+            raise to_weir_error(err) from err
+        try:
+            if adm.headers:
+                await context.send_initial_metadata(_metadata(adm.headers))
             d = session.decision
             yield pb.StreamChatCompletionResponse(start=pb.StreamStart(
                 id=d.id, model=session.model, cache=d.tier, route_reason=d.route_reason,
                 cache_reason=d.cache_reason, created_unix=d.created))
-            async with contextlib.aclosing(session.events) as events:
-                async for ev in events:
-                    if ev.end is not None:
-                        yield pb.StreamChatCompletionResponse(end=pb.StreamEnd(
-                            model=ev.end.model, usage=ev.end.usage, finish_reason=ev.end.finish_reason,
-                            timings=d.timings.proto()))
-                        return
-                    yield pb.StreamChatCompletionResponse(delta=pb.StreamDelta(content=ev.content,
-                                                                                reasoning=ev.reasoning))
+            async for ev in session.events:
+                if ev.end is not None:
+                    yield pb.StreamChatCompletionResponse(end=pb.StreamEnd(
+                        model=ev.end.model, usage=ev.end.usage, finish_reason=ev.end.finish_reason,
+                        timings=d.timings.proto()))
+                    return
+                yield pb.StreamChatCompletionResponse(delta=pb.StreamDelta(content=ev.content,
+                                                                            reasoning=ev.reasoning))
         except ApiError as err:
             raise to_weir_error(err) from err
+        finally:
+            await session.aclose()
 
     async def ListModels(self, request: pb.ListModelsRequest,
                          context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:

@@ -5,16 +5,16 @@ For one request the hub obtains ONE embedding and hands it to both the semantic 
     exact lookup  ─┐ (concurrently)            semantic lookup ─┐ (concurrently, same embedding)
     embed         ─┘ -> exact hit? answer.  ->  route           ─┘ -> semantic hit? answer. -> reasoner
 
-Both the REST bridge and the gRPC GatewayService call `complete()` / `stream()`.
+Both the REST bridge and the gRPC GatewayService call `admit()` (the policy: key, limits, budgets) and then
+`complete()` / `stream()`, which settle the admission (real usage, ledger, metrics) however the request ends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -22,7 +22,10 @@ import grpc
 
 from services.gateway.auth import Principal
 from services.gateway.openai_wire import ApiError, api_error_from_remote
+from services.gateway.policy import Admission, Policy, Settlement
 from services.gateway.settings import GatewaySettings
+from services.gateway.timings import Timings
+from services.gateway.tokens import TokenCounter
 from weir import chat
 from weir.cache.v1 import cache_service_pb2 as cache_pb
 from weir.cache.v1 import cache_service_pb2_grpc as cache_grpc
@@ -43,32 +46,7 @@ T = TypeVar("T")
 MISS, EXACT, SEMANTIC = "miss", "exact", "semantic"
 _TIER = {MISS: types_pb2.CACHE_TIER_MISS, EXACT: types_pb2.CACHE_TIER_EXACT, SEMANTIC: types_pb2.CACHE_TIER_SEMANTIC}
 STORABLE_FINISH = ("stop", "length")
-
-
-class Timings:
-    """Milliseconds per hop, rendered as a W3C Server-Timing header."""
-
-    __slots__ = ("hops", "start")
-
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-        self.hops: dict[str, float] = {}
-
-    def add(self, hop: str, since: float) -> None:
-        self.hops[hop] = self.hops.get(hop, 0.0) + (time.perf_counter() - since) * 1000
-
-    def total(self) -> float:
-        return (time.perf_counter() - self.start) * 1000
-
-    def header(self) -> str:
-        parts = [f"{hop};dur={ms:.2f}" for hop, ms in self.hops.items()]
-        parts.append(f"total;dur={self.total():.2f}")
-        return ", ".join(parts)
-
-    def proto(self) -> list[gateway_pb.HopTiming]:
-        out = [gateway_pb.HopTiming(hop=h, ms=ms) for h, ms in self.hops.items()]
-        out.append(gateway_pb.HopTiming(hop="total", ms=self.total()))
-        return out
+_BIG_PROMPT_CHARS = 32_768  # counted in a worker thread above this
 
 
 @dataclass
@@ -116,24 +94,28 @@ class StreamEvent:
 
 @dataclass
 class StreamSession:
-    """A stream whose answering model is known; iterate `events` for the deltas."""
+    """A stream whose answering model is known; iterate `events` for the deltas, then always `aclose()`."""
 
     decision: Decision
     model: str
     events: AsyncGenerator[StreamEvent, None]
+    abandon: Callable[[], None]
+
+    async def aclose(self) -> None:
+        """Ends the stream (cancelling the upstream call) and settles it if iterating never did."""
+        await self.events.aclose()
+        self.abandon()
 
 
 def _degraded(code: grpc.StatusCode) -> str:
     return f"degraded: cache unavailable ({code.name.lower()})"
 
 
-def _estimate_tokens(req: types_pb2.ChatRequest) -> int:
-    return sum(len(m.content) for m in req.messages) // 4 + 4 * len(req.messages)
-
-
 class Hub:
-    def __init__(self, settings: GatewaySettings) -> None:
+    def __init__(self, settings: GatewaySettings, policy: Policy, counter: TokenCounter) -> None:
         self.settings = settings
+        self.policy = policy
+        self.counter = counter
         self.deadlines = settings.deadlines
         self._channels = {
             name: open_channel(addr)
@@ -198,9 +180,9 @@ class Hub:
             return cache_pb.LookupSemanticResponse(hit=False, reason=_degraded(err.code))
 
     async def _route(self, principal: Principal, req: types_pb2.ChatRequest, emb: types_pb2.Embedding | None,
-                     timings: Timings) -> router_pb.RouteResponse:
+                     prompt_tokens: int, timings: Timings) -> router_pb.RouteResponse:
         rr = router_pb.RouteRequest(
-            requested_model=req.model, prompt_tokens=_estimate_tokens(req),
+            requested_model=req.model, prompt_tokens=prompt_tokens,
             max_tokens=req.sampling.max_tokens if req.sampling.HasField("max_tokens") else 0,
             allowed_models=principal.allowed_models, tenant=principal.team)
         if emb is not None:
@@ -231,19 +213,59 @@ class Hub:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    # ---- admission -------------------------------------------------------------------------------
+
+    async def admit(self, raw_key: str, req: types_pb2.ChatRequest, control: gateway_pb.CacheControl) -> Admission:
+        """Authenticates the key and applies its limits and budgets (one Redis round trip); raises ApiError."""
+        timings = Timings()
+        if TokenCounter.prompt_chars(req) > _BIG_PROMPT_CHARS:
+            prompt_tokens = await asyncio.to_thread(self.counter.prompt, req)
+        else:
+            prompt_tokens = self.counter.prompt(req)
+        cacheable = (chat.is_deterministic(req) or control.allow_nondeterministic) and not control.no_cache
+        return await self.policy.admit(raw_key, req.model, prompt_tokens, self.policy.completion_reservation(req),
+                                       cacheable, timings)
+
+    def _settle_hit(self, adm: Admission, d: Decision) -> None:
+        a = d.answer
+        assert a is not None
+        self.policy.settle(adm, Settlement("ok", a.model, d.cache, saved_model=a.model, saved_usage=a.usage,
+                                           request_id=d.id), d.timings)
+
+    def _settle_failure(self, adm: Admission, d: Decision | None, err: BaseException, upstream: bool) -> None:
+        """A request that ended without an answer: a refused cache-only request leaves the windows, an error
+        releases its tokens, a cancelled upstream call is charged its prompt (the provider bills it)."""
+        if adm.refusal is not None and err is adm.refusal:
+            s = Settlement("refused", "", MISS, release=True)
+        elif isinstance(err, ApiError):
+            s = Settlement("error", "", MISS)
+        elif upstream and d is not None and d.plan:
+            s = Settlement("cancelled", d.plan[0].model, MISS, types_pb2.Usage(prompt_tokens=adm.prompt_tokens))
+        else:
+            s = Settlement("cancelled", "", MISS)
+        s.request_id = adm.request_id
+        self.policy.settle(adm, s, adm.timings)
+
     # ---- lookup phase ---------------------------------------------------------------------------
 
-    async def decide(self, principal: Principal, req: types_pb2.ChatRequest,
-                     control: gateway_pb.CacheControl) -> Decision:
-        timings = Timings()
+    async def decide(self, adm: Admission, req: types_pb2.ChatRequest, control: gateway_pb.CacheControl) -> Decision:
+        principal, timings = adm.principal, adm.timings
         cacheable = chat.is_deterministic(req) or control.allow_nondeterministic
-        d = Decision(id="chatcmpl-" + secrets.token_hex(12), created=int(time.time()), tenant=principal.team,
-                     cache=MISS, cache_reason="", timings=timings, store=cacheable and not control.no_store)
+        d = Decision(id=adm.request_id, created=int(time.time()), tenant=principal.team, cache=MISS,
+                     cache_reason="", timings=timings, store=cacheable and not control.no_store)
         lookup = cacheable and not control.no_cache
         if not cacheable:
             d.cache_reason = "bypass: not deterministic (temperature is not 0)"
         elif control.no_cache:
             d.cache_reason = "bypass: no-cache requested"
+        if adm.refusal is not None:
+            # Over its token window or budget: only an exact cache hit (which costs nothing) may answer.
+            if lookup:
+                exact = await self._exact(principal.team, req, timings)
+                if exact.hit:
+                    d.cache, d.cache_reason, d.answer = EXACT, exact.reason or "hit", exact.answer
+                    return d
+            raise adm.refusal
         text = chat.semantic_text(req)
         embed_task = asyncio.ensure_future(self._embed(text, timings)) if text.strip() else None
         if lookup:
@@ -256,7 +278,7 @@ class Hub:
             d.cache_reason = exact.reason
         emb, embed_reason = (await embed_task) if embed_task is not None else (None, "")
         d.embedding = emb
-        route_task = asyncio.ensure_future(self._route(principal, req, emb, timings))
+        route_task = asyncio.ensure_future(self._route(principal, req, emb, adm.prompt_tokens, timings))
         if lookup and self.settings.semantic_cache:
             if emb is None:
                 d.cache_reason = embed_reason or "miss: nothing to embed"
@@ -271,51 +293,116 @@ class Hub:
         d.plan, d.route_reason = list(route.plan), route.reason
         if not d.plan:
             raise ApiError(503, f"no model available for {req.model!r}: {route.reason}", type="service_unavailable")
+        d.plan = await self.policy.pick_deployment(adm, d.plan)
         return d
 
     # ---- answers ---------------------------------------------------------------------------------
 
-    async def complete(self, principal: Principal, req: types_pb2.ChatRequest,
+    async def complete(self, adm: Admission, req: types_pb2.ChatRequest,
                        control: gateway_pb.CacheControl) -> Outcome:
-        d = await self.decide(principal, req, control)
-        if d.answer is not None:
-            a = d.answer
-            return Outcome(d, a.content, a.model, a.usage, a.finish_reason or "stop")
-        since = time.perf_counter()
+        d: Decision | None = None
+        upstream = False
         try:
-            resp = await self.reasoner.Complete(
-                reasoner_pb.CompleteRequest(request=req, plan=d.plan, tenant=principal.team),
-                timeout=self.deadlines.reason_s)
-        except grpc.RpcError as exc:
-            raise api_error_from_remote(parse_rpc_error(exc), "reasoner") from exc
-        finally:
-            d.timings.add("upstream", since)
+            d = await self.decide(adm, req, control)
+            if d.answer is not None:
+                a = d.answer
+                self._settle_hit(adm, d)
+                return Outcome(d, a.content, a.model, a.usage, a.finish_reason or "stop")
+            since = time.perf_counter()
+            upstream = True
+            try:
+                resp = await self.reasoner.Complete(
+                    reasoner_pb.CompleteRequest(request=req, plan=d.plan, tenant=adm.principal.team, coalesce_key=(
+                        chat.exact_key(adm.principal.team, req) if d.store or chat.is_deterministic(req) else "")),
+                    timeout=self.deadlines.reason_s)
+            except grpc.RpcError as exc:
+                raise api_error_from_remote(parse_rpc_error(exc), "reasoner") from exc
+            finally:
+                d.timings.add("upstream", since)
+        except BaseException as exc:
+            self._settle_failure(adm, d, exc, upstream)
+            if isinstance(exc, ApiError):
+                adm.error(exc)
+            raise
+        self.policy.settle(adm, Settlement("ok", resp.model, MISS, resp.usage, request_id=d.id), d.timings)
         if not resp.tool_calls_json:
             self._store(d, req, resp.content, resp.model, resp.usage, resp.finish_reason, control.ttl_seconds)
         return Outcome(d, resp.content, resp.model, resp.usage, resp.finish_reason, resp.tool_calls_json)
 
-    async def stream(self, principal: Principal, req: types_pb2.ChatRequest,
+    async def stream(self, adm: Admission, req: types_pb2.ChatRequest,
                      control: gateway_pb.CacheControl) -> StreamSession:
-        d = await self.decide(principal, req, control)
-        if d.answer is not None:
-            return StreamSession(d, d.answer.model, _replay(d.answer))
-        since = time.perf_counter()
-        call = self.reasoner.StreamComplete(
-            reasoner_pb.StreamCompleteRequest(request=req, plan=d.plan, tenant=principal.team),
-            timeout=self.deadlines.reason_s)
-        it = call.__aiter__()
+        d: Decision | None = None
+        upstream = False
         try:
-            while True:
-                ev = await it.__anext__()
-                if ev.WhichOneof("event") == "started":
-                    break
-        except StopAsyncIteration:
-            raise ApiError(502, "upstream ended the stream before answering", type="upstream_error") from None
-        except grpc.RpcError as exc:
-            raise api_error_from_remote(parse_rpc_error(exc), "reasoner") from exc
+            d = await self.decide(adm, req, control)
+            if d.answer is not None:
+                return self._session(adm, d, d.answer.model, _replay(d.answer))
+            since = time.perf_counter()
+            upstream = True
+            call = self.reasoner.StreamComplete(
+                reasoner_pb.StreamCompleteRequest(request=req, plan=d.plan, tenant=adm.principal.team, coalesce_key=(
+                    chat.exact_key(adm.principal.team, req) if d.store or chat.is_deterministic(req) else "")),
+                timeout=self.deadlines.reason_s)
+            it = call.__aiter__()
+            try:
+                while True:
+                    ev = await it.__anext__()
+                    if ev.WhichOneof("event") == "started":
+                        break
+            except StopAsyncIteration:
+                raise ApiError(502, "upstream ended the stream before answering", type="upstream_error") from None
+            except grpc.RpcError as exc:
+                raise api_error_from_remote(parse_rpc_error(exc), "reasoner") from exc
+            finally:
+                d.timings.add("upstream_ttfb", since)
+        except BaseException as exc:
+            self._settle_failure(adm, d, exc, upstream)
+            if isinstance(exc, ApiError):
+                adm.error(exc)
+            raise
+        return self._session(adm, d, ev.started.model, self._relay(d, req, control, call, it))
+
+    def _session(self, adm: Admission, d: Decision, model: str,
+                 inner: AsyncGenerator[StreamEvent, None]) -> StreamSession:
+        def abandon() -> None:
+            if d.answer is not None:
+                self._settle_hit(adm, d)
+            else:
+                self.policy.settle(adm, Settlement("cancelled", model, MISS, types_pb2.Usage(
+                    prompt_tokens=adm.prompt_tokens), request_id=d.id), d.timings)
+
+        return StreamSession(d, model, self._metered(adm, d, model, inner), abandon)
+
+    async def _metered(self, adm: Admission, d: Decision, model: str,
+                       inner: AsyncGenerator[StreamEvent, None]) -> AsyncGenerator[StreamEvent, None]:
+        """Relays a stream and settles it at its end: the real usage when it completed, else the prompt and
+        the tokens that were streamed (what the provider bills for a cut stream)."""
+        parts: list[str] = []
+        end: reasoner_pb.Done | None = None
+        status = "cancelled"
+        since = time.perf_counter()
+        try:
+            async for ev in inner:
+                if ev.end is not None:
+                    end, status = ev.end, "ok"
+                else:
+                    parts.append(ev.content)
+                yield ev
+        except ApiError:
+            status = "error"
+            raise
         finally:
-            d.timings.add("upstream_ttfb", since)
-        return StreamSession(d, ev.started.model, self._relay(d, req, control, call, it))
+            await inner.aclose()
+            if d.answer is not None:
+                self._settle_hit(adm, d)
+            else:
+                d.timings.add("upstream_stream", since)
+                if end is not None:
+                    usage, model = end.usage, end.model or model
+                else:
+                    usage = types_pb2.Usage(prompt_tokens=adm.prompt_tokens,
+                                            completion_tokens=self.counter.text("".join(parts)))
+                self.policy.settle(adm, Settlement(status, model, MISS, usage, request_id=d.id), d.timings)
 
     async def _relay(self, d: Decision, req: types_pb2.ChatRequest, control: gateway_pb.CacheControl,
                      call: Any, it: AsyncIterator[reasoner_pb.StreamCompleteResponse],

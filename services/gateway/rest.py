@@ -15,8 +15,11 @@ from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis.asyncio import Redis
 
-from services.gateway.auth import AuthError, KeyStore, Principal, bearer
-from services.gateway.hub import Decision, Hub
+from services.gateway.admin import AdminApi
+from services.gateway.auth import AuthError, KeyStore, Principal, StoreUnavailable, bearer
+from services.gateway.hub import Decision, Hub, StreamSession
+from services.gateway.ledger import UsageReader
+from services.gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from services.gateway.openai_wire import (
     DONE_SSE,
     ApiError,
@@ -123,16 +126,21 @@ async def errors_middleware(request: web.Request,
 
 
 class RestApi:
-    def __init__(self, hub: Hub, keys: KeyStore, redis: Redis, max_body_bytes: int) -> None:
+    def __init__(self, hub: Hub, keys: KeyStore, redis: Redis, metrics: GatewayMetrics, usage: UsageReader,
+                 max_body_bytes: int) -> None:
         self.hub = hub
         self.keys = keys
         self.redis = redis
+        self.metrics = metrics
+        self.admin = AdminApi(keys, usage, self._principal)
         self.max_body_bytes = max_body_bytes
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[errors_middleware], client_max_size=self.max_body_bytes)
         app.router.add_post("/v1/chat/completions", self.chat_completions)
         app.router.add_get("/v1/models", self.models)
+        self.admin.routes(app)
+        app.router.add_get("/metrics", self.prometheus)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         return app
@@ -140,54 +148,68 @@ class RestApi:
     async def _principal(self, request: web.Request) -> Principal:
         try:
             return await self.keys.authenticate(bearer(request.headers.get("Authorization")))
+        except StoreUnavailable as exc:
+            raise ApiError(503, str(exc), type="service_unavailable", code="policy_unavailable",
+                           headers={"Retry-After": "1"}) from exc
         except AuthError as exc:
             raise ApiError(401, str(exc), type="authentication_error", code="invalid_api_key") from exc
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         with request_trace(request, "POST /v1/chat/completions") as trace_id:
-            principal = await self._principal(request)
+            raw_key = bearer(request.headers.get("Authorization"))
+            if not raw_key:
+                raise ApiError(401, "missing API key: send `Authorization: Bearer <key>`",
+                               type="authentication_error", code="invalid_api_key")
             raw = await request.read()
             req, include_usage = parse_chat_request(raw)
             control = cache_control(request.headers)
+            adm = await self.hub.admit(raw_key, req, control)
             if not req.stream:
-                out = await self.hub.complete(principal, req, control)
+                out = await self.hub.complete(adm, req, control)
                 d = out.decision
                 body = completion_json(d.id, d.created, out.model, out.content, out.finish_reason, out.usage,
                                        out.tool_calls_json)
-                return _json_response(body, headers=weir_headers(d, out.model, trace_id, d.timings.header()))
-            session = await self.hub.stream(principal, req, control)
-            d = session.decision
-            resp = web.StreamResponse(headers={
-                "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "Connection": "keep-alive",
-                **weir_headers(d, session.model, trace_id, d.timings.header())})
-            await resp.prepare(request)
-            model = session.model
-            await resp.write(chunk_sse(d.id, d.created, model, {"role": "assistant", "content": ""}))
-            async with contextlib.aclosing(session.events) as events:
-                try:
-                    async for ev in events:
-                        if ev.end is not None:
-                            await resp.write(chunk_sse(d.id, d.created, ev.end.model or model, {},
-                                                       ev.end.finish_reason or "stop"))
-                            if include_usage:
-                                await resp.write(chunk_sse(d.id, d.created, ev.end.model or model, {},
-                                                           usage=ev.end.usage, choices=False))
-                            await resp.write(DONE_SSE)
-                            break
-                        delta: dict[str, Any] = {}
-                        if ev.content:
-                            delta["content"] = ev.content
-                        if ev.reasoning:
-                            delta["reasoning_content"] = ev.reasoning
-                        if ev.tool_calls_json:
-                            delta["tool_calls"] = orjson.loads(ev.tool_calls_json)
-                        if delta:
-                            await resp.write(chunk_sse(d.id, d.created, model, delta))
-                except ApiError as err:
-                    # The answer is incomplete: say so and end without [DONE], never pass it off as whole.
-                    log.warning("stream interrupted", extra={"error": err.message})
-                    await resp.write(error_sse(err))
-            return resp
+                return _json_response(body, headers={
+                    **adm.headers, **weir_headers(d, out.model, trace_id, d.timings.header())})
+            session = await self.hub.stream(adm, req, control)
+            try:
+                return await self._relay(request, session, include_usage, adm.headers, trace_id)
+            finally:
+                await session.aclose()
+
+    async def _relay(self, request: web.Request, session: StreamSession, include_usage: bool,
+                     policy_headers: dict[str, str], trace_id: str) -> web.StreamResponse:
+        d = session.decision
+        resp = web.StreamResponse(headers={
+            "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "Connection": "keep-alive",
+            **policy_headers, **weir_headers(d, session.model, trace_id, d.timings.header())})
+        await resp.prepare(request)
+        model = session.model
+        await resp.write(chunk_sse(d.id, d.created, model, {"role": "assistant", "content": ""}))
+        try:
+            async for ev in session.events:
+                if ev.end is not None:
+                    await resp.write(chunk_sse(d.id, d.created, ev.end.model or model, {},
+                                               ev.end.finish_reason or "stop"))
+                    if include_usage:
+                        await resp.write(chunk_sse(d.id, d.created, ev.end.model or model, {},
+                                                   usage=ev.end.usage, choices=False))
+                    await resp.write(DONE_SSE)
+                    break
+                delta: dict[str, Any] = {}
+                if ev.content:
+                    delta["content"] = ev.content
+                if ev.reasoning:
+                    delta["reasoning_content"] = ev.reasoning
+                if ev.tool_calls_json:
+                    delta["tool_calls"] = orjson.loads(ev.tool_calls_json)
+                if delta:
+                    await resp.write(chunk_sse(d.id, d.created, model, delta))
+        except ApiError as err:
+            # The answer is incomplete: say so and end without [DONE], never pass it off as whole.
+            log.warning("stream interrupted", extra={"error": err.message})
+            await resp.write(error_sse(err))
+        return resp
 
     async def models(self, request: web.Request) -> web.Response:
         principal = await self._principal(request)
@@ -200,6 +222,9 @@ class RestApi:
         data = [{"id": m.id, "object": "model", "created": 0, "owned_by": m.provider or "weir"}
                 for m in listed.models if not allowed or m.id in allowed]
         return _json_response(orjson.dumps({"object": "list", "data": data}))
+
+    async def prometheus(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
 
     async def healthz(self, request: web.Request) -> web.Response:
         return _json_response(b'{"status":"ok"}')

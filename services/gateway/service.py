@@ -9,9 +9,15 @@ from aiohttp import web
 from services.gateway.auth import KeyStore
 from services.gateway.grpc_api import GatewayServicer
 from services.gateway.hub import Hub
+from services.gateway.ledger import UsageReader
+from services.gateway.metrics import GatewayMetrics
+from services.gateway.policy import Policy
+from services.gateway.pricing import Pricing
 from services.gateway.rest import RestApi
 from services.gateway.settings import GatewaySettings
+from services.gateway.tokens import TokenCounter, load_cl100k
 from weir.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
+from weir.mesh_config import load_mesh_config
 
 
 class GatewayService:
@@ -20,9 +26,20 @@ class GatewayService:
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
         self.redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        timeout = settings.policy_timeout_ms / 1000
+        self.policy_redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=timeout,
+                                                    socket_connect_timeout=timeout)
+        self.listener_redis = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=1.0)
         self.keys = KeyStore(self.redis, settings.master_key, settings.redis_prefix)
-        self.hub = Hub(settings)
-        self.rest = RestApi(self.hub, self.keys, self.redis, settings.max_body_bytes)
+        self.metrics = GatewayMetrics()
+        self.policy = Policy(
+            self.policy_redis, self.listener_redis, self.keys, Pricing(load_mesh_config()), self.metrics,
+            prefix=settings.redis_prefix, default_max_tokens=settings.default_max_tokens,
+            limits_fail_open=settings.limits_fail_open, budgets_fail_open=settings.budgets_fail_open,
+            events_kept=settings.ledger_events, usage_retention_days=settings.usage_retention_days)
+        self.hub = Hub(settings, self.policy, TokenCounter(load_cl100k()))
+        self.rest = RestApi(self.hub, self.keys, self.redis, self.metrics,
+                            UsageReader(self.redis, settings.redis_prefix), settings.max_body_bytes)
         self._runner: web.AppRunner | None = None
         self._http = ""
 
@@ -30,6 +47,7 @@ class GatewayService:
         gateway_service_pb2_grpc.add_GatewayServiceServicer_to_server(GatewayServicer(self.hub, self.keys), server)
 
     async def start(self) -> None:
+        await self.policy.start()
         self._runner = web.AppRunner(self.rest.app(), access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.http_host, self.settings.http_port, backlog=1024,
@@ -46,4 +64,6 @@ class GatewayService:
         if self._runner is not None:
             await self._runner.cleanup()
         await self.hub.close()
-        await self.redis.aclose()
+        await self.policy.close()
+        for client in (self.redis, self.policy_redis, self.listener_redis):
+            await client.aclose()

@@ -21,6 +21,16 @@ class GatewaySettings:
     redis_url: str = env("WEIR_REDIS_URL", "redis://127.0.0.1:6379/0")
     redis_prefix: str = env("WEIR_REDIS_PREFIX", "weir:")
     master_key: str = env("WEIR_MASTER_KEY", secret=True, help="admin key; `weir up` generates one")
+    default_max_tokens: int = env("WEIR_GATEWAY_DEFAULT_MAX_TOKENS", 512,
+                                  help="completion tokens reserved for a request that sets no max_tokens")
+    limits_fail_open: bool = env("WEIR_GATEWAY_LIMITS_FAIL_OPEN", True,
+                                 help="Redis unavailable: admit keys with rate limits (true) or refuse them")
+    budgets_fail_open: bool = env("WEIR_GATEWAY_BUDGETS_FAIL_OPEN", False,
+                                  help="Redis unavailable: admit keys with budgets (true) or refuse them")
+    policy_timeout_ms: float = env("WEIR_GATEWAY_POLICY_TIMEOUT_MS", 250.0,
+                                   help="socket timeout of the policy's Redis calls")
+    ledger_events: int = env("WEIR_GATEWAY_LEDGER_EVENTS", 100_000, help="per-request events kept (a capped stream)")
+    usage_retention_days: int = env("WEIR_GATEWAY_USAGE_RETENTION_DAYS", 400, help="daily aggregates kept")
     semantic_cache: bool = env("WEIR_GATEWAY_SEMANTIC_CACHE", True)
     max_body_bytes: int = env("WEIR_GATEWAY_MAX_BODY_BYTES", 4 * 1024 * 1024)
     deadlines: Deadlines = field(default_factory=lambda: load(Deadlines))
@@ -30,4 +40,10 @@ class GatewaySettings:
         problems = []
         if len(self.master_key) < 16:
             problems.append("WEIR_MASTER_KEY: must be at least 16 characters")
+        if self.default_max_tokens < 1:
+            problems.append("WEIR_GATEWAY_DEFAULT_MAX_TOKENS: must be >= 1")
+        if self.policy_timeout_ms <= 0:
+            problems.append("WEIR_GATEWAY_POLICY_TIMEOUT_MS: must be > 0")
+        if self.ledger_events < 1 or self.usage_retention_days < 1:
+            problems.append("WEIR_GATEWAY_LEDGER_EVENTS and WEIR_GATEWAY_USAGE_RETENTION_DAYS: must be >= 1")
         return problems

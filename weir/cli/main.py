@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+from weir.cli import keys as keys_cli
+from weir.cli.chaos import add_arguments as chaos_arguments
 from weir.mesh_config import REPO_ROOT
 
 
@@ -20,12 +22,20 @@ def main(argv: list[str] | None = None) -> None:
     model_sub = p_model.add_subparsers(dest="model_command", required=True)
     p_export = model_sub.add_parser("export", help="export the bundled all-MiniLM-L6-v2 to ONNX (idempotent)")
     p_export.add_argument("--out", default="", help="model directory (default: the cache dir)")
+    keys_cli.add_parsers(sub)
+    chaos_arguments(sub.add_parser("chaos", help="run the chaos suite (provider faults) against a mesh"))
 
     args, rest = parser.parse_known_args(argv)
     if args.command == "up":
         from weir.cli.up import up
 
         sys.exit(up(no_fake=args.no_fake))
+    if args.command == "chaos":
+        from weir.cli.chaos import chaos
+
+        sys.exit(chaos(args))
+    if args.command in ("keys", "teams", "usage"):
+        sys.exit(keys_cli.run(args))
     if args.command == "fake-llm":
         from weir.fakellm.server import main as fake_main
 
