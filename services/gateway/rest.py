@@ -30,6 +30,7 @@ from services.gateway.openai_wire import (
     parse_chat_request,
 )
 from weir.gateway.v1 import gateway_service_pb2 as gateway_pb
+from weir.kit import semconv as sc
 from weir.kit import telemetry
 from weir.kit.errors import parse_rpc_error
 from weir.kit.logging import current_trace_id
@@ -164,14 +165,25 @@ class RestApi:
             req, include_usage = parse_chat_request(raw)
             control = cache_control(request.headers)
             adm = await self.hub.admit(raw_key, req, control)
+            telemetry.set_attributes({sc.GEN_AI_OPERATION_NAME: "chat", sc.GEN_AI_REQUEST_MODEL: req.model,
+                                      sc.WEIR_TENANT: adm.principal.team, sc.WEIR_KEY_ID: adm.principal.key_id,
+                                      sc.WEIR_STREAM: req.stream})
             if not req.stream:
                 out = await self.hub.complete(adm, req, control)
                 d = out.decision
+                telemetry.set_attributes({
+                    sc.GEN_AI_RESPONSE_MODEL: out.model, sc.GEN_AI_USAGE_INPUT_TOKENS: out.usage.prompt_tokens,
+                    sc.GEN_AI_USAGE_OUTPUT_TOKENS: out.usage.completion_tokens, sc.WEIR_CACHE_TIER: d.cache,
+                    sc.WEIR_CACHE_REASON: d.cache_reason, sc.WEIR_ROUTE_REASON: d.route_reason or None})
                 body = completion_json(d.id, d.created, out.model, out.content, out.finish_reason, out.usage,
                                        out.tool_calls_json)
                 return _json_response(body, headers={
                     **adm.headers, **weir_headers(d, out.model, trace_id, d.timings.header())})
             session = await self.hub.stream(adm, req, control)
+            telemetry.set_attributes({
+                sc.GEN_AI_RESPONSE_MODEL: session.model, sc.WEIR_CACHE_TIER: session.decision.cache,
+                sc.WEIR_CACHE_REASON: session.decision.cache_reason,
+                sc.WEIR_ROUTE_REASON: session.decision.route_reason or None})
             try:
                 return await self._relay(request, session, include_usage, adm.headers, trace_id)
             finally:

@@ -134,6 +134,10 @@ def test_one_trace_covers_every_hop(traced_mesh: Mesh, receiver: tuple[Receiver,
     assert call[sc.GEN_AI_OPERATION_NAME] == "chat" and call[sc.GEN_AI_REQUEST_MODEL] == "fake-small"
     assert call[sc.GEN_AI_USAGE_INPUT_TOKENS] > 0 and call[sc.GEN_AI_USAGE_OUTPUT_TOKENS] > 0
     assert call[sc.GEN_AI_PROVIDER_NAME] == "openai"
+    gw = seen[("weir-gateway", "POST /v1/chat/completions")].attributes
+    assert gw[sc.GEN_AI_REQUEST_MODEL] == "fake-small" and gw[sc.GEN_AI_RESPONSE_MODEL] == "fake-small"
+    assert gw[sc.WEIR_CACHE_TIER] == "miss" and gw[sc.WEIR_TENANT] and gw[sc.WEIR_KEY_ID]
+    assert gw[sc.GEN_AI_USAGE_OUTPUT_TOKENS] > 0
     route = seen[("weir-router", "/weir.router.v1.RouterService/Route")].attributes
     assert route[sc.WEIR_ROUTE_MODEL] == "fake-small" and route[sc.WEIR_ROUTE_REASON]
     # Redis calls are traced, sanitised (no keys or values).
