@@ -25,5 +25,14 @@ if [[ ! -f $stamp || "$(cat "$stamp")" != "$want" ]]; then
   echo "$want" > "$stamp"
 fi
 
+# Headless Chromium (and its driver) for the console's browser test, installed only when missing and root.
+if ! command -v chromium >/dev/null 2>&1 && [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+  echo "==> installing chromium and chromium-driver (for tests/gateway/test_console_browser.py)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium chromium-driver >/dev/null 2>&1; } \
+    || echo "warning: chromium could not be installed; the console browser test will fail" >&2
+fi
+
 # The embedding model: exported once to the user's cache dir, shared by every checkout.
 bash scripts/export-model.sh

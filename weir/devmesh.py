@@ -34,8 +34,9 @@ class Mesh:
         supervisor.stop_all(list(self.procs.values()))
 
 
-def start_mesh(state: Path, redis_url: str, extra_env: dict[str, str] | None = None) -> Mesh:
-    """Starts fake-llm, embedder, cache, router, reasoner (in parallel), then the gateway."""
+def start_mesh(state: Path, redis_url: str, extra_env: dict[str, str] | None = None, workers: int = 1) -> Mesh:
+    """Starts fake-llm, embedder, cache, router, reasoner (in parallel), then the gateway and `workers` job
+    workers (`python -m services.gateway.worker`, named "worker", "worker-2", ...)."""
     mesh = Mesh()
     logs = state / "logs"
     env = {"WEIR_STATE_DIR": str(state), "WEIR_REDIS_URL": redis_url, "WEIR_MASTER_KEY": MASTER_KEY,
@@ -55,6 +56,8 @@ def start_mesh(state: Path, redis_url: str, extra_env: dict[str, str] | None = N
         mesh.gateway_env, mesh.log_dir = {**env, **addrs, "WEIR_GATEWAY_PORT": "0", "WEIR_GATEWAY_HTTP_PORT": "0"}, logs
         mesh.procs["gateway"] = supervisor.start(
             "gateway", supervisor.python_module("services.gateway"), mesh.gateway_env, log_dir=logs)
+        for i in range(workers):
+            add_worker(mesh, "worker" if i == 0 else f"worker-{i + 1}")
     except BaseException:
         mesh.stop()
         raise
@@ -64,6 +67,14 @@ def start_mesh(state: Path, redis_url: str, extra_env: dict[str, str] | None = N
 def add_gateway(mesh: Mesh, name: str, extra_env: dict[str, str] | None = None) -> supervisor.Process:
     """Another gateway replica on the same Redis and services (stopped with the mesh); see `Process.http`."""
     proc = supervisor.start(name, supervisor.python_module("services.gateway"),
+                            {**mesh.gateway_env, **(extra_env or {})}, log_dir=mesh.log_dir)
+    mesh.procs[name] = proc
+    return proc
+
+
+def add_worker(mesh: Mesh, name: str, extra_env: dict[str, str] | None = None) -> supervisor.Process:
+    """Another job worker on the same Redis and services (stopped with the mesh)."""
+    proc = supervisor.start(name, supervisor.python_module("services.gateway.worker"),
                             {**mesh.gateway_env, **(extra_env or {})}, log_dir=mesh.log_dir)
     mesh.procs[name] = proc
     return proc

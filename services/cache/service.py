@@ -204,6 +204,8 @@ class CacheService(pb_grpc.CacheServiceServicer):
             counters.refusals[verdict.check] += 1
             if refused is None:
                 refused = (cand.similarity, verdict)
+                if request.include_preview:
+                    out.preview.ParseFromString(cand.answer)
         counters.misses += 1
         if refused is not None:
             out.similarity = refused[0]

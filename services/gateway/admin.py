@@ -1,18 +1,21 @@
 """Admin REST API (keys and teams, admin key required) and the usage API (admin, or a key for its own usage).
 
-    POST  /v1/admin/keys                  create: {team, name?, models?, rpm?, tpm?, budget_usd?, period?, admin?}
+    POST  /v1/admin/keys                  create: {team, name?, models?, rpm?, tpm?, budget_usd?, period?, admin?,
+                                          preview? (its background jobs emit provisional previews)}
     GET   /v1/admin/keys[?team=]          list (never secrets)
     GET   /v1/admin/keys/{id}             one key, with its spend this period
-    PATCH /v1/admin/keys/{id}             change name, models, rpm, tpm, budget_usd, period
+    PATCH /v1/admin/keys/{id}             change name, models, rpm, tpm, budget_usd, period, preview
     POST  /v1/admin/keys/{id}/revoke      refused on every replica from the next request on
     POST  /v1/admin/keys/{id}/rotate      {grace_s?}: a new secret for the same key id
+    POST  /v1/admin/keys/{id}/webhook-secret  a new webhook secret for the key ("master" too), shown once
     GET   /v1/admin/teams                 teams with their limits
     GET   /v1/admin/teams/{team}          one team, with its spend this period
     PUT   /v1/admin/teams/{team}          set rpm, tpm, budget_usd, period
     GET   /v1/usage                       aggregates: start, end (YYYY-MM-DD), team, key, model, group_by
     GET   /v1/usage/events                recent per-request events: limit, team, key
 
-Limits of 0 mean "no limit". Secrets appear only in the answers to create and rotate.
+Limits of 0 mean "no limit". Secrets appear only in the answers to create, rotate and webhook-secret (create
+also returns the key's webhook secret, which signs the webhooks of its background jobs).
 """
 
 from __future__ import annotations
@@ -79,10 +82,11 @@ def _fields(body: dict[str, Any], allowed: tuple[str, ...]) -> dict[str, str]:
         if not isinstance(models, list) or not all(isinstance(m, str) and m and "," not in m for m in models):
             raise _bad("models", "'models' must be a list of model ids")
         out["models"] = ",".join(models)
-    if "admin" in body:
-        if not isinstance(body["admin"], bool):
-            raise _bad("admin", "'admin' must be a boolean")
-        out["admin"] = "1" if body["admin"] else "0"
+    for flag in ("admin", "preview"):
+        if flag in body:
+            if not isinstance(body[flag], bool):
+                raise _bad(flag, f"'{flag}' must be a boolean")
+            out[flag] = "1" if body[flag] else "0"
     return out
 
 
@@ -119,6 +123,7 @@ class AdminApi:
         app.router.add_patch("/v1/admin/keys/{key_id}", admin(self.update_key))
         app.router.add_post("/v1/admin/keys/{key_id}/revoke", admin(self.revoke_key))
         app.router.add_post("/v1/admin/keys/{key_id}/rotate", admin(self.rotate_key))
+        app.router.add_post("/v1/admin/keys/{key_id}/webhook-secret", admin(self.reset_webhook_secret))
         app.router.add_get("/v1/admin/teams", admin(self.list_teams))
         app.router.add_get("/v1/admin/teams/{team}", admin(self.get_team))
         app.router.add_put("/v1/admin/teams/{team}", admin(self.set_team))
@@ -167,13 +172,13 @@ class AdminApi:
         team = body.pop("team", None)
         if not isinstance(team, str):
             raise ApiError(400, "'team' is required", param="team", code="missing_required_parameter")
-        f = _fields(body, ("name", "models", "rpm", "tpm", "budget_usd", "period", "admin"))
-        raw, view = await self.keys.create(
+        f = _fields(body, ("name", "models", "rpm", "tpm", "budget_usd", "period", "admin", "preview"))
+        raw, webhook_secret, view = await self.keys.create_with_webhook_secret(
             team=_name(team, "team"), name=f.get("name", ""), models=tuple(m for m in f.get("models", "").split(",")
                                                                           if m),
             rpm=int(f.get("rpm", 0)), tpm=int(f.get("tpm", 0)), budget_nusd=int(f.get("budget_nusd", 0)),
-            period=f.get("period", "month"), admin=f.get("admin") == "1")
-        return _json({**view, "key": raw}, 201)
+            period=f.get("period", "month"), admin=f.get("admin") == "1", preview=f.get("preview") == "1")
+        return _json({**view, "key": raw, "webhook_secret": webhook_secret}, 201)
 
     async def list_keys(self, request: web.Request, _: Principal) -> web.Response:
         team = request.query.get("team") or None
@@ -188,7 +193,8 @@ class AdminApi:
         return _json(await self._key_with_spend(request.match_info["key_id"]))
 
     async def update_key(self, request: web.Request, _: Principal) -> web.Response:
-        changes = _fields(await self._body(request), ("name", "models", "rpm", "tpm", "budget_usd", "period"))
+        changes = _fields(await self._body(request), ("name", "models", "rpm", "tpm", "budget_usd", "period",
+                                                      "preview"))
         if not changes:
             raise ApiError(400, "nothing to change")
         await self.keys.update(request.match_info["key_id"], changes)
@@ -202,6 +208,11 @@ class AdminApi:
         grace = int(_int(body, "grace_s", 30 * 86400)) if "grace_s" in body else 0
         raw, view = await self.keys.rotate(request.match_info["key_id"], grace)
         return _json({**view, "key": raw, "previous_key_valid_s": grace})
+
+    async def reset_webhook_secret(self, request: web.Request, _: Principal) -> web.Response:
+        kid = request.match_info["key_id"]
+        secret = await self.keys.reset_webhook_secret(kid)
+        return _json({"id": kid, "object": "webhook_secret", "webhook_secret": secret})
 
     # ---- teams -----------------------------------------------------------------------------------
 

@@ -90,7 +90,7 @@ def key_view(kid: str, doc: dict[str, str]) -> dict[str, Any]:
         "period": doc.get("period", "month"), "admin": doc.get("admin") == "1",
         "created": int(doc.get("created", 0)), "revoked": doc.get("revoked") == "1",
         "revoked_at": int(doc.get("revoked_at", 0)) or None, "rotated_at": int(doc.get("rotated_at", 0)) or None,
-        "hint": doc.get("hint", ""),
+        "hint": doc.get("hint", ""), "preview": doc.get("preview") == "1",
     }
 
 
@@ -136,17 +136,49 @@ class KeyStore:
         return Principal(key_id=kid, team=team, admin=admin == "1",
                          allowed_models=tuple(m for m in models.split(",") if m))
 
+    async def for_job(self, kid: str) -> tuple[str, bool]:
+        """The current secret's SHA-256 of key `kid`, to admit work submitted with it (background jobs store
+        the key id, never the secret), and whether the key asks for previews; raises AuthError when the key is
+        gone or revoked."""
+        if kid == MASTER_KEY_ID:
+            return self._master, False
+        try:
+            digest, revoked, preview = await self._redis.hmget(self._k("keyinfo:" + kid), "hash", "revoked",
+                                                               "preview")
+        except RedisError as exc:
+            raise StoreUnavailable("key store unavailable; the key could not be checked") from exc
+        if digest is None:
+            raise AuthError(f"API key {kid} no longer exists")
+        if revoked == b"1":
+            raise AuthError(f"API key {kid} has been revoked")
+        return str(digest.decode()), preview == b"1"
+
+    async def webhook_secret(self, kid: str) -> str:
+        """The key's webhook secret ("" when it has none)."""
+        return (await self._redis.get(self._k("whsec:" + kid)) or b"").decode()
+
+    async def reset_webhook_secret(self, kid: str) -> str:
+        """A new webhook secret for key `kid` (any key, the master key included); shown once."""
+        if kid != MASTER_KEY_ID:
+            await self.get(kid)
+        secret = "whsec_" + secrets.token_urlsafe(32)
+        await self._redis.set(self._k("whsec:" + kid), secret)
+        log.info("webhook secret reset", extra={"key_id": kid})
+        return secret
+
     # ---- keys --------------------------------------------------------------------------------------
 
     async def create(self, *, team: str, name: str = "", models: tuple[str, ...] = (), rpm: int = 0, tpm: int = 0,
-                     budget_nusd: int = 0, period: str = "month", admin: bool = False) -> tuple[str, dict[str, Any]]:
+                     budget_nusd: int = 0, period: str = "month", admin: bool = False,
+                     preview: bool = False) -> tuple[str, dict[str, Any]]:
         """A new key; returns the raw secret (shown once) and the key's view."""
         raw = new_raw_key()
         digest = hash_key(raw)
         kid = "key_" + secrets.token_hex(6)
         doc = {"team": team, "name": name, "models": ",".join(models), "rpm": str(rpm), "tpm": str(tpm),
                "budget_nusd": str(budget_nusd), "period": period, "admin": "1" if admin else "0",
-               "created": str(int(time.time())), "revoked": "0", "hint": f"wk-…{raw[-4:]}", "hash": digest}
+               "preview": "1" if preview else "0", "created": str(int(time.time())), "revoked": "0",
+               "hint": f"wk-…{raw[-4:]}", "hash": digest}
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(self._k("keyinfo:" + kid), mapping=doc)
             pipe.set(self._k("key:" + digest), kid)
@@ -154,6 +186,11 @@ class KeyStore:
             await pipe.execute()
         log.info("api key created", extra={"key_id": kid, "team": team})
         return raw, key_view(kid, doc)
+
+    async def create_with_webhook_secret(self, **fields: Any) -> tuple[str, str, dict[str, Any]]:
+        """A new key and its webhook secret (both shown once)."""
+        raw, view = await self.create(**fields)
+        return raw, await self.reset_webhook_secret(view["id"]), view
 
     async def get(self, kid: str) -> dict[str, Any]:
         doc = _decode(await self._redis.hgetall(self._k("keyinfo:" + kid)))

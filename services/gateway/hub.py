@@ -64,6 +64,7 @@ class Decision:
     plan: list[types_pb2.RouteTarget] = field(default_factory=list)
     route_reason: str = ""
     embedding: types_pb2.Embedding | None = None
+    preview: cache_pb.CachedAnswer | None = None  # a near neighbour that failed verification (when asked for)
 
     @property
     def tier(self) -> types_pb2.CacheTier.ValueType:
@@ -90,16 +91,19 @@ class StreamEvent:
     reasoning: str = ""
     tool_calls_json: str = ""
     end: reasoner_pb.Done | None = None
+    attempt: reasoner_pb.Attempt | None = None  # a provider attempt that finished (no text)
 
 
 @dataclass
 class StreamSession:
-    """A stream whose answering model is known; iterate `events` for the deltas, then always `aclose()`."""
+    """A stream whose answering model is known; iterate `events` for the deltas, then always `aclose()`.
+    `attempts` are the provider attempts that failed before the answering target started."""
 
     decision: Decision
     model: str
     events: AsyncGenerator[StreamEvent, None]
     abandon: Callable[[], None]
+    attempts: list[reasoner_pb.Attempt] = field(default_factory=list)
 
     async def aclose(self) -> None:
         """Ends the stream (cancelling the upstream call) and settles it if iterating never did."""
@@ -169,10 +173,10 @@ class Hub:
             return cache_pb.LookupExactResponse(hit=False, reason=_degraded(err.code))
 
     async def _semantic(self, tenant: str, req: types_pb2.ChatRequest, emb: types_pb2.Embedding,
-                        timings: Timings) -> cache_pb.LookupSemanticResponse:
+                        timings: Timings, preview: bool = False) -> cache_pb.LookupSemanticResponse:
         try:
             return await self._timed(timings, "cache", self.cache.LookupSemantic(
-                cache_pb.LookupSemanticRequest(tenant=tenant, request=req, embedding=emb),
+                cache_pb.LookupSemanticRequest(tenant=tenant, request=req, embedding=emb, include_preview=preview),
                 timeout=self.deadlines.cache_s))
         except grpc.RpcError as exc:
             err = parse_rpc_error(exc)
@@ -215,8 +219,10 @@ class Hub:
 
     # ---- admission -------------------------------------------------------------------------------
 
-    async def admit(self, raw_key: str, req: types_pb2.ChatRequest, control: gateway_pb.CacheControl) -> Admission:
-        """Authenticates the key and applies its limits and budgets (one Redis round trip); raises ApiError."""
+    async def admit(self, raw_key: str, req: types_pb2.ChatRequest, control: gateway_pb.CacheControl, *,
+                    digest: str = "") -> Admission:
+        """Authenticates the key (or the key whose SHA-256 is `digest`, for background jobs) and applies its
+        limits and budgets (one Redis round trip); raises ApiError."""
         timings = Timings()
         if TokenCounter.prompt_chars(req) > _BIG_PROMPT_CHARS:
             prompt_tokens = await asyncio.to_thread(self.counter.prompt, req)
@@ -224,7 +230,7 @@ class Hub:
             prompt_tokens = self.counter.prompt(req)
         cacheable = (chat.is_deterministic(req) or control.allow_nondeterministic) and not control.no_cache
         return await self.policy.admit(raw_key, req.model, prompt_tokens, self.policy.completion_reservation(req),
-                                       cacheable, timings)
+                                       cacheable, timings, digest=digest)
 
     def _settle_hit(self, adm: Admission, d: Decision) -> None:
         a = d.answer
@@ -283,12 +289,14 @@ class Hub:
             if emb is None:
                 d.cache_reason = embed_reason or "miss: nothing to embed"
             else:
-                sem = await self._semantic(principal.team, req, emb, timings)
+                sem = await self._semantic(principal.team, req, emb, timings, control.preview)
                 if sem.hit:
                     route_task.cancel()
                     d.cache, d.cache_reason, d.answer = SEMANTIC, sem.reason or "hit", sem.answer
                     return d
                 d.cache_reason = sem.reason
+                if sem.HasField("preview"):
+                    d.preview = sem.preview
         route = await route_task
         d.plan, d.route_reason = list(route.plan), route.reason
         if not d.plan:
@@ -329,12 +337,16 @@ class Hub:
             self._store(d, req, resp.content, resp.model, resp.usage, resp.finish_reason, control.ttl_seconds)
         return Outcome(d, resp.content, resp.model, resp.usage, resp.finish_reason, resp.tool_calls_json)
 
-    async def stream(self, adm: Admission, req: types_pb2.ChatRequest,
-                     control: gateway_pb.CacheControl) -> StreamSession:
+    async def stream(self, adm: Admission, req: types_pb2.ChatRequest, control: gateway_pb.CacheControl,
+                     on_decision: Callable[[Decision], Awaitable[None]] | None = None) -> StreamSession:
+        """`on_decision` (background jobs) hears the cache and routing decision before the upstream call."""
         d: Decision | None = None
         upstream = False
+        attempts: list[reasoner_pb.Attempt] = []
         try:
             d = await self.decide(adm, req, control)
+            if on_decision is not None:
+                await on_decision(d)
             if d.answer is not None:
                 return self._session(adm, d, d.answer.model, _replay(d.answer))
             since = time.perf_counter()
@@ -347,8 +359,11 @@ class Hub:
             try:
                 while True:
                     ev = await it.__anext__()
-                    if ev.WhichOneof("event") == "started":
+                    kind = ev.WhichOneof("event")
+                    if kind == "started":
                         break
+                    if kind == "attempt":
+                        attempts.append(ev.attempt)
             except StopAsyncIteration:
                 raise ApiError(502, "upstream ended the stream before answering", type="upstream_error") from None
             except grpc.RpcError as exc:
@@ -359,8 +374,11 @@ class Hub:
             self._settle_failure(adm, d, exc, upstream)
             if isinstance(exc, ApiError):
                 adm.error(exc)
+                exc.attempts = attempts
             raise
-        return self._session(adm, d, ev.started.model, self._relay(d, req, control, call, it))
+        session = self._session(adm, d, ev.started.model, self._relay(d, req, control, call, it))
+        session.attempts = attempts
+        return session
 
     def _session(self, adm: Admission, d: Decision, model: str,
                  inner: AsyncGenerator[StreamEvent, None]) -> StreamSession:
@@ -416,6 +434,8 @@ class Hub:
                     parts.append(ev.delta.content)
                     tool_calls = tool_calls or bool(ev.delta.tool_calls_json)
                     yield StreamEvent(ev.delta.content, ev.delta.reasoning, ev.delta.tool_calls_json)
+                elif kind == "attempt":
+                    yield StreamEvent(attempt=ev.attempt)
                 elif kind == "done":
                     if not tool_calls:
                         self._store(d, req, "".join(parts), ev.done.model, ev.done.usage, ev.done.finish_reason,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -10,6 +10,7 @@ import orjson
 
 from weir.common.v1 import types_pb2
 from weir.kit.errors import RemoteError
+from weir.reasoner.v1 import reasoner_service_pb2 as reasoner_pb
 
 _KNOWN = {
     "model", "messages", "temperature", "top_p", "max_tokens", "max_completion_tokens", "stop", "seed",
@@ -29,6 +30,7 @@ class ApiError(Exception):
     param: str | None = None
     code: str | None = None
     headers: dict[str, str] | None = None
+    attempts: list[reasoner_pb.Attempt] = field(default_factory=list)  # provider calls that failed before it
 
     def body(self) -> bytes:
         return error_body(self.message, self.type, self.param, self.code)

@@ -220,11 +220,12 @@ class Policy:
         return req.sampling.max_tokens if req.sampling.HasField("max_tokens") else self.default_max_tokens
 
     async def admit(self, raw_key: str, model: str, prompt_tokens: int, completion_tokens: int,
-                    cacheable: bool, timings: Timings) -> Admission:
-        if not raw_key:
+                    cacheable: bool, timings: Timings, *, digest: str = "") -> Admission:
+        """Admits a request by its raw key, or by the key's stored digest (a background job's key)."""
+        if not raw_key and not digest:
             raise ApiError(401, "missing API key: send `Authorization: Bearer <key>`", type="authentication_error",
                            code="invalid_api_key")
-        digest = hash_key(raw_key)
+        digest = digest or hash_key(raw_key)
         day, month = time.strftime("%Y%m%d|%Y%m", time.gmtime()).split("|")
         ticket = Ticket(id=secrets.token_hex(8), key_id=MASTER_KEY_ID, team=DEFAULT_TEAM, model=model, day=day,
                         month=month, key_period="m" + month)

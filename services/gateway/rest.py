@@ -7,6 +7,7 @@ import contextlib
 import logging
 import re
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -18,6 +19,8 @@ from redis.asyncio import Redis
 from services.gateway.admin import AdminApi
 from services.gateway.auth import AuthError, KeyStore, Principal, StoreUnavailable, bearer
 from services.gateway.hub import Decision, Hub, StreamSession
+from services.gateway.jobs import JobStore
+from services.gateway.jobs_api import JobsApi
 from services.gateway.ledger import UsageReader
 from services.gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from services.gateway.openai_wire import (
@@ -37,6 +40,8 @@ from weir.kit.logging import current_trace_id
 from weir.router.v1 import router_service_pb2 as router_pb
 
 log = logging.getLogger("weir.gateway.rest")
+CONSOLE_DIR = Path(__file__).parent / "console"
+_CONSOLE_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
 _UNSAFE = re.compile(r"[^\x20-\x7e]")
 _JSON = "application/json"
 
@@ -128,19 +133,24 @@ async def errors_middleware(request: web.Request,
 
 class RestApi:
     def __init__(self, hub: Hub, keys: KeyStore, redis: Redis, metrics: GatewayMetrics, usage: UsageReader,
-                 max_body_bytes: int) -> None:
+                 max_body_bytes: int, jobs: JobStore | None = None) -> None:
         self.hub = hub
         self.keys = keys
         self.redis = redis
         self.metrics = metrics
         self.admin = AdminApi(keys, usage, self._principal)
         self.max_body_bytes = max_body_bytes
+        self.jobs = JobsApi(jobs, self._principal, cache_control) if jobs is not None else None
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[errors_middleware], client_max_size=self.max_body_bytes)
         app.router.add_post("/v1/chat/completions", self.chat_completions)
         app.router.add_get("/v1/models", self.models)
         self.admin.routes(app)
+        if self.jobs is not None:
+            self.jobs.routes(app)
+        app.router.add_get("/console", self.console)
+        app.router.add_get("/console/{name}", self.console)
         app.router.add_get("/metrics", self.prometheus)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
@@ -234,6 +244,15 @@ class RestApi:
         data = [{"id": m.id, "object": "model", "created": 0, "owned_by": m.provider or "weir"}
                 for m in listed.models if not allowed or m.id in allowed]
         return _json_response(orjson.dumps({"object": "list", "data": data}))
+
+    async def console(self, request: web.Request) -> web.Response:
+        """The web console's static files (the page asks for a key; every API call it makes needs one)."""
+        name = request.match_info.get("name", "index.html")
+        path = CONSOLE_DIR / name
+        if "/" in name or path.suffix not in _CONSOLE_TYPES or not path.is_file():
+            raise web.HTTPNotFound()
+        return web.Response(body=await asyncio.to_thread(path.read_bytes), content_type=_CONSOLE_TYPES[path.suffix],
+                            headers={"Cache-Control": "no-cache"})
 
     async def prometheus(self, request: web.Request) -> web.Response:
         return web.Response(body=self.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})

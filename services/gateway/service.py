@@ -9,6 +9,7 @@ from aiohttp import web
 from services.gateway.auth import KeyStore
 from services.gateway.grpc_api import GatewayServicer
 from services.gateway.hub import Hub
+from services.gateway.jobs import JobStore
 from services.gateway.ledger import UsageReader
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.policy import Policy
@@ -16,6 +17,8 @@ from services.gateway.pricing import Pricing
 from services.gateway.rest import RestApi
 from services.gateway.settings import GatewaySettings
 from services.gateway.tokens import TokenCounter, load_cl100k
+from services.gateway.webhooks import Webhooks
+from services.gateway.worker import JobWorker
 from weir.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
 from weir.mesh_config import load_mesh_config
 
@@ -38,16 +41,27 @@ class GatewayService:
             limits_fail_open=settings.limits_fail_open, budgets_fail_open=settings.budgets_fail_open,
             events_kept=settings.ledger_events, usage_retention_days=settings.usage_retention_days)
         self.hub = Hub(settings, self.policy, TokenCounter(load_cl100k()))
+        # Jobs: short commands on a client with a longer timeout; blocking stream reads on one without any.
+        self.jobs_redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5.0, socket_connect_timeout=1.0)
+        self.blocking_redis = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=1.0)
+        self.jobs = JobStore(self.jobs_redis, self.blocking_redis, settings.redis_prefix,
+                             result_ttl_s=settings.jobs_result_ttl_s)
+        self.worker = JobWorker(settings, self.hub, self.keys, self.jobs, self.blocking_redis,
+                                Webhooks(self.jobs, self.keys, settings)) if settings.jobs_in_gateway else None
         self.rest = RestApi(self.hub, self.keys, self.redis, self.metrics,
-                            UsageReader(self.redis, settings.redis_prefix), settings.max_body_bytes)
+                            UsageReader(self.redis, settings.redis_prefix), settings.max_body_bytes, self.jobs)
         self._runner: web.AppRunner | None = None
         self._http = ""
 
     def register(self, server: grpc.aio.Server) -> None:
-        gateway_service_pb2_grpc.add_GatewayServiceServicer_to_server(GatewayServicer(self.hub, self.keys), server)
+        gateway_service_pb2_grpc.add_GatewayServiceServicer_to_server(GatewayServicer(self.hub, self.keys, self.jobs),
+                                                             server)
 
     async def start(self) -> None:
         await self.policy.start()
+        await self.jobs.ensure_group()
+        if self.worker is not None:
+            await self.worker.start()
         self._runner = web.AppRunner(self.rest.app(), access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.http_host, self.settings.http_port, backlog=1024,
@@ -63,7 +77,9 @@ class GatewayService:
     async def close(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.worker is not None:
+            await self.worker.close(self.settings.server.grace_s)
         await self.hub.close()
         await self.policy.close()
-        for client in (self.redis, self.policy_redis, self.listener_redis):
+        for client in (self.redis, self.policy_redis, self.listener_redis, self.jobs_redis, self.blocking_redis):
             await client.aclose()

@@ -33,6 +33,19 @@ class GatewaySettings:
     usage_retention_days: int = env("WEIR_GATEWAY_USAGE_RETENTION_DAYS", 400, help="daily aggregates kept")
     semantic_cache: bool = env("WEIR_GATEWAY_SEMANTIC_CACHE", True)
     max_body_bytes: int = env("WEIR_GATEWAY_MAX_BODY_BYTES", 4 * 1024 * 1024)
+    jobs_result_ttl_s: int = env("WEIR_JOBS_RESULT_TTL_S", 86400,
+                                 help="seconds a finished job and its events are kept")
+    jobs_visibility_timeout_s: float = env("WEIR_JOBS_VISIBILITY_TIMEOUT_S", 30.0,
+                                           help="a job whose worker stopped heartbeating this long is reclaimed")
+    jobs_max_attempts: int = env("WEIR_JOBS_MAX_ATTEMPTS", 3, help="runs of a job before it is dead-lettered")
+    jobs_retry_backoff_ms: float = env("WEIR_JOBS_RETRY_BACKOFF_MS", 500.0,
+                                       help="first delay before a failed run is retried (doubles each time)")
+    jobs_concurrency: int = env("WEIR_JOBS_CONCURRENCY", 16, help="jobs one worker runs at a time")
+    jobs_in_gateway: bool = env("WEIR_JOBS_IN_GATEWAY", False,
+                                help="also run a job worker inside the gateway process")
+    webhook_attempts: int = env("WEIR_WEBHOOK_ATTEMPTS", 5, help="deliveries tried before a webhook is given up")
+    webhook_backoff_ms: float = env("WEIR_WEBHOOK_BACKOFF_MS", 500.0, help="first retry delay (doubles each time)")
+    webhook_timeout_s: float = env("WEIR_WEBHOOK_TIMEOUT_S", 10.0, help="timeout of one webhook delivery")
     deadlines: Deadlines = field(default_factory=lambda: load(Deadlines))
     server: ServerSettings = field(default_factory=lambda: load(ServerSettings))
 
@@ -46,4 +59,9 @@ class GatewaySettings:
             problems.append("WEIR_GATEWAY_POLICY_TIMEOUT_MS: must be > 0")
         if self.ledger_events < 1 or self.usage_retention_days < 1:
             problems.append("WEIR_GATEWAY_LEDGER_EVENTS and WEIR_GATEWAY_USAGE_RETENTION_DAYS: must be >= 1")
+        if self.jobs_result_ttl_s < 1 or self.jobs_visibility_timeout_s <= 0 or self.jobs_concurrency < 1:
+            problems.append("WEIR_JOBS_RESULT_TTL_S, WEIR_JOBS_VISIBILITY_TIMEOUT_S and WEIR_JOBS_CONCURRENCY: "
+                            "must be > 0")
+        if self.jobs_max_attempts < 1 or self.webhook_attempts < 1:
+            problems.append("WEIR_JOBS_MAX_ATTEMPTS and WEIR_WEBHOOK_ATTEMPTS: must be >= 1")
         return problems

@@ -16,7 +16,11 @@ from weir.kit.redis_local import LocalRedis
 @pytest.fixture(scope="session")
 def mesh(tmp_path_factory: pytest.TempPathFactory, redis_server: LocalRedis, model_dir: object) -> Iterator[Mesh]:
     """One mesh for the gateway tests (each test uses its own questions, so cache entries never collide)."""
-    m = start_mesh(tmp_path_factory.mktemp("mesh"), redis_server.url)
+    m = start_mesh(tmp_path_factory.mktemp("mesh"), redis_server.url, {
+        "WEIR_JOBS_RETRY_BACKOFF_MS": "50", "WEIR_JOBS_MAX_ATTEMPTS": "2", "WEIR_WEBHOOK_BACKOFF_MS": "50",
+        "WEIR_JOBS_VISIBILITY_TIMEOUT_S": "5",
+        # Provider faults queued by one test must not open a circuit breaker that a later test runs into.
+        "WEIR_REASONER_BREAKER_FAILURES": "50"})
     yield m
     m.stop()
 

@@ -123,6 +123,9 @@ def up(no_fake: bool = False) -> int:
             if errors:
                 raise supervisor.StartError("\n\n".join(errors))
         gw_env = {**env, "WEIR_GATEWAY_PORT": str(ports.gateway), "WEIR_GATEWAY_HTTP_PORT": str(ports.http)}
+        # The job worker first: the banner follows the gateway's readiness without waiting for it.
+        worker = mesh.start("worker", "services.gateway.worker", gw_env)
+        rows.append(("worker", "jobs queue (Redis Streams)", f"pid {worker.popen.pid}", "SERVING"))
         gateway = mesh.start("gateway", "services.gateway", gw_env)
         for proc in mesh.procs:
             if proc.name in addrs or proc.name == "gateway":

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from weir.common.v1 import types_pb2 as weir_dot_common_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!weir/cache/v1/cache_service.proto\x12\rweir.cache.v1\x1a\x1aweir/common/v1/types.proto\"\xa5\x01\n\x0c\x43\x61\x63hedAnswer\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12$\n\x05usage\x18\x04 \x01(\x0b\x32\x15.weir.common.v1.Usage\x12\x15\n\rfinish_reason\x18\x05 \x01(\t\x12\x14\n\x0c\x63reated_unix\x18\x06 \x01(\x03\x12\x10\n\x08question\x18\x07 \x01(\t\"R\n\x12LookupExactRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12,\n\x07request\x18\x02 \x01(\x0b\x32\x1b.weir.common.v1.ChatRequest\"_\n\x13LookupExactResponse\x12\x0b\n\x03hit\x18\x01 \x01(\x08\x12+\n\x06\x61nswer\x18\x02 \x01(\x0b\x32\x1b.weir.cache.v1.CachedAnswer\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x83\x01\n\x15LookupSemanticRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12,\n\x07request\x18\x02 \x01(\x0b\x32\x1b.weir.common.v1.ChatRequest\x12,\n\tembedding\x18\x03 \x01(\x0b\x32\x19.weir.common.v1.Embedding\"l\n\x11SemanticCandidate\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x12\n\nsimilarity\x18\x02 \x01(\x02\x12\x10\n\x08question\x18\x03 \x01(\t\x12\x0f\n\x07verdict\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\"\xac\x01\n\x16LookupSemanticResponse\x12\x0b\n\x03hit\x18\x01 \x01(\x08\x12+\n\x06\x61nswer\x18\x02 \x01(\x0b\x32\x1b.weir.cache.v1.CachedAnswer\x12\x12\n\nsimilarity\x18\x03 \x01(\x02\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x34\n\ncandidates\x18\x05 \x03(\x0b\x32 .weir.cache.v1.SemanticCandidate\"\xbc\x01\n\x0cStoreRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12,\n\x07request\x18\x02 \x01(\x0b\x32\x1b.weir.common.v1.ChatRequest\x12+\n\x06\x61nswer\x18\x03 \x01(\x0b\x32\x1b.weir.cache.v1.CachedAnswer\x12,\n\tembedding\x18\x04 \x01(\x0b\x32\x19.weir.common.v1.Embedding\x12\x13\n\x0bttl_seconds\x18\x05 \x01(\x05\"A\n\rStoreResponse\x12\x0e\n\x06stored\x18\x01 \x01(\x08\x12\x10\n\x08\x65ntry_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"`\n\x11InvalidateRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x12\n\x08\x65ntry_id\x18\x02 \x01(\tH\x00\x12\x0f\n\x05model\x18\x03 \x01(\tH\x00\x12\r\n\x03\x61ll\x18\x04 \x01(\x08H\x00\x42\x07\n\x05scope\"%\n\x12InvalidateResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x03\"!\n\x0fGetStatsRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\"\x87\x02\n\x10GetStatsResponse\x12\x15\n\rexact_entries\x18\x01 \x01(\x03\x12\x18\n\x10semantic_entries\x18\x02 \x01(\x03\x12\x12\n\nexact_hits\x18\x03 \x01(\x03\x12\x15\n\rsemantic_hits\x18\x04 \x01(\x03\x12\x0e\n\x06misses\x18\x05 \x01(\x03\x12O\n\x11refusals_by_check\x18\x06 \x03(\x0b\x32\x34.weir.cache.v1.GetStatsResponse.RefusalsByCheckEntry\x1a\x36\n\x14RefusalsByCheckEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x32\xa7\x03\n\x0c\x43\x61\x63heService\x12T\n\x0bLookupExact\x12!.weir.cache.v1.LookupExactRequest\x1a\".weir.cache.v1.LookupExactResponse\x12]\n\x0eLookupSemantic\x12$.weir.cache.v1.LookupSemanticRequest\x1a%.weir.cache.v1.LookupSemanticResponse\x12\x42\n\x05Store\x12\x1b.weir.cache.v1.StoreRequest\x1a\x1c.weir.cache.v1.StoreResponse\x12Q\n\nInvalidate\x12 .weir.cache.v1.InvalidateRequest\x1a!.weir.cache.v1.InvalidateResponse\x12K\n\x08GetStats\x12\x1e.weir.cache.v1.GetStatsRequest\x1a\x1f.weir.cache.v1.GetStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!weir/cache/v1/cache_service.proto\x12\rweir.cache.v1\x1a\x1aweir/common/v1/types.proto\"\xa5\x01\n\x0c\x43\x61\x63hedAnswer\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12$\n\x05usage\x18\x04 \x01(\x0b\x32\x15.weir.common.v1.Usage\x12\x15\n\rfinish_reason\x18\x05 \x01(\t\x12\x14\n\x0c\x63reated_unix\x18\x06 \x01(\x03\x12\x10\n\x08question\x18\x07 \x01(\t\"R\n\x12LookupExactRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12,\n\x07request\x18\x02 \x01(\x0b\x32\x1b.weir.common.v1.ChatRequest\"_\n\x13LookupExactResponse\x12\x0b\n\x03hit\x18\x01 \x01(\x08\x12+\n\x06\x61nswer\x18\x02 \x01(\x0b\x32\x1b.weir.cache.v1.CachedAnswer\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x9c\x01\n\x15LookupSemanticRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12,\n\x07request\x18\x02 \x01(\x0b\x32\x1b.weir.common.v1.ChatRequest\x12,\n\tembedding\x18\x03 \x01(\x0b\x32\x19.weir.common.v1.Embedding\x12\x17\n\x0finclude_preview\x18\x04 \x01(\x08\"l\n\x11SemanticCandidate\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x12\n\nsimilarity\x18\x02 \x01(\x02\x12\x10\n\x08question\x18\x03 \x01(\t\x12\x0f\n\x07verdict\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\"\xda\x01\n\x16LookupSemanticResponse\x12\x0b\n\x03hit\x18\x01 \x01(\x08\x12+\n\x06\x61nswer\x18\x02 \x01(\x0b\x32\x1b.weir.cache.v1.CachedAnswer\x12\x12\n\nsimilarity\x18\x03 \x01(\x02\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x34\n\ncandidates\x18\x05 \x03(\x0b\x32 .weir.cache.v1.SemanticCandidate\x12,\n\x07preview\x18\x06 \x01(\x0b\x32\x1b.weir.cache.v1.CachedAnswer\"\xbc\x01\n\x0cStoreRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12,\n\x07request\x18\x02 \x01(\x0b\x32\x1b.weir.common.v1.ChatRequest\x12+\n\x06\x61nswer\x18\x03 \x01(\x0b\x32\x1b.weir.cache.v1.CachedAnswer\x12,\n\tembedding\x18\x04 \x01(\x0b\x32\x19.weir.common.v1.Embedding\x12\x13\n\x0bttl_seconds\x18\x05 \x01(\x05\"A\n\rStoreResponse\x12\x0e\n\x06stored\x18\x01 \x01(\x08\x12\x10\n\x08\x65ntry_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"`\n\x11InvalidateRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x12\n\x08\x65ntry_id\x18\x02 \x01(\tH\x00\x12\x0f\n\x05model\x18\x03 \x01(\tH\x00\x12\r\n\x03\x61ll\x18\x04 \x01(\x08H\x00\x42\x07\n\x05scope\"%\n\x12InvalidateResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x03\"!\n\x0fGetStatsRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\"\x87\x02\n\x10GetStatsResponse\x12\x15\n\rexact_entries\x18\x01 \x01(\x03\x12\x18\n\x10semantic_entries\x18\x02 \x01(\x03\x12\x12\n\nexact_hits\x18\x03 \x01(\x03\x12\x15\n\rsemantic_hits\x18\x04 \x01(\x03\x12\x0e\n\x06misses\x18\x05 \x01(\x03\x12O\n\x11refusals_by_check\x18\x06 \x03(\x0b\x32\x34.weir.cache.v1.GetStatsResponse.RefusalsByCheckEntry\x1a\x36\n\x14RefusalsByCheckEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x32\xa7\x03\n\x0c\x43\x61\x63heService\x12T\n\x0bLookupExact\x12!.weir.cache.v1.LookupExactRequest\x1a\".weir.cache.v1.LookupExactResponse\x12]\n\x0eLookupSemantic\x12$.weir.cache.v1.LookupSemanticRequest\x1a%.weir.cache.v1.LookupSemanticResponse\x12\x42\n\x05Store\x12\x1b.weir.cache.v1.StoreRequest\x1a\x1c.weir.cache.v1.StoreResponse\x12Q\n\nInvalidate\x12 .weir.cache.v1.InvalidateRequest\x1a!.weir.cache.v1.InvalidateResponse\x12K\n\x08GetStats\x12\x1e.weir.cache.v1.GetStatsRequest\x1a\x1f.weir.cache.v1.GetStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,25 +41,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOOKUPEXACTRESPONSE']._serialized_start=332
   _globals['_LOOKUPEXACTRESPONSE']._serialized_end=427
   _globals['_LOOKUPSEMANTICREQUEST']._serialized_start=430
-  _globals['_LOOKUPSEMANTICREQUEST']._serialized_end=561
-  _globals['_SEMANTICCANDIDATE']._serialized_start=563
-  _globals['_SEMANTICCANDIDATE']._serialized_end=671
-  _globals['_LOOKUPSEMANTICRESPONSE']._serialized_start=674
-  _globals['_LOOKUPSEMANTICRESPONSE']._serialized_end=846
-  _globals['_STOREREQUEST']._serialized_start=849
-  _globals['_STOREREQUEST']._serialized_end=1037
-  _globals['_STORERESPONSE']._serialized_start=1039
-  _globals['_STORERESPONSE']._serialized_end=1104
-  _globals['_INVALIDATEREQUEST']._serialized_start=1106
-  _globals['_INVALIDATEREQUEST']._serialized_end=1202
-  _globals['_INVALIDATERESPONSE']._serialized_start=1204
-  _globals['_INVALIDATERESPONSE']._serialized_end=1241
-  _globals['_GETSTATSREQUEST']._serialized_start=1243
-  _globals['_GETSTATSREQUEST']._serialized_end=1276
-  _globals['_GETSTATSRESPONSE']._serialized_start=1279
-  _globals['_GETSTATSRESPONSE']._serialized_end=1542
-  _globals['_GETSTATSRESPONSE_REFUSALSBYCHECKENTRY']._serialized_start=1488
-  _globals['_GETSTATSRESPONSE_REFUSALSBYCHECKENTRY']._serialized_end=1542
-  _globals['_CACHESERVICE']._serialized_start=1545
-  _globals['_CACHESERVICE']._serialized_end=1968
+  _globals['_LOOKUPSEMANTICREQUEST']._serialized_end=586
+  _globals['_SEMANTICCANDIDATE']._serialized_start=588
+  _globals['_SEMANTICCANDIDATE']._serialized_end=696
+  _globals['_LOOKUPSEMANTICRESPONSE']._serialized_start=699
+  _globals['_LOOKUPSEMANTICRESPONSE']._serialized_end=917
+  _globals['_STOREREQUEST']._serialized_start=920
+  _globals['_STOREREQUEST']._serialized_end=1108
+  _globals['_STORERESPONSE']._serialized_start=1110
+  _globals['_STORERESPONSE']._serialized_end=1175
+  _globals['_INVALIDATEREQUEST']._serialized_start=1177
+  _globals['_INVALIDATEREQUEST']._serialized_end=1273
+  _globals['_INVALIDATERESPONSE']._serialized_start=1275
+  _globals['_INVALIDATERESPONSE']._serialized_end=1312
+  _globals['_GETSTATSREQUEST']._serialized_start=1314
+  _globals['_GETSTATSREQUEST']._serialized_end=1347
+  _globals['_GETSTATSRESPONSE']._serialized_start=1350
+  _globals['_GETSTATSRESPONSE']._serialized_end=1613
+  _globals['_GETSTATSRESPONSE_REFUSALSBYCHECKENTRY']._serialized_start=1559
+  _globals['_GETSTATSRESPONSE_REFUSALSBYCHECKENTRY']._serialized_end=1613
+  _globals['_CACHESERVICE']._serialized_start=1616
+  _globals['_CACHESERVICE']._serialized_end=2039
 # @@protoc_insertion_point(module_scope)

@@ -136,8 +136,13 @@ class LookupSemanticRequest(_message.Message):
     TENANT_FIELD_NUMBER: _builtins.int
     REQUEST_FIELD_NUMBER: _builtins.int
     EMBEDDING_FIELD_NUMBER: _builtins.int
+    INCLUDE_PREVIEW_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     """Tenant (team) the caller belongs to."""
+    include_preview: _builtins.bool
+    """On a miss, also return the answer of the most similar candidate above the threshold that failed
+    verification (LookupSemanticResponse.preview), for callers that show it as provisional.
+    """
     @_builtins.property
     def request(self) -> _types_pb2.ChatRequest:
         """The request to look up."""
@@ -152,10 +157,11 @@ class LookupSemanticRequest(_message.Message):
         tenant: _builtins.str = ...,
         request: _types_pb2.ChatRequest | None = ...,
         embedding: _types_pb2.Embedding | None = ...,
+        include_preview: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["embedding", b"embedding", "request", b"request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["embedding", b"embedding", "request", b"request", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["embedding", b"embedding", "include_preview", b"include_preview", "request", b"request", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -210,6 +216,7 @@ class LookupSemanticResponse(_message.Message):
     SIMILARITY_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     CANDIDATES_FIELD_NUMBER: _builtins.int
+    PREVIEW_FIELD_NUMBER: _builtins.int
     hit: _builtins.bool
     """Whether a verified answer was found."""
     similarity: _builtins.float
@@ -224,6 +231,12 @@ class LookupSemanticResponse(_message.Message):
     def candidates(self) -> _containers.RepeatedCompositeFieldContainer[Global___SemanticCandidate]:
         """The candidates considered, best first."""
 
+    @_builtins.property
+    def preview(self) -> Global___CachedAnswer:
+        """When include_preview was asked and no candidate passed: the answer of the best candidate above the threshold
+        that failed verification (unverified: never to be served as the answer).
+        """
+
     def __init__(
         self,
         *,
@@ -232,10 +245,11 @@ class LookupSemanticResponse(_message.Message):
         similarity: _builtins.float = ...,
         reason: _builtins.str = ...,
         candidates: _abc.Iterable[Global___SemanticCandidate] | None = ...,
+        preview: Global___CachedAnswer | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "preview", b"preview"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "candidates", b"candidates", "hit", b"hit", "reason", b"reason", "similarity", b"similarity"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "candidates", b"candidates", "hit", b"hit", "preview", b"preview", "reason", b"reason", "similarity", b"similarity"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

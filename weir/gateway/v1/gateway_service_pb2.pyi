@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from weir.common.v1 import types_pb2 as _types_pb2
 import builtins as _builtins
 import sys
@@ -19,6 +20,46 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _JobStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _JobStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    JOB_STATUS_UNSPECIFIED: _JobStatus.ValueType  # 0
+    """Not set."""
+    JOB_STATUS_QUEUED: _JobStatus.ValueType  # 1
+    """Waiting for a worker."""
+    JOB_STATUS_RUNNING: _JobStatus.ValueType  # 2
+    """A worker runs it."""
+    JOB_STATUS_SUCCEEDED: _JobStatus.ValueType  # 3
+    """Answered (final)."""
+    JOB_STATUS_FAILED: _JobStatus.ValueType  # 4
+    """Refused or failed for good, e.g. a rate limit or an invalid request (final)."""
+    JOB_STATUS_CANCELLED: _JobStatus.ValueType  # 5
+    """Cancelled by the caller (final)."""
+    JOB_STATUS_DEAD_LETTER: _JobStatus.ValueType  # 6
+    """Given up after the maximum number of attempts (final)."""
+
+class JobStatus(_JobStatus, metaclass=_JobStatusEnumTypeWrapper):
+    """Where a background job stands."""
+
+JOB_STATUS_UNSPECIFIED: JobStatus.ValueType  # 0
+"""Not set."""
+JOB_STATUS_QUEUED: JobStatus.ValueType  # 1
+"""Waiting for a worker."""
+JOB_STATUS_RUNNING: JobStatus.ValueType  # 2
+"""A worker runs it."""
+JOB_STATUS_SUCCEEDED: JobStatus.ValueType  # 3
+"""Answered (final)."""
+JOB_STATUS_FAILED: JobStatus.ValueType  # 4
+"""Refused or failed for good, e.g. a rate limit or an invalid request (final)."""
+JOB_STATUS_CANCELLED: JobStatus.ValueType  # 5
+"""Cancelled by the caller (final)."""
+JOB_STATUS_DEAD_LETTER: JobStatus.ValueType  # 6
+"""Given up after the maximum number of attempts (final)."""
+Global___JobStatus: _TypeAlias = JobStatus  # noqa: Y015
+
 @_typing.final
 class CacheControl(_message.Message):
     """Per-request cache controls."""
@@ -29,6 +70,7 @@ class CacheControl(_message.Message):
     NO_CACHE_FIELD_NUMBER: _builtins.int
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
     ALLOW_NONDETERMINISTIC_FIELD_NUMBER: _builtins.int
+    PREVIEW_FIELD_NUMBER: _builtins.int
     no_store: _builtins.bool
     """Do not store the answer."""
     no_cache: _builtins.bool
@@ -37,6 +79,10 @@ class CacheControl(_message.Message):
     """Time to live of the stored answer in seconds; 0 means the default."""
     allow_nondeterministic: _builtins.bool
     """Cache the answer even though the request is not deterministic (temperature > 0 or unset)."""
+    preview: _builtins.bool
+    """Background jobs (SubmitJob): emit the semantic tier's best near neighbour that failed verification as a
+    provisional `preview` event before the real answer. Ignored by the synchronous calls.
+    """
     def __init__(
         self,
         *,
@@ -44,10 +90,11 @@ class CacheControl(_message.Message):
         no_cache: _builtins.bool = ...,
         ttl_seconds: _builtins.int = ...,
         allow_nondeterministic: _builtins.bool = ...,
+        preview: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_nondeterministic", b"allow_nondeterministic", "no_cache", b"no_cache", "no_store", b"no_store", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_nondeterministic", b"allow_nondeterministic", "no_cache", b"no_cache", "no_store", b"no_store", "preview", b"preview", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -423,3 +470,433 @@ class ListModelsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListModelsResponse: _TypeAlias = ListModelsResponse  # noqa: Y015
+
+@_typing.final
+class SubmitJobRequest(_message.Message):
+    """Request of SubmitJob."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    CACHE_CONTROL_FIELD_NUMBER: _builtins.int
+    WEBHOOK_URL_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    webhook_url: _builtins.str
+    """http(s) URL that receives the finished job, signed with the key's webhook secret; empty for none."""
+    @_builtins.property
+    def request(self) -> _types_pb2.ChatRequest:
+        """The chat request (its `stream` flag is ignored: the answer streams as job events)."""
+
+    @_builtins.property
+    def cache_control(self) -> Global___CacheControl:
+        """Cache controls."""
+
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Caller's labels, returned with the job (at most 16)."""
+
+    def __init__(
+        self,
+        *,
+        request: _types_pb2.ChatRequest | None = ...,
+        cache_control: Global___CacheControl | None = ...,
+        webhook_url: _builtins.str = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cache_control", b"cache_control", "request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_control", b"cache_control", "metadata", b"metadata", "request", b"request", "webhook_url", b"webhook_url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitJobRequest: _TypeAlias = SubmitJobRequest  # noqa: Y015
+
+@_typing.final
+class SubmitJobResponse(_message.Message):
+    """Response of SubmitJob."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The job's id ("job_...")."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitJobResponse: _TypeAlias = SubmitJobResponse  # noqa: Y015
+
+@_typing.final
+class GetJobRequest(_message.Message):
+    """Request of GetJob."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The job's id."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetJobRequest: _TypeAlias = GetJobRequest  # noqa: Y015
+
+@_typing.final
+class GetJobResponse(_message.Message):
+    """Response of GetJob."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def job(self) -> Global___Job:
+        """The job."""
+
+    def __init__(
+        self,
+        *,
+        job: Global___Job | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetJobResponse: _TypeAlias = GetJobResponse  # noqa: Y015
+
+@_typing.final
+class WatchJobRequest(_message.Message):
+    """Request of WatchJob."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    AFTER_EVENT_ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The job's id."""
+    after_event_id: _builtins.str
+    """Resume after this event id (as received in JobEvent.id); empty for the whole log."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        after_event_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_event_id", b"after_event_id", "id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchJobRequest: _TypeAlias = WatchJobRequest  # noqa: Y015
+
+@_typing.final
+class WatchJobResponse(_message.Message):
+    """Response of WatchJob: one event."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def event(self) -> Global___JobEvent:
+        """The event."""
+
+    def __init__(
+        self,
+        *,
+        event: Global___JobEvent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchJobResponse: _TypeAlias = WatchJobResponse  # noqa: Y015
+
+@_typing.final
+class CancelJobRequest(_message.Message):
+    """Request of CancelJob."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The job's id."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelJobRequest: _TypeAlias = CancelJobRequest  # noqa: Y015
+
+@_typing.final
+class CancelJobResponse(_message.Message):
+    """Response of CancelJob."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def job(self) -> Global___Job:
+        """The job after the cancellation request."""
+
+    def __init__(
+        self,
+        *,
+        job: Global___Job | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelJobResponse: _TypeAlias = CancelJobResponse  # noqa: Y015
+
+@_typing.final
+class Job(_message.Message):
+    """A background job."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    CREATED_UNIX_FIELD_NUMBER: _builtins.int
+    STARTED_UNIX_FIELD_NUMBER: _builtins.int
+    FINISHED_UNIX_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    CANCEL_REQUESTED_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Job id."""
+    status: Global___JobStatus.ValueType
+    """Status."""
+    model: _builtins.str
+    """The requested model."""
+    created_unix: _builtins.float
+    """Submission time, Unix seconds."""
+    started_unix: _builtins.float
+    """Start of the latest run, Unix seconds (0 before it ran)."""
+    finished_unix: _builtins.float
+    """When it became final, Unix seconds (0 before)."""
+    attempts: _builtins.int
+    """Runs so far (more than 1 after a retry or a takeover from a dead worker)."""
+    cancel_requested: _builtins.bool
+    """Cancellation was requested."""
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Caller's labels."""
+
+    @_builtins.property
+    def result(self) -> Global___JobResult:
+        """The answer, once succeeded."""
+
+    @_builtins.property
+    def error(self) -> Global___JobError:
+        """Why it failed, for failed and dead-lettered jobs."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        status: Global___JobStatus.ValueType = ...,
+        model: _builtins.str = ...,
+        created_unix: _builtins.float = ...,
+        started_unix: _builtins.float = ...,
+        finished_unix: _builtins.float = ...,
+        attempts: _builtins.int = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        cancel_requested: _builtins.bool = ...,
+        result: Global___JobResult | None = ...,
+        error: Global___JobError | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "cancel_requested", b"cancel_requested", "created_unix", b"created_unix", "error", b"error", "finished_unix", b"finished_unix", "id", b"id", "metadata", b"metadata", "model", b"model", "result", b"result", "started_unix", b"started_unix", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Job: _TypeAlias = Job  # noqa: Y015
+
+@_typing.final
+class JobResult(_message.Message):
+    """The answer of a succeeded job."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTENT_FIELD_NUMBER: _builtins.int
+    REASONING_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    FINISH_REASON_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    COST_USD_FIELD_NUMBER: _builtins.int
+    CACHE_FIELD_NUMBER: _builtins.int
+    CACHE_REASON_FIELD_NUMBER: _builtins.int
+    ROUTE_REASON_FIELD_NUMBER: _builtins.int
+    content: _builtins.str
+    """Answer text."""
+    reasoning: _builtins.str
+    """Reasoning text, when the model streamed any."""
+    model: _builtins.str
+    """The model that answered."""
+    finish_reason: _builtins.str
+    """Finish reason."""
+    cost_usd: _builtins.float
+    """What the answer cost in US dollars (0 for a cache hit)."""
+    cache: _builtins.str
+    """Which cache tier answered: "miss", "exact" or "semantic"."""
+    cache_reason: _builtins.str
+    """Why the cache did (not) answer."""
+    route_reason: _builtins.str
+    """Why the router chose the model."""
+    @_builtins.property
+    def usage(self) -> _types_pb2.Usage:
+        """Usage."""
+
+    def __init__(
+        self,
+        *,
+        content: _builtins.str = ...,
+        reasoning: _builtins.str = ...,
+        model: _builtins.str = ...,
+        finish_reason: _builtins.str = ...,
+        usage: _types_pb2.Usage | None = ...,
+        cost_usd: _builtins.float = ...,
+        cache: _builtins.str = ...,
+        cache_reason: _builtins.str = ...,
+        route_reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "cache_reason", b"cache_reason", "content", b"content", "cost_usd", b"cost_usd", "finish_reason", b"finish_reason", "model", b"model", "reasoning", b"reasoning", "route_reason", b"route_reason", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobResult: _TypeAlias = JobResult  # noqa: Y015
+
+@_typing.final
+class JobError(_message.Message):
+    """Why a job failed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    status: _builtins.int
+    """The HTTP status the same error gets on the REST API."""
+    code: _builtins.str
+    """Error code, e.g. "rate_limit_exceeded", "max_attempts_exceeded"."""
+    message: _builtins.str
+    """Human-readable message."""
+    def __init__(
+        self,
+        *,
+        status: _builtins.int = ...,
+        code: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobError: _TypeAlias = JobError  # noqa: Y015
+
+@_typing.final
+class JobEvent(_message.Message):
+    """One event of a job's log."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    DATA_JSON_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Event id (a Redis stream id); pass it as WatchJobRequest.after_event_id to resume after it."""
+    type: _builtins.str
+    """Type: queued, started, cache, preview, route, attempt, fallback, retry, reasoning, delta, usage, done,
+    failed, cancelled, dead_letter.
+    """
+    data_json: _builtins.str
+    """The event's fields as a JSON object (the same as the REST event stream's `data`)."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        type: _builtins.str = ...,
+        data_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_json", b"data_json", "id", b"id", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobEvent: _TypeAlias = JobEvent  # noqa: Y015

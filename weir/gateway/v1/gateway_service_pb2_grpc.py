@@ -50,6 +50,26 @@ class GatewayServiceStub:
                 request_serializer=weir_dot_gateway_dot_v1_dot_gateway__service__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=weir_dot_gateway_dot_v1_dot_gateway__service__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.SubmitJob = channel.unary_unary(
+                '/weir.gateway.v1.GatewayService/SubmitJob',
+                request_serializer=weir_dot_gateway_dot_v1_dot_gateway__service__pb2.SubmitJobRequest.SerializeToString,
+                response_deserializer=weir_dot_gateway_dot_v1_dot_gateway__service__pb2.SubmitJobResponse.FromString,
+                _registered_method=True)
+        self.GetJob = channel.unary_unary(
+                '/weir.gateway.v1.GatewayService/GetJob',
+                request_serializer=weir_dot_gateway_dot_v1_dot_gateway__service__pb2.GetJobRequest.SerializeToString,
+                response_deserializer=weir_dot_gateway_dot_v1_dot_gateway__service__pb2.GetJobResponse.FromString,
+                _registered_method=True)
+        self.WatchJob = channel.unary_stream(
+                '/weir.gateway.v1.GatewayService/WatchJob',
+                request_serializer=weir_dot_gateway_dot_v1_dot_gateway__service__pb2.WatchJobRequest.SerializeToString,
+                response_deserializer=weir_dot_gateway_dot_v1_dot_gateway__service__pb2.WatchJobResponse.FromString,
+                _registered_method=True)
+        self.CancelJob = channel.unary_unary(
+                '/weir.gateway.v1.GatewayService/CancelJob',
+                request_serializer=weir_dot_gateway_dot_v1_dot_gateway__service__pb2.CancelJobRequest.SerializeToString,
+                response_deserializer=weir_dot_gateway_dot_v1_dot_gateway__service__pb2.CancelJobResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -77,6 +97,34 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitJob(self, request, context):
+        """Queues a chat request as a background job, run by a worker under the caller's key (limits, budgets, ledger).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetJob(self, request, context):
+        """Reads one of the caller's jobs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchJob(self, request, context):
+        """Streams a job's events from the start, or after a given event id, until its final event.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelJob(self, request, context):
+        """Cancels a job: a queued job never runs, a running one stops between deltas.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +142,26 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=weir_dot_gateway_dot_v1_dot_gateway__service__pb2.ListModelsRequest.FromString,
                     response_serializer=weir_dot_gateway_dot_v1_dot_gateway__service__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'SubmitJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitJob,
+                    request_deserializer=weir_dot_gateway_dot_v1_dot_gateway__service__pb2.SubmitJobRequest.FromString,
+                    response_serializer=weir_dot_gateway_dot_v1_dot_gateway__service__pb2.SubmitJobResponse.SerializeToString,
+            ),
+            'GetJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJob,
+                    request_deserializer=weir_dot_gateway_dot_v1_dot_gateway__service__pb2.GetJobRequest.FromString,
+                    response_serializer=weir_dot_gateway_dot_v1_dot_gateway__service__pb2.GetJobResponse.SerializeToString,
+            ),
+            'WatchJob': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchJob,
+                    request_deserializer=weir_dot_gateway_dot_v1_dot_gateway__service__pb2.WatchJobRequest.FromString,
+                    response_serializer=weir_dot_gateway_dot_v1_dot_gateway__service__pb2.WatchJobResponse.SerializeToString,
+            ),
+            'CancelJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelJob,
+                    request_deserializer=weir_dot_gateway_dot_v1_dot_gateway__service__pb2.CancelJobRequest.FromString,
+                    response_serializer=weir_dot_gateway_dot_v1_dot_gateway__service__pb2.CancelJobResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +246,114 @@ class GatewayService:
             '/weir.gateway.v1.GatewayService/ListModels',
             weir_dot_gateway_dot_v1_dot_gateway__service__pb2.ListModelsRequest.SerializeToString,
             weir_dot_gateway_dot_v1_dot_gateway__service__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/weir.gateway.v1.GatewayService/SubmitJob',
+            weir_dot_gateway_dot_v1_dot_gateway__service__pb2.SubmitJobRequest.SerializeToString,
+            weir_dot_gateway_dot_v1_dot_gateway__service__pb2.SubmitJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/weir.gateway.v1.GatewayService/GetJob',
+            weir_dot_gateway_dot_v1_dot_gateway__service__pb2.GetJobRequest.SerializeToString,
+            weir_dot_gateway_dot_v1_dot_gateway__service__pb2.GetJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/weir.gateway.v1.GatewayService/WatchJob',
+            weir_dot_gateway_dot_v1_dot_gateway__service__pb2.WatchJobRequest.SerializeToString,
+            weir_dot_gateway_dot_v1_dot_gateway__service__pb2.WatchJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/weir.gateway.v1.GatewayService/CancelJob',
+            weir_dot_gateway_dot_v1_dot_gateway__service__pb2.CancelJobRequest.SerializeToString,
+            weir_dot_gateway_dot_v1_dot_gateway__service__pb2.CancelJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,14 @@ class GatewayServiceStub:
     """Answers a chat request as a stream of deltas."""
     ListModels: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.ListModelsRequest, _gateway_service_pb2.ListModelsResponse]
     """Lists the models the caller may use."""
+    SubmitJob: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.SubmitJobRequest, _gateway_service_pb2.SubmitJobResponse]
+    """Queues a chat request as a background job, run by a worker under the caller's key (limits, budgets, ledger)."""
+    GetJob: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.GetJobRequest, _gateway_service_pb2.GetJobResponse]
+    """Reads one of the caller's jobs."""
+    WatchJob: _grpc.UnaryStreamMultiCallable[_gateway_service_pb2.WatchJobRequest, _gateway_service_pb2.WatchJobResponse]
+    """Streams a job's events from the start, or after a given event id, until its final event."""
+    CancelJob: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.CancelJobRequest, _gateway_service_pb2.CancelJobResponse]
+    """Cancels a job: a queued job never runs, a running one stops between deltas."""
 
 @_typing.type_check_only
 class GatewayServiceAsyncStub(GatewayServiceStub):
@@ -51,6 +59,14 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     """Answers a chat request as a stream of deltas."""
     ListModels: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.ListModelsRequest, _gateway_service_pb2.ListModelsResponse]  # type: ignore[assignment]
     """Lists the models the caller may use."""
+    SubmitJob: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.SubmitJobRequest, _gateway_service_pb2.SubmitJobResponse]  # type: ignore[assignment]
+    """Queues a chat request as a background job, run by a worker under the caller's key (limits, budgets, ledger)."""
+    GetJob: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.GetJobRequest, _gateway_service_pb2.GetJobResponse]  # type: ignore[assignment]
+    """Reads one of the caller's jobs."""
+    WatchJob: _aio.UnaryStreamMultiCallable[_gateway_service_pb2.WatchJobRequest, _gateway_service_pb2.WatchJobResponse]  # type: ignore[assignment]
+    """Streams a job's events from the start, or after a given event id, until its final event."""
+    CancelJob: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.CancelJobRequest, _gateway_service_pb2.CancelJobResponse]  # type: ignore[assignment]
+    """Cancels a job: a queued job never runs, a running one stops between deltas."""
 
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     """Chat completions through the mesh. Callers authenticate with `authorization: Bearer <key>` metadata."""
@@ -78,5 +94,37 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_service_pb2.ListModelsResponse, _abc.Awaitable[_gateway_service_pb2.ListModelsResponse]]:
         """Lists the models the caller may use."""
+
+    @_abc_1.abstractmethod
+    def SubmitJob(
+        self,
+        request: _gateway_service_pb2.SubmitJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_service_pb2.SubmitJobResponse, _abc.Awaitable[_gateway_service_pb2.SubmitJobResponse]]:
+        """Queues a chat request as a background job, run by a worker under the caller's key (limits, budgets, ledger)."""
+
+    @_abc_1.abstractmethod
+    def GetJob(
+        self,
+        request: _gateway_service_pb2.GetJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_service_pb2.GetJobResponse, _abc.Awaitable[_gateway_service_pb2.GetJobResponse]]:
+        """Reads one of the caller's jobs."""
+
+    @_abc_1.abstractmethod
+    def WatchJob(
+        self,
+        request: _gateway_service_pb2.WatchJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_gateway_service_pb2.WatchJobResponse], _abc.AsyncIterator[_gateway_service_pb2.WatchJobResponse]]:
+        """Streams a job's events from the start, or after a given event id, until its final event."""
+
+    @_abc_1.abstractmethod
+    def CancelJob(
+        self,
+        request: _gateway_service_pb2.CancelJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_service_pb2.CancelJobResponse, _abc.Awaitable[_gateway_service_pb2.CancelJobResponse]]:
+        """Cancels a job: a queued job never runs, a running one stops between deltas."""
 
 def add_GatewayServiceServicer_to_server(servicer: GatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

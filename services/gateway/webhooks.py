@@ -1,0 +1,80 @@
+"""Webhook deliveries of finished jobs: signed with the key's webhook secret, retried with backoff.
+
+The body is `{"type": "job.finished", "job": <the job as GET /v1/jobs/{id} shows it>}`; the signature header is
+described in `weir.webhooks`. A delivery counts as done on any 2xx; other answers and transport errors are
+retried `webhook_attempts` times in all, waiting `webhook_backoff_ms` doubled each time. The outcome is stored on
+the job (`webhook`: status delivered | failed | skipped, attempts, last_status, delivered_at).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+
+from services.gateway.auth import KeyStore
+from services.gateway.jobs import JobStore
+from services.gateway.settings import GatewaySettings
+from weir import webhooks
+
+log = logging.getLogger("weir.gateway.webhooks")
+
+
+class Webhooks:
+    def __init__(self, store: JobStore, keys: KeyStore, settings: GatewaySettings) -> None:
+        self.store = store
+        self.keys = keys
+        self.settings = settings
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def deliver(self, job_id: str, doc: dict[str, bytes]) -> None:
+        """Delivers in the background (never delays the worker)."""
+        task = asyncio.get_running_loop().create_task(self._deliver(job_id, doc))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=self.settings.webhook_timeout_s)
+        if self._session is not None:
+            await self._session.close()
+
+    async def _record(self, job_id: str, outcome: dict[str, Any]) -> None:
+        await self.store.redis.hset(self.store.job_key(job_id), "webhook", orjson.dumps(outcome))
+
+    async def _deliver(self, job_id: str, doc: dict[str, bytes]) -> None:
+        url = doc["webhook_url"].decode()
+        secret = await self.keys.webhook_secret(doc["key_id"].decode())
+        if not secret:
+            await self._record(job_id, {"status": "skipped", "attempts": 0,
+                                        "reason": "the key has no webhook secret (POST /v1/admin/keys/{id}/"
+                                                  "webhook-secret creates one)"})
+            return
+        body = orjson.dumps({"type": "job.finished", "job": JobStore.view(job_id, doc)})
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.settings.webhook_timeout_s))
+        last = ""
+        for attempt in range(1, self.settings.webhook_attempts + 1):
+            headers = {"Content-Type": "application/json", webhooks.HEADER: webhooks.sign(secret, body),
+                       "X-Weir-Job-Id": job_id, "X-Weir-Delivery-Attempt": str(attempt)}
+            try:
+                async with self._session.post(url, data=body, headers=headers) as resp:
+                    last = str(resp.status)
+                    if 200 <= resp.status < 300:
+                        await self._record(job_id, {"status": "delivered", "attempts": attempt, "last_status": last,
+                                                    "delivered_at": round(time.time(), 3)})
+                        return
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                last = type(exc).__name__
+            await self._record(job_id, {"status": "retrying", "attempts": attempt, "last_status": last})
+            if attempt < self.settings.webhook_attempts:
+                await asyncio.sleep(self.settings.webhook_backoff_ms / 1000 * 2 ** (attempt - 1))
+        log.warning("webhook not delivered", extra={"job_id": job_id, "attempts": self.settings.webhook_attempts,
+                                                    "last_status": last})
+        await self._record(job_id, {"status": "failed", "attempts": self.settings.webhook_attempts,
+                                    "last_status": last})
