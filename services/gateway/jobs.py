@@ -32,6 +32,7 @@ import redis.asyncio as aioredis
 from services.gateway.auth import Principal
 from weir.common.v1 import types_pb2
 from weir.gateway.v1 import gateway_service_pb2 as gateway_pb
+from weir.kit import telemetry
 
 GROUP = "workers"
 FINAL = ("succeeded", "failed", "cancelled", "dead_letter")
@@ -155,7 +156,8 @@ class JobStore:
         doc = {"status": "queued", "key_id": principal.key_id, "team": principal.team, "model": req.model,
                "request": req.SerializeToString(), "control": control.SerializeToString(),
                "webhook_url": webhook_url, "metadata": orjson.dumps(metadata or {}),
-               "created": f"{now:.3f}", "attempts": "0", "cancel": "0", "completions": "0"}
+               "created": f"{now:.3f}", "attempts": "0", "cancel": "0", "completions": "0",
+               "traceparent": telemetry.current_traceparent()}
         key, events = self.job_key(job_id), self.events_key(job_id)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping=doc)

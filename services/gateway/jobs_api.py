@@ -23,6 +23,7 @@ from aiohttp import web
 from services.gateway.auth import Principal
 from services.gateway.jobs import FINAL, JobStore
 from services.gateway.openai_wire import ApiError, parse_chat_request
+from services.gateway.tracing import request_trace
 from weir.gateway.v1 import gateway_service_pb2 as gateway_pb
 
 Authenticate = Callable[[web.Request], Awaitable[Principal]]
@@ -72,6 +73,12 @@ class JobsApi:
         return job_id, doc, principal
 
     async def submit(self, request: web.Request) -> web.Response:
+        with request_trace(request, "POST /v1/jobs") as trace_id:
+            resp = await self._submit(request)
+            resp.headers["x-weir-trace-id"] = trace_id
+            return resp
+
+    async def _submit(self, request: web.Request) -> web.Response:
         principal = await self.authenticate(request)
         try:
             body = orjson.loads(await request.read())

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +31,11 @@ from services.gateway.openai_wire import (
     error_sse,
     parse_chat_request,
 )
+from services.gateway.tracing import request_trace
 from weir.gateway.v1 import gateway_service_pb2 as gateway_pb
 from weir.kit import semconv as sc
 from weir.kit import telemetry
 from weir.kit.errors import parse_rpc_error
-from weir.kit.logging import current_trace_id
 from weir.router.v1 import router_service_pb2 as router_pb
 
 log = logging.getLogger("weir.gateway.rest")
@@ -82,29 +81,6 @@ def weir_headers(d: Decision, model: str, trace_id: str, server_timing: str) -> 
     if d.route_reason:
         out["x-weir-route-reason"] = _header(d.route_reason)
     return out
-
-
-@contextlib.contextmanager
-def request_trace(request: web.Request, name: str) -> Iterator[str]:
-    """A server span continuing the caller's traceparent when tracing is on; yields the trace id."""
-    if not telemetry.enabled():
-        incoming = request.headers.get("traceparent", "")
-        parts = incoming.split("-")
-        trace_id = parts[1] if len(parts) == 4 and len(parts[1]) == 32 else telemetry.new_trace_id()
-        token = current_trace_id.set(trace_id)
-        try:
-            yield trace_id
-        finally:
-            current_trace_id.reset(token)
-        return
-    from opentelemetry import propagate, trace
-
-    tracer = trace.get_tracer("weir.gateway")
-    ctx = propagate.extract(dict(request.headers))
-    with tracer.start_as_current_span(name, context=ctx, kind=trace.SpanKind.SERVER) as span:
-        span.set_attribute("http.request.method", request.method)
-        span.set_attribute("url.path", request.path)
-        yield format(span.get_span_context().trace_id, "032x")
 
 
 def _json_response(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

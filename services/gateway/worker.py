@@ -38,6 +38,8 @@ from services.gateway.tokens import TokenCounter, load_cl100k
 from services.gateway.webhooks import Webhooks
 from weir.common.v1 import types_pb2
 from weir.gateway.v1 import gateway_service_pb2 as gateway_pb
+from weir.kit import semconv as sc
+from weir.kit import telemetry
 from weir.kit.config import load
 from weir.kit.server import run_process, wait_for_stop_signal, write_ready_file
 from weir.mesh_config import load_mesh_config
@@ -286,6 +288,12 @@ class JobWorker:
             raise _CancelRequested()
 
     async def _execute(self, job_id: str, doc: dict[str, bytes]) -> None:
+        """One run of the job, in the trace of the request that submitted it."""
+        with telemetry.continue_trace("job run", doc.get("traceparent", b"").decode(),
+                                      {"weir.job.id": job_id, sc.WEIR_TENANT: doc.get("team", b"").decode()}):
+            await self._run(job_id, doc)
+
+    async def _run(self, job_id: str, doc: dict[str, bytes]) -> None:
         """One run of the job through the hub's streamed path; completes it unless it was superseded."""
         req = types_pb2.ChatRequest.FromString(doc["request"])
         control = gateway_pb.CacheControl.FromString(doc["control"])

@@ -147,3 +147,26 @@ def test_one_trace_covers_every_hop(traced_mesh: Mesh, receiver: tuple[Receiver,
     for s in redis_spans:
         stmt = str(s.attributes.get("db.statement", s.attributes.get("db.query.text", "")))
         assert traced_mesh.master_key not in stmt and "Trace me" not in stmt
+
+
+def test_a_background_job_joins_the_trace_that_submitted_it(traced_mesh: Mesh,
+                                                            receiver: tuple[Receiver, int]) -> None:
+    rec, _ = receiver
+    r = httpx.post(f"{traced_mesh.base_url}/jobs", headers={"Authorization": f"Bearer {traced_mesh.master_key}"},
+                   json={"model": "fake-small", "messages": [{"role": "user", "content": "A job to trace"}]})
+    assert r.status_code == 202, r.text
+    trace_id = r.headers["x-weir-trace-id"]
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        with rec.lock:
+            spans = [s for s in rec.spans if s.trace_id == trace_id]
+        names = {(s.service, s.name) for s in spans}
+        if {("weir-worker", "job run"), ("weir-reasoner", "chat fake-small")} <= names:
+            break
+        time.sleep(0.1)
+    by_id = {s.span_id: s for s in spans}
+    run = next(s for s in spans if s.name == "job run")
+    assert by_id[run.parent_id].name == "POST /v1/jobs", "the worker's run continues the submitting request"
+    stream = next(s for s in spans if s.name == "/weir.reasoner.v1.ReasonerService/StreamComplete"
+                  and s.service == "weir-worker")
+    assert by_id[stream.parent_id].name == "job run"

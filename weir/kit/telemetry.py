@@ -7,8 +7,10 @@ nothing is instrumented, so the hot path pays nothing for it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+from collections.abc import Iterator
 from typing import Any
 
 _enabled = False
@@ -122,3 +124,30 @@ class ClientSpan:
             self._span.set_status(Status(StatusCode.ERROR, error))
         self._span.end()
         self._span = None
+
+
+def current_traceparent() -> str:
+    """The W3C traceparent of the current span ("" when tracing is off), to hand work to another process."""
+    if not _enabled:
+        return ""
+    from opentelemetry import propagate
+
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier.get("traceparent", "")
+
+
+@contextlib.contextmanager
+def continue_trace(name: str, traceparent: str, attributes: dict[str, Any] | None = None) -> Iterator[None]:
+    """Runs the block in a consumer span whose parent is `traceparent` (work handed over by another process,
+    e.g. a background job joined to the request that submitted it). A no-op when tracing is off."""
+    if not _enabled:
+        yield
+        return
+    from opentelemetry import propagate, trace
+
+    ctx = propagate.extract({"traceparent": traceparent}) if traceparent else None
+    with trace.get_tracer("weir").start_as_current_span(
+            name, context=ctx, kind=trace.SpanKind.CONSUMER,
+            attributes={k: v for k, v in (attributes or {}).items() if v is not None}):
+        yield
