@@ -14,6 +14,7 @@ instead of stalling both threads of one.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -47,6 +48,17 @@ class _Pending:
 
 def _closed() -> WeirError:
     return WeirError(grpc.StatusCode.UNAVAILABLE, "the embedder is shutting down", reason="SHUTTING_DOWN")
+
+
+def _fail_if_cancelled(batch: list[_Pending], task: asyncio.Task[None]) -> None:
+    if task.cancelled():
+        _fail_unfinished(batch)
+
+
+def _fail_unfinished(batch: list[_Pending]) -> None:
+    for p in batch:
+        if not p.future.done():
+            p.future.set_exception(_closed())
 
 
 class MicroBatcher:
@@ -123,15 +135,16 @@ class MicroBatcher:
             task = loop.create_task(self._run_batch(loop, batch))
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
+            # A batch cancelled before its task ever ran (close() right after dispatch) never reaches
+            # _run_batch's handler: fail its callers here so nobody waits forever.
+            task.add_done_callback(functools.partial(_fail_if_cancelled, batch))
 
     async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
         texts = [p.text for p in batch]
         try:
             result = await loop.run_in_executor(self._executor, self._run, texts)
         except asyncio.CancelledError:
-            for p in batch:
-                if not p.future.done():
-                    p.future.set_exception(_closed())
+            _fail_unfinished(batch)
             raise
         except Exception as exc:  # handed to every caller of this batch
             log.exception("model run failed", extra={"texts": len(texts)})
