@@ -26,6 +26,8 @@ from weir import chat
 from weir.cache.v1 import cache_service_pb2 as pb
 from weir.cache.v1 import cache_service_pb2_grpc as pb_grpc
 from weir.common.v1 import types_pb2
+from weir.kit import semconv as sc
+from weir.kit import telemetry
 from weir.kit.config import describe
 from weir.kit.errors import WeirError, invalid_argument
 
@@ -165,6 +167,16 @@ class CacheService(pb_grpc.CacheServiceServicer):
 
     async def LookupSemantic(self, request: pb.LookupSemanticRequest, context: grpc.aio.ServicerContext
                              ) -> pb.LookupSemanticResponse:
+        out = await self._lookup_semantic(request)
+        best = out.candidates[0] if out.candidates else None
+        telemetry.set_attributes({
+            sc.WEIR_TENANT: request.tenant, sc.WEIR_CACHE_TIER: "semantic" if out.hit else "miss",
+            sc.WEIR_CACHE_REASON: out.reason, sc.WEIR_CACHE_CANDIDATES: len(out.candidates),
+            sc.WEIR_CACHE_SIMILARITY: out.similarity or (best.similarity if best else None),
+            sc.WEIR_CACHE_VERDICT: "accepted" if out.hit else (best.verdict if best else None)})
+        return out
+
+    async def _lookup_semantic(self, request: pb.LookupSemanticRequest) -> pb.LookupSemanticResponse:
         _check_tenant(request.tenant)
         _check_request(request.request)
         vector = _vector(request.embedding, "embedding")
