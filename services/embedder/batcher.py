@@ -65,7 +65,7 @@ class MicroBatcher:
     """Gathers texts from concurrent callers into model runs of at most `max_batch`, `workers` at a time."""
 
     def __init__(
-        self, run: Callable[[Sequence[str]], Embeddings], max_batch: int, max_wait_s: float, workers: int = 1
+        self, run: Callable[[Sequence[str], bool], Embeddings], max_batch: int, max_wait_s: float, workers: int = 1
     ) -> None:
         self._run = run
         self.max_batch = max_batch
@@ -74,6 +74,7 @@ class MicroBatcher:
         self._queue: deque[_Pending] = deque()
         self._wakeup = asyncio.Event()
         self._slots = asyncio.Semaphore(workers)
+        self._busy = 0  # workers running a batch
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="weir-embed")
         self._task: asyncio.Task[None] | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -86,16 +87,16 @@ class MicroBatcher:
         self._task = asyncio.get_running_loop().create_task(self._dispatch(), name="weir-embed-dispatch")
 
     async def close(self) -> None:
+        """Stops dispatching; texts queued or in a run that is still going fail with UNAVAILABLE."""
         tasks = [t for t in (self._task, *self._in_flight) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._task = None
-        while self._queue:
-            pending = self._queue.popleft()
-            if not pending.future.done():
-                pending.future.set_exception(_closed())
-        self._executor.shutdown(wait=True)
+        _fail_unfinished(list(self._queue))
+        self._queue.clear()
+        # Let a run already inside ONNX Runtime finish before the session goes away.
+        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
 
     def submit(self, texts: Sequence[str]) -> list[asyncio.Future[Embedded]]:
         """Queues texts; each future resolves to its `Embedded` (or the run's exception)."""
@@ -124,25 +125,30 @@ class MicroBatcher:
             except BaseException:
                 self._slots.release()
                 raise
+            # Share the queue among the idle workers so every core gets work, up to max_batch each.
+            idle = self.workers - self._busy
+            size = min(self.max_batch, -(-len(self._queue) // idle))
             batch: list[_Pending] = []
-            while self._queue and len(batch) < self.max_batch:
+            while self._queue and len(batch) < size:
                 pending = self._queue.popleft()
                 if not pending.future.done():  # skip callers that gave up
                     batch.append(pending)
             if not batch:
                 self._slots.release()
                 continue
-            task = loop.create_task(self._run_batch(loop, batch))
+            solo = self._busy == 0 and not self._queue  # nothing else to run: may use every core
+            self._busy += 1
+            task = loop.create_task(self._run_batch(loop, batch, solo))
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
             # A batch cancelled before its task ever ran (close() right after dispatch) never reaches
             # _run_batch's handler: fail its callers here so nobody waits forever.
             task.add_done_callback(functools.partial(_fail_if_cancelled, batch))
 
-    async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
+    async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending], solo: bool) -> None:
         texts = [p.text for p in batch]
         try:
-            result = await loop.run_in_executor(self._executor, self._run, texts)
+            result = await loop.run_in_executor(self._executor, self._run, texts, solo)
         except asyncio.CancelledError:
             _fail_unfinished(batch)
             raise
@@ -153,6 +159,7 @@ class MicroBatcher:
                     p.future.set_exception(exc)
             return
         finally:
+            self._busy -= 1
             self._slots.release()
         self.runs += 1
         self.texts_embedded += len(texts)

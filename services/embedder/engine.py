@@ -136,6 +136,15 @@ class Engine:
         self.providers: list[str] = list(self.session.get_providers())
         #: How many `embed` calls may run at once (the session is thread-safe).
         self.workers = options.workers or (cpu_workers if self.providers[0] == CPU else 1)
+        #: On CPU with spare cores: a second session using all of them for a run that has the machine
+        #: to itself (a lone request on an idle embedder), so low load gets the lowest latency.
+        self.solo_threads = self.intra_op_threads
+        self._solo_session: ort.InferenceSession | None = None
+        if self.providers[0] == CPU and self.workers > 1 and cores > self.intra_op_threads:
+            self.solo_threads = cores
+            self._solo_session = ort.InferenceSession(
+                str(model_dir / MODEL_FILE), self._session_options(options, cores), providers=[CPU]
+            )
         self.input_names = [i.name for i in self.session.get_inputs()]
         outputs = [o.name for o in self.session.get_outputs()]
         self.output_name = OUTPUT_NAME if OUTPUT_NAME in outputs else outputs[0]
@@ -148,32 +157,36 @@ class Engine:
     def dim(self) -> int:
         return self.manifest.dim
 
-    def embed(self, texts: Sequence[str]) -> Embeddings:
-        """Embeds `texts` (blocking); similar lengths share a run, padded only to their longest."""
+    def embed(self, texts: Sequence[str], solo: bool = False) -> Embeddings:
+        """Embeds `texts` (blocking); similar lengths share a run, padded only to their longest.
+
+        `solo`: no other run is going on, so this one may use every core.
+        """
+        session = self._solo_session if solo and self._solo_session is not None else self.session
         encodings = self.encoder.tokenize(texts)
         vectors = np.empty((len(texts), self.dim), dtype=np.float32)
         counts = [0] * len(texts)
         truncated = [False] * len(texts)
         for run in plan_runs([len(e.ids) for e in encodings]):
             batch = self.encoder.pack([encodings[i] for i in run])
-            vectors[run] = self._run(batch.inputs(self.input_names))
+            vectors[run] = self._run(session, batch.inputs(self.input_names))
             for row, i in enumerate(run):
                 counts[i] = batch.token_counts[row]
                 truncated[i] = batch.truncated[row]
         return Embeddings(vectors, counts, truncated)
 
-    def _run(self, feed: dict[str, Any]) -> FloatMatrix:
-        out = self.session.run([self.output_name], feed)[0]
+    def _run(self, session: ort.InferenceSession, feed: dict[str, Any]) -> FloatMatrix:
+        out = session.run([self.output_name], feed)[0]
         if out.ndim != 2 or out.shape[1] != self.dim:
             raise EngineError(f"model returned shape {out.shape}, the manifest says dim {self.dim}")
         return np.asarray(out, dtype=np.float32)
 
     # ------------------------------------------------------------------------------------- session
-    def _session_options(self, options: EngineOptions) -> ort.SessionOptions:
+    def _session_options(self, options: EngineOptions, threads: int = 0) -> ort.SessionOptions:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.intra_op_num_threads = self.intra_op_threads
+        opts.intra_op_num_threads = threads or self.intra_op_threads
         opts.inter_op_num_threads = options.inter_op_threads
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.allow_spinning else "0")
         opts.log_severity_level = 3

@@ -49,6 +49,7 @@ class EmbedderService(pb_grpc.EmbedderServiceServicer):
             "model loaded",
             extra={"model_id": engine.model_id, "providers": engine.providers,
                    "workers": engine.workers, "intra_op_threads": engine.intra_op_threads,
+                   "lone_run_threads": engine.solo_threads,
                    "model_dir": str(s.model_dir)},
         )
 

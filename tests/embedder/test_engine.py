@@ -41,6 +41,8 @@ def test_mixed_lengths_in_one_call_match_one_text_per_run(engine: Engine) -> Non
     assert together.vectors.shape == (5, 384)
     assert together.truncated == [False, False, True, False, False]
     assert together.token_counts[2] == 256
+    on_every_core = engine.embed(texts, solo=True)  # the session a lone run on an idle engine uses
+    np.testing.assert_allclose(on_every_core.vectors, together.vectors, atol=2e-5)
     for i, text in enumerate(texts):
         alone = engine.embed([text])
         np.testing.assert_allclose(together.vectors[i], alone.vectors[0], atol=2e-5)
