@@ -7,6 +7,7 @@ Each child gets WEIR_READY_FILE; it writes its bound addresses there once listen
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,6 +33,7 @@ class Process:
     popen: subprocess.Popen[bytes]
     info: dict[str, Any] = field(default_factory=dict)
     log_path: Path | None = None
+    run_dir: Path | None = None  # holds the ready file (and the log when no log_dir was given)
 
     @property
     def grpc(self) -> str:
@@ -53,6 +55,9 @@ class Process:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait()
+        if self.run_dir is not None and (self.log_path is None or self.run_dir not in self.log_path.parents):
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            self.run_dir = None
         return self.popen.returncode
 
     def log_tail(self, lines: int = 40) -> str:
@@ -81,17 +86,20 @@ def start(
         log_path.parent.mkdir(parents=True, exist_ok=True)
         out = open(log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
     popen = subprocess.Popen(list(argv), env=child_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    proc = Process(name=name, popen=popen, log_path=log_path)
+    proc = Process(name=name, popen=popen, log_path=log_path, run_dir=run_dir)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if ready.exists():
             proc.info = orjson.loads(ready.read_bytes())
             return proc
         if popen.poll() is not None:
-            raise StartError(f"{name} exited with {popen.returncode} before it was ready:\n{proc.log_tail()}")
+            message = f"{name} exited with {popen.returncode} before it was ready:\n{proc.log_tail()}"
+            proc.stop()
+            raise StartError(message)
         time.sleep(0.02)
+    message = f"{name} was not ready within {timeout:.0f}s:\n{proc.log_tail()}"
     proc.stop()
-    raise StartError(f"{name} was not ready within {timeout:.0f}s:\n{proc.log_tail()}")
+    raise StartError(message)
 
 
 def python_module(module: str, *args: str) -> list[str]:
