@@ -98,6 +98,11 @@ class MicroBatcher:
         # Let a run already inside ONNX Runtime finish before the session goes away.
         await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
 
+    @property
+    def queued(self) -> int:
+        """Texts waiting for a model run."""
+        return len(self._queue)
+
     def submit(self, texts: Sequence[str]) -> list[asyncio.Future[Embedded]]:
         """Queues texts; each future resolves to its `Embedded` (or the run's exception)."""
         if self._task is None or self._task.done():

@@ -15,12 +15,17 @@ from services.embedder.settings import EmbedderSettings
 from weir.common.v1 import types_pb2
 from weir.embedder.v1 import embedder_service_pb2 as pb
 from weir.embedder.v1 import embedder_service_pb2_grpc as pb_grpc
+from weir.kit import metrics, telemetry
+from weir.kit import semconv as sc
 from weir.kit.errors import WeirError, invalid_argument
 
 log = logging.getLogger("weir.embedder")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EmbedderService"].full_name
 
+
+_QUEUE_DEPTH = metrics.gauge("weir_embedder_queue_depth", "Texts waiting for a model run")
+_TEXTS = metrics.counter("weir_embedder_texts", "Texts embedded by Embed, by source (lru or model)", ("source",))
 
 class EmbedderService(pb_grpc.EmbedderServiceServicer):
     """Sentence embeddings with a recent-text LRU in front of a micro-batched ONNX Runtime engine."""
@@ -45,6 +50,8 @@ class EmbedderService(pb_grpc.EmbedderServiceServicer):
         self._engine = engine
         self._batcher = MicroBatcher(engine.embed, s.max_batch, s.max_wait_ms / 1000, engine.workers)
         self._batcher.start()
+        batcher = self._batcher
+        _QUEUE_DEPTH.set_function(lambda: batcher.queued)
         log.info(
             "model loaded",
             extra={"model_id": engine.model_id, "providers": engine.providers,
@@ -85,6 +92,10 @@ class EmbedderService(pb_grpc.EmbedderServiceServicer):
         if item is None:
             item = await self.batcher.submit([request.text])[0]
             self._lru.put(key, item)
+        telemetry.set_attributes({sc.GEN_AI_OPERATION_NAME: "embeddings", sc.GEN_AI_REQUEST_MODEL: engine.model_id,
+                                  sc.WEIR_EMBED_CACHED: cached, sc.WEIR_EMBED_TRUNCATED: item.truncated,
+                                  sc.WEIR_EMBED_TOKENS: item.token_count})
+        _TEXTS.labels("lru" if cached else "model").inc()
         return pb.EmbedResponse(
             embedding=types_pb2.Embedding(vector=item.vector, dim=engine.dim, model_id=engine.model_id),
             truncated=item.truncated,

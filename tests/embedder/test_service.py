@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any, Protocol
 
+import aiohttp
 import grpc
 import numpy as np
 import numpy.typing as npt
@@ -204,3 +205,16 @@ def test_missing_model_fails_start_up_naming_make_model(start_service: StartServ
         start_service("embedder", {"WEIR_EMBEDDER_MODEL_DIR": str(tmp_path / "nowhere"), "WEIR_EMBEDDER_PORT": "0"})
     assert "make model" in str(info.value)
     assert "does not exist" in str(info.value)
+
+
+async def test_metrics_count_texts_by_source_and_show_the_queue(start_service: StartService, model_dir: Path) -> None:
+    proc = start_service("embedder", {"WEIR_EMBEDDER_MODEL_DIR": str(model_dir), "WEIR_METRICS_PORT": "0"})
+    async with grpc.aio.insecure_channel(proc.grpc) as ch:
+        stub = pb_grpc.EmbedderServiceStub(ch)
+        for _ in range(3):
+            await stub.Embed(pb.EmbedRequest(text="count me by source"))
+    async with aiohttp.ClientSession() as s, s.get(f"http://{proc.info['metrics']}/metrics") as r:
+        text = await r.text()
+    assert 'weir_embedder_texts_total{source="model"} 1.0' in text
+    assert 'weir_embedder_texts_total{source="lru"} 2.0' in text
+    assert "weir_embedder_queue_depth 0.0" in text
