@@ -37,7 +37,6 @@ WEIR_ATTEMPT = "weir.reasoner.attempt"  # 1-based attempt number within the requ
 WEIR_ATTEMPT_OUTCOME = "weir.reasoner.outcome"  # "ok" or the failure class
 WEIR_STREAM = "weir.stream"  # whether the answer was streamed
 WEIR_COALESCED = "weir.reasoner.coalesced"  # the answer was shared with an identical in-flight request
-WEIR_EMBED_BATCH_SIZE = "weir.embedder.batch_size"
 WEIR_EMBED_CACHED = "weir.embedder.cached"
 WEIR_EMBED_TRUNCATED = "weir.embedder.truncated"
 WEIR_EMBED_TOKENS = "weir.embedder.tokens"
