@@ -13,7 +13,9 @@ import logging
 import math
 import time
 from collections import Counter
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import grpc
 import numpy as np
@@ -36,6 +38,21 @@ log = logging.getLogger("weir.cache")
 MAX_TENANT_BYTES = 256
 MAX_EMBEDDING_DIM = 8192
 RECONNECT_S = 5.0
+
+
+T = TypeVar("T")
+
+
+async def _milvus(operation: str, call: Awaitable[T]) -> T:
+    """A Milvus call as a client span of the trace (the semantic tier's search and writes)."""
+    span = telemetry.ClientSpan(f"milvus {operation}", {"db.system.name": "milvus", "db.operation.name": operation})
+    try:
+        result = await call
+    except BaseException as exc:
+        span.end(error=type(exc).__name__)
+        raise
+    span.end()
+    return result
 
 
 @dataclass
@@ -187,7 +204,8 @@ class CacheService(pb_grpc.CacheServiceServicer):
             return pb.LookupSemanticResponse(hit=False, reason="miss: no question text")
         ctx = chat.context_key(request.tenant, request.request)
         try:
-            candidates = await self.semantic.search(request.tenant, ctx, request.embedding.model_id, vector)
+            candidates = await _milvus("search", self.semantic.search(request.tenant, ctx,
+                                                                      request.embedding.model_id, vector))
         except DimensionMismatch as exc:
             raise invalid_argument(str(exc), ("embedding.dim", f"must be {exc.expected} for this model")) from exc
         except MilvusUnavailable as exc:
@@ -295,7 +313,7 @@ class CacheService(pb_grpc.CacheServiceServicer):
         tiers = "exact"
         if row is not None:
             try:
-                await self.semantic.upsert(row, emb.model_id)
+                await _milvus("upsert", self.semantic.upsert(row, emb.model_id))
                 tiers = "exact+semantic"
             except DimensionMismatch as exc:  # the collection appeared meanwhile with another dimension
                 skipped = f"semantic skipped: {exc}"

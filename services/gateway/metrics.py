@@ -6,7 +6,7 @@ not labels (their number is unbounded); per key and team figures live in the led
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from weir.common.v1 import types_pb2
@@ -40,6 +40,8 @@ class GatewayMetrics:
                              ("hop",), buckets=_BUCKETS, registry=r)
         self.latency = Histogram("weir_gateway_request_seconds", "Whole request time by cache tier", ("cache",),
                                  buckets=_BUCKETS, registry=r)
+        self.jobs_queue = Gauge("weir_jobs_queue", "Background jobs in the queue by state (waiting, running)",
+                                ("state",), registry=r)
         self.overhead = Histogram("weir_gateway_overhead_seconds",
                                   "Gateway time outside the upstream call (the mesh's own cost per request)",
                                   buckets=_BUCKETS, registry=r)

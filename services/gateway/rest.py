@@ -14,6 +14,7 @@ import orjson
 from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from services.gateway.admin import AdminApi
 from services.gateway.auth import AuthError, KeyStore, Principal, StoreUnavailable, bearer
@@ -117,6 +118,7 @@ class RestApi:
         self.admin = AdminApi(keys, usage, self._principal)
         self.max_body_bytes = max_body_bytes
         self.jobs = JobsApi(jobs, self._principal, cache_control) if jobs is not None else None
+        self._job_store = jobs
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[errors_middleware], client_max_size=self.max_body_bytes)
@@ -231,6 +233,13 @@ class RestApi:
                             headers={"Cache-Control": "no-cache"})
 
     async def prometheus(self, request: web.Request) -> web.Response:
+        if self._job_store is not None:
+            try:
+                queue = (await asyncio.wait_for(self._job_store.stats(), 1.0))["queue"]
+                self.metrics.jobs_queue.labels("waiting").set(queue["waiting"])
+                self.metrics.jobs_queue.labels("running").set(queue["running"])
+            except (RedisError, OSError, TimeoutError):
+                pass  # the series keeps its last value; Redis trouble shows in weir_gateway_policy_degraded
         return web.Response(body=self.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
 
     async def healthz(self, request: web.Request) -> web.Response:

@@ -141,6 +141,7 @@ def test_metrics_count_tokens_cost_hits_and_time_per_hop(mesh: Mesh, new_key: Ne
         assert delta("weir_gateway_hop_seconds_count", hop=hop) >= 1, hop
     assert delta("weir_gateway_overhead_seconds_count") >= 2
     assert delta("weir_gateway_request_seconds_count", cache="exact") >= 1
+    assert ("weir_jobs_queue", (("state", "waiting"),)) in after  # the jobs queue is reported too
 
 
 def test_policy_survives_a_script_flush(mesh: Mesh, redis_server: LocalRedis, admin: httpx.Client,

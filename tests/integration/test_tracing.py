@@ -138,6 +138,8 @@ def test_one_trace_covers_every_hop(traced_mesh: Mesh, receiver: tuple[Receiver,
     assert gw[sc.GEN_AI_REQUEST_MODEL] == "fake-small" and gw[sc.GEN_AI_RESPONSE_MODEL] == "fake-small"
     assert gw[sc.WEIR_CACHE_TIER] == "miss" and gw[sc.WEIR_TENANT] and gw[sc.WEIR_KEY_ID]
     assert gw[sc.GEN_AI_USAGE_OUTPUT_TOKENS] > 0
+    search = seen.get(("weir-cache", "milvus search"))
+    assert search is not None and by_id[search.parent_id].name == "/weir.cache.v1.CacheService/LookupSemantic"
     sem = seen[("weir-cache", "/weir.cache.v1.CacheService/LookupSemantic")].attributes
     assert sem[sc.WEIR_CACHE_TIER] == "miss" and sem[sc.WEIR_CACHE_REASON]
     route = seen[("weir-router", "/weir.router.v1.RouterService/Route")].attributes
