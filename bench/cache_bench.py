@@ -1,21 +1,30 @@
-"""Cache lookup latency through the gRPC service, as the semantic tier grows.
+"""Cache lookup latency through the gRPC service, and memory, as the semantic tier grows.
 
-    .venv/bin/python -m bench.cache_bench [--sizes 1000,10000] [--lookups 500] [--concurrency 8]
+    .venv/bin/python -m bench.cache_bench [--milvus server|lite|URI] [--sizes 1000,10000,100000,1000000]
+                                          [--lookups 500] [--rpc-fill-max 20000]
 
-Starts a private redis-server and `python -m services.cache` (Milvus Lite in a temp dir), then for each
-size fills ONE tenant with that many entries through Store (synthetic unit vectors, 384-d, all in one
-conversation context: the worst case for the semantic tier, every row passes the context filter) and
-times, one call at a time from a grpc.aio client:
+Starts a private redis-server, the Milvus backend (`server`: the bundled Milvus standalone as its own
+process, what `weir up` runs; `lite`: Milvus Lite inside the cache process; or any Milvus URI) and
+`python -m services.cache`. For each size it fills ONE tenant with that many entries, all in one
+conversation context (the worst case: every row passes the context filter), with synthetic 384-d unit
+vectors. Up to --rpc-fill-max entries go through Store (both tiers, as in production); beyond that the
+rows are inserted straight into the cache's own collection and tenant partition with pymilvus in large
+batches (Store costs a Redis script and a Milvus upsert each: a million of them would take an hour on
+two cores), and the fill waits until Milvus has indexed them. Then it times, one call at a time from a
+grpc.aio client:
 - LookupSemantic hits: a near vector (cosine 0.95) and a paraphrase, so search + the full verifier run;
-- LookupSemantic misses: a random vector (nothing above the threshold);
-- LookupExact hits and misses.
-Embedding time is excluded (vectors are precomputed). RSS is the cache process' resident memory.
+- LookupSemantic misses: a random vector (nothing above the threshold, or refused);
+- LookupExact hits (entries stored through Store) and misses.
+Embedding time is excluded (vectors are precomputed). RSS is the resident memory of the cache process
+and of the Milvus process (for Milvus Lite they are the same process).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import functools
 import os
 import shutil
 import tempfile
@@ -23,19 +32,26 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from services.cache import milvus_local
+from services.cache.semantic import SemanticTier
+from services.cache.settings import CacheSettings
+from weir import chat
 from weir.cache.v1 import cache_service_pb2 as pb
 from weir.cache.v1 import cache_service_pb2_grpc as pb_grpc
 from weir.common.v1 import types_pb2
 from weir.kit import supervisor
 from weir.kit.clients import open_channel
+from weir.kit.config import load
 from weir.kit.redis_local import start_local_redis
 
 DIM = 384
 MODEL_ID = "all-minilm-l6-v2@bench"
 TENANT = "bench"
+DIRECT_BATCH = 10_000
 
 
 def request(text: str) -> types_pb2.ChatRequest:
@@ -57,10 +73,23 @@ def embedding(v: np.ndarray) -> types_pb2.Embedding:
     return types_pb2.Embedding(vector=v.astype("<f4").tobytes(), dim=DIM, model_id=MODEL_ID)
 
 
-def unit_rows(rng: np.random.Generator, n: int) -> np.ndarray:
-    m = rng.normal(size=(n, DIM)).astype(np.float32)
+def unit_rows(seed: int, start: int, n: int) -> np.ndarray:
+    """Rows start..start+n-1 of a reproducible stream of random unit vectors."""
+    m = np.random.default_rng([seed, start]).normal(size=(n, DIM)).astype(np.float32)
     out: np.ndarray = m / np.linalg.norm(m, axis=1, keepdims=True)
     return out
+
+
+@functools.lru_cache(maxsize=4)
+def _block(start: int) -> np.ndarray:
+    return unit_rows(0, start, DIRECT_BATCH)
+
+
+def vector_of(i: int) -> np.ndarray:
+    """Vector of entry i (blocks of DIRECT_BATCH rows are generated once)."""
+    block = (i // DIRECT_BATCH) * DIRECT_BATCH
+    row: np.ndarray = _block(block)[i - block]
+    return row
 
 
 def near(v: np.ndarray, cosine: float, rng: np.random.Generator) -> np.ndarray:
@@ -73,16 +102,24 @@ def near(v: np.ndarray, cosine: float, rng: np.random.Generator) -> np.ndarray:
 
 
 def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return float("nan")
 
 
-def row(name: str, samples_ns: list[int]) -> str:
+def percentiles(samples_ns: list[int]) -> tuple[float, float]:
     arr = np.asarray(samples_ns, dtype=np.float64) / 1e6
-    return (f"  {name:<40} p50 {np.percentile(arr, 50):7.2f} ms   p99 {np.percentile(arr, 99):7.2f} ms   "
-            f"mean {arr.mean():7.2f} ms   n={len(arr)}")
+    return float(np.percentile(arr, 50)), float(np.percentile(arr, 99))
+
+
+def row(name: str, samples_ns: list[int]) -> str:
+    p50, p99 = percentiles(samples_ns)
+    mean = float(np.mean(samples_ns)) / 1e6
+    return f"  {name:<40} p50 {p50:7.2f} ms   p99 {p99:7.2f} ms   mean {mean:7.2f} ms   n={len(samples_ns)}"
 
 
 def outcome(resp: object) -> str:
@@ -107,35 +144,36 @@ def report(name: str, result: tuple[list[int], Counter[str]]) -> str:
     return row(name, samples) + "   " + " ".join(f"{k}={v}" for k, v in sorted(outcomes.items()))
 
 
-async def measure(stub: pb_grpc.CacheServiceAsyncStub, vecs: np.ndarray, size: int, lookups: int,
-                  rng: np.random.Generator) -> None:
-    """Times each lookup kind over prebuilt requests (so only the call is timed)."""
-    targets = [int(t) for t in rng.integers(0, size, size=lookups + 20)]
+async def measure(stub: pb_grpc.CacheServiceAsyncStub, size: int, rpc_filled: int, lookups: int,
+                  rng: np.random.Generator) -> list[int]:
+    """Times each lookup kind over prebuilt requests (so only the call is timed); returns the semantic hits'."""
+    targets = [int(t) for t in rng.integers(0, size, size=lookups + 50)]
     sem_hits = [pb.LookupSemanticRequest(tenant=TENANT, request=request(paraphrase(t)),
-                                         embedding=embedding(near(vecs[t], 0.95, rng))) for t in targets]
+                                         embedding=embedding(near(vector_of(t), 0.95, rng))) for t in targets]
     sem_misses = [pb.LookupSemanticRequest(tenant=TENANT, request=request(f"Unrelated question {i}?"),
-                                           embedding=embedding(v)) for i, v in enumerate(unit_rows(rng, lookups))]
-    ex_hits = [pb.LookupExactRequest(tenant=TENANT, request=request(stored_question(t))) for t in targets[:lookups]]
+                                           embedding=embedding(v)) for i, v in enumerate(unit_rows(1, size, lookups))]
+    exact_targets = [int(t) for t in rng.integers(0, rpc_filled, size=lookups)]
+    ex_hits = [pb.LookupExactRequest(tenant=TENANT, request=request(stored_question(t))) for t in exact_targets]
     ex_misses = [pb.LookupExactRequest(tenant=TENANT, request=request(f"Never stored {i}")) for i in range(lookups)]
 
     def semantic(r: pb.LookupSemanticRequest) -> Callable[[], Awaitable[object]]:
-        return lambda: stub.LookupSemantic(r)
+        return lambda: stub.LookupSemantic(r, timeout=30)
 
     def exact(r: pb.LookupExactRequest) -> Callable[[], Awaitable[object]]:
-        return lambda: stub.LookupExact(r)
+        return lambda: stub.LookupExact(r, timeout=30)
 
     await timed([semantic(r) for r in sem_hits[lookups:]])  # warm-up
-    print(report("LookupSemantic hit (search + verify)", await timed([semantic(r) for r in sem_hits[:lookups]])))
-    print(report("LookupSemantic miss (below threshold)", await timed([semantic(r) for r in sem_misses])))
+    hits = await timed([semantic(r) for r in sem_hits[:lookups]])
+    print(report("LookupSemantic hit (search + verify)", hits))
+    print(report("LookupSemantic miss (random vector)", await timed([semantic(r) for r in sem_misses])))
     print(report("LookupExact hit", await timed([exact(r) for r in ex_hits])))
     print(report("LookupExact miss", await timed([exact(r) for r in ex_misses])))
+    return hits[0]
 
 
-async def fill(stub: pb_grpc.CacheServiceAsyncStub, vecs: np.ndarray, start: int, end: int,
-               concurrency: int) -> tuple[float, list[int], Counter[str]]:
-    """Stores entries start..end-1 with `concurrency` calls in flight: (seconds, latencies, outcomes)."""
+async def fill_rpc(stub: pb_grpc.CacheServiceAsyncStub, start: int, end: int, concurrency: int) -> Counter[str]:
+    """Stores entries start..end-1 through Store with `concurrency` calls in flight."""
     next_i = start
-    samples: list[int] = []
     outcomes = Counter[str]()
 
     async def worker() -> None:
@@ -143,61 +181,142 @@ async def fill(stub: pb_grpc.CacheServiceAsyncStub, vecs: np.ndarray, start: int
         while next_i < end:
             i = next_i
             next_i += 1
-            t0 = time.perf_counter_ns()
             resp = await stub.Store(pb.StoreRequest(
                 tenant=TENANT, request=request(stored_question(i)),
                 answer=pb.CachedAnswer(content=f"Set retries.max=3 for service {i}.", model="fake-small"),
-                embedding=embedding(vecs[i])), timeout=120)
-            samples.append(time.perf_counter_ns() - t0)
+                embedding=embedding(vector_of(i))), timeout=120)
             outcomes[resp.reason] += 1
 
-    t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return time.perf_counter() - t0, samples, outcomes
+    return outcomes
 
 
-async def run(sizes: list[int], lookups: int, concurrency: int) -> None:
-    rng = np.random.default_rng(0)
-    vecs = unit_rows(rng, max(sizes))
+def fill_direct(settings: CacheSettings, start: int, end: int) -> None:
+    """Inserts rows start..end-1 straight into the cache's collection and the tenant's partition."""
+    from pymilvus import MilvusClient
+
+    tier = SemanticTier(settings)
+    name, partition = tier.collection_name(MODEL_ID), tier.partition_name(TENANT)
+    client = MilvusClient(settings.resolved_milvus_uri)
+    ctx = chat.context_key(TENANT, request(stored_question(0)))
+    now = int(time.time() * 1000)
+    block = start
+    while block < end:
+        n = min(end, (block // DIRECT_BATCH + 1) * DIRECT_BATCH) - block  # never across a generated block
+        vecs = _block((block // DIRECT_BATCH) * DIRECT_BATCH)[block % DIRECT_BATCH:][:n]
+        rows: list[dict[str, Any]] = []
+        for k in range(n):
+            i = block + k
+            answer = pb.CachedAnswer(entry_id=f"{i:032x}", content=f"Set retries.max=3 for service {i}.",
+                                     model="fake-small", question=stored_question(i))
+            rows.append({"id": f"{i:032x}", "tenant": TENANT, "context_key": ctx, "model": "fake-small",
+                         "question": stored_question(i),
+                         "answer": base64.b64encode(answer.SerializeToString()).decode(),
+                         "created": now, "expires": now + 86_400_000, "vector": vecs[k]})
+        client.insert(name, rows, partition_name=partition, timeout=600)
+        block += n
+    client.flush(name, timeout=1800)
+    client.close()
+
+
+def wait_indexed(settings: CacheSettings, expected: int, timeout_s: float = 1800) -> float:
+    """Seals the growing segments and waits until a server reports every row indexed (segment indexes are
+    built in the background; growing segments would be searched by brute force meanwhile)."""
+    from pymilvus import MilvusClient
+
+    if settings.milvus_is_lite:
+        return 0.0
+    client = MilvusClient(settings.resolved_milvus_uri)
+    name = SemanticTier(settings).collection_name(MODEL_ID)
+    t0 = time.perf_counter()
+    client.flush(name, timeout=timeout_s)
+    while time.perf_counter() - t0 < timeout_s:
+        info = client.describe_index(name, "vector")
+        # pending_index_rows also counts segments that compaction rewrites: indexed_rows is what matters.
+        if int(info.get("indexed_rows", 0)) >= expected:
+            break
+        time.sleep(2)
+    else:
+        print(f"  (index still building after {timeout_s:.0f} s: {info})")
+    client.close()
+    return time.perf_counter() - t0
+
+
+async def run(sizes: list[int], lookups: int, concurrency: int, milvus: str, rpc_fill_max: int) -> None:
     work = Path(tempfile.mkdtemp(prefix="weir-cache-bench-"))
     redis = start_local_redis(work / "redis")
+    procs: list[supervisor.Process] = []
     env = {
         "WEIR_REDIS_URL": redis.url, "WEIR_STATE_DIR": str(work / "state"), "WEIR_CACHE_PORT": "0",
         "WEIR_LOG_LEVEL": "warning", "WEIR_CACHE_MAX_ENTRIES_PER_TENANT": str(max(sizes) + 1),
     }
+    milvus_pid = 0
+    if milvus == "server":
+        procs.append(milvus_local.start_milvus(work / "milvus", log_dir=work))
+        env["WEIR_MILVUS_URI"], milvus_pid = procs[-1].info["uri"], int(procs[-1].info["pid"])
+    elif milvus != "lite":
+        env["WEIR_MILVUS_URI"] = milvus
+    settings = load(CacheSettings, {**os.environ, **env})
     proc = supervisor.start("cache", supervisor.python_module("services.cache"), env, log_dir=work)
-    print(f"cache pid {proc.popen.pid}, Milvus Lite in {work / 'state'}, {os.cpu_count()} cpus; "
-          f"RSS at start {rss_mib(proc.popen.pid):.0f} MiB")
+    procs.append(proc)
+    cache_pid = proc.popen.pid
+    where = "bundled standalone" if milvus == "server" else settings.resolved_milvus_uri
+    print(f"cache pid {cache_pid}, milvus {milvus} ({where}{f', pid {milvus_pid}' if milvus_pid else ''}), "
+          f"{os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}")
+    summary: list[str] = []
+    rng = np.random.default_rng(7)
     try:
         async with open_channel(proc.grpc) as channel:
             stub = pb_grpc.CacheServiceStub(channel)
-            filled = 0
+            filled = rpc_filled = 0
             for size in sizes:
-                secs, samples, outcomes = await fill(stub, vecs, filled, size, concurrency)
-                print(f"\n{size} entries (filled {size - filled} in {secs:.1f} s, "
-                      f"{(size - filled) / secs:.0f} stores/s at concurrency {concurrency})")
-                print(row("Store (while filling)", samples) + f"   max {max(samples) / 1e6:.0f} ms")
-                print("  " + "; ".join(f"{reason}: {n}" for reason, n in outcomes.most_common()))
+                t0 = time.perf_counter()
+                rpc_end = min(size, max(rpc_fill_max, 1))
+                how = []
+                if rpc_end > filled:
+                    outcomes = await fill_rpc(stub, filled, rpc_end, concurrency)
+                    how.append(f"{rpc_end - filled} via Store ({'; '.join(f'{r}: {n}' for r, n in outcomes.items())})")
+                    rpc_filled = rpc_end
+                if size > max(filled, rpc_end):
+                    direct_from = max(filled, rpc_end)
+                    await asyncio.to_thread(fill_direct, settings, direct_from, size)
+                    how.append(f"{size - direct_from} inserted directly")
+                fill_s = time.perf_counter() - t0
+                index_s = await asyncio.to_thread(wait_indexed, settings, size)
                 filled = size
-                await asyncio.sleep(2.0)  # writes pause: Milvus Lite flushes and builds the segment indexes
-                await measure(stub, vecs, size, lookups, rng)
+                await asyncio.sleep(3.0)  # Milvus Lite flushes and builds segment indexes once writes pause
+                print(f"\n{size} entries: filled in {fill_s:.1f} s ({', '.join(how)}), indexed after "
+                      f"{index_s:.1f} s more; load {os.getloadavg()[0]:.1f}")
+                hits = await measure(stub, size, rpc_filled, lookups, rng)
                 stats = await stub.GetStats(pb.GetStatsRequest(tenant=TENANT))
-                print(f"  entries exact={stats.exact_entries} semantic={stats.semantic_entries}; "
-                      f"cache RSS {rss_mib(proc.popen.pid):.0f} MiB")
+                cache_rss = rss_mib(cache_pid)
+                milvus_rss = rss_mib(milvus_pid) if milvus_pid else float("nan")
+                print(f"  entries via Store: exact={stats.exact_entries} semantic={stats.semantic_entries}; "
+                      f"RSS cache {cache_rss:.0f} MiB" + (f", milvus {milvus_rss:.0f} MiB" if milvus_pid else ""))
+                p50, p99 = percentiles(hits)
+                milvus_col = f"{milvus_rss:8.0f} MiB" if milvus_pid else "      (in cache)"
+                summary.append(f"  {size:>9}  {fill_s + index_s:9.1f} s  {p50:8.2f} ms  {p99:8.2f} ms  "
+                               f"{cache_rss:8.0f} MiB  {milvus_col}")
     finally:
-        proc.stop()
+        supervisor.stop_all(procs)
         redis.stop()
         shutil.rmtree(work, ignore_errors=True)
+    print(f"\nsummary ({milvus}): semantic lookup (search + verify, embedding excluded) through gRPC")
+    print("       size       fill      p50         p99     cache RSS   milvus RSS")
+    print("\n".join(summary))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="1000,10000", help="comma-separated entry counts, ascending")
+    parser.add_argument("--milvus", default="server", help="server (bundled standalone), lite, or a Milvus URI")
+    parser.add_argument("--sizes", default="1000,10000,100000", help="comma-separated entry counts, ascending")
     parser.add_argument("--lookups", type=int, default=500, help="timed lookups per kind and size")
     parser.add_argument("--concurrency", type=int, default=8, help="Store calls in flight while filling")
+    parser.add_argument("--rpc-fill-max", type=int, default=20_000,
+                        help="entries stored through Store; the rest are inserted directly")
     args = parser.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
-    asyncio.run(run(sizes, args.lookups, args.concurrency))
+    asyncio.run(run(sizes, args.lookups, args.concurrency, args.milvus, args.rpc_fill_max))
 
 
 if __name__ == "__main__":

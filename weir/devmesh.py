@@ -34,9 +34,11 @@ class Mesh:
         supervisor.stop_all(list(self.procs.values()))
 
 
-def start_mesh(state: Path, redis_url: str, extra_env: dict[str, str] | None = None, workers: int = 1) -> Mesh:
+def start_mesh(state: Path, redis_url: str, extra_env: dict[str, str] | None = None, workers: int = 1,
+               milvus: str = "lite") -> Mesh:
     """Starts fake-llm, embedder, cache, router, reasoner (in parallel), then the gateway and `workers` job
-    workers (`python -m services.gateway.worker`, named "worker", "worker-2", ...)."""
+    workers (`python -m services.gateway.worker`, named "worker", "worker-2", ...). The semantic tier uses
+    Milvus Lite in `state`, or with milvus="server" the bundled Milvus standalone (process "milvus")."""
     mesh = Mesh()
     logs = state / "logs"
     env = {"WEIR_STATE_DIR": str(state), "WEIR_REDIS_URL": redis_url, "WEIR_MASTER_KEY": MASTER_KEY,
@@ -45,6 +47,11 @@ def start_mesh(state: Path, redis_url: str, extra_env: dict[str, str] | None = N
         fake = supervisor.start("fake-llm", supervisor.python_module("weir.fakellm", "--port", "0"), env, log_dir=logs)
         mesh.procs["fake-llm"] = fake
         env["WEIR_FAKE_LLM_URL"] = f"http://{fake.http}/v1"
+        if milvus == "server":  # the bundled Milvus standalone, as `weir up` runs it (default: Milvus Lite)
+            from services.cache.milvus_local import start_milvus
+
+            mesh.procs["milvus"] = start_milvus(state / "milvus-server", log_dir=logs)
+            env["WEIR_MILVUS_URI"] = mesh.procs["milvus"].info["uri"]
         names = ("embedder", "cache", "router", "reasoner")
         port0 = {f"WEIR_{n.upper()}_PORT": "0" for n in names}
         with ThreadPoolExecutor(len(names)) as pool:

@@ -14,8 +14,8 @@ Rows: id (entry id), tenant, context_key, model, question, answer (base64 of the
 CachedAnswer), created and expires (ms). Milvus does not expire rows: searches filter on
 ``expires > now`` and a periodic purge deletes expired rows.
 
-pymilvus is blocking, so every call runs in a small thread pool; writes are serialized (Milvus Lite
-does not support concurrent writers to one collection).
+pymilvus is blocking, so every call runs in a small thread pool; with Milvus Lite writes are serialized
+(it does not support concurrent writers to one collection).
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ T = TypeVar("T")
 VARCHAR_MAX = 65535  # Milvus' VARCHAR limit, in bytes
 _QUERY_LIMIT = 16384  # Milvus' largest query window
 IDLE_FLUSH_S = 1.0  # Milvus Lite: pending writes are flushed once writes pause this long
+POOL_SIZE = 4  # threads running pymilvus calls
 _SLUG = re.compile(r"[^A-Za-z0-9]+")
 
 
@@ -105,11 +106,12 @@ class SemanticTier:
     def __init__(self, settings: CacheSettings) -> None:
         self.settings = settings
         self.uri = settings.resolved_milvus_uri
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="weir-milvus")
+        self._pool = ThreadPoolExecutor(max_workers=POOL_SIZE, thread_name_prefix="weir-milvus")
         self._client: Any = None
         self._rt = settings.milvus_timeout_s  # reads: a stalled search degrades quickly
         self._wt = settings.milvus_write_timeout_s  # writes, flushes, invalidations: they must land
-        self._write_lock = asyncio.Lock()
+        # Milvus Lite takes one writer at a time; a server takes the pool's worth.
+        self._write_lock = asyncio.Semaphore(1 if settings.milvus_is_lite else POOL_SIZE)
         self._dims: dict[str, int] = {}  # collection -> dimension
         self._partitions: set[tuple[str, str]] = set()
         self._pending: dict[str, int] = {}  # collection -> rows written since its last flush
@@ -242,14 +244,20 @@ class SemanticTier:
         index = client.prepare_index_params()
         index.add_index(field_name="vector", index_type="HNSW", metric_type="COSINE",
                         params={"M": 16, "efConstruction": 200})
-        index.add_index(field_name="context_key", index_type="INVERTED")
-        client.create_collection(name, schema=schema, consistency_level=self.settings.milvus_consistency,
+        index.add_index(field_name="context_key", index_type=self._scalar_index(client))
+        client.create_collection(name, schema=schema, consistency_level=self.settings.resolved_consistency,
                                  timeout=self._wt)
         # sync=False: do not poll the build state (the collection is empty; Milvus Lite lacks the RPC).
         client.create_index(name, index, timeout=self._wt, sync=False)
         client.load_collection(name, timeout=self._wt)
         self._dims[name] = dim
         log.info("semantic collection created", extra={"collection": name, "dim": dim})
+
+    @staticmethod
+    def _scalar_index(client: Any) -> str:
+        """INVERTED where the server has it (Milvus >= 2.4, Milvus Lite); Trie on a Milvus 2.3 server."""
+        version = str(client.get_server_version())
+        return "Trie" if re.match(r"v?2\.[0-3]\.", version) else "INVERTED"
 
     def check_dim(self, model_id: str, dim: int) -> None:
         """Raises DimensionMismatch when the model's known collection has another dimension."""

@@ -28,8 +28,8 @@ from weir import chat
 from weir.cache.v1 import cache_service_pb2 as pb
 from weir.cache.v1 import cache_service_pb2_grpc as pb_grpc
 from weir.common.v1 import types_pb2
+from weir.kit import metrics, telemetry
 from weir.kit import semconv as sc
-from weir.kit import telemetry
 from weir.kit.config import describe
 from weir.kit.errors import WeirError, invalid_argument
 
@@ -38,6 +38,19 @@ log = logging.getLogger("weir.cache")
 MAX_TENANT_BYTES = 256
 MAX_EMBEDDING_DIM = 8192
 RECONNECT_S = 5.0
+ENTRIES_EVERY_S = 15.0
+
+LOOKUPS = metrics.counter("weir_cache_lookups", "Cache lookups by tier and outcome (hit, miss, refused, degraded)",
+                          ("tier", "outcome"))
+REFUSALS = metrics.counter("weir_cache_refusals", "Semantic candidates the verifier refused, by check", ("check",))
+STORES = metrics.counter("weir_cache_stores", "Store calls by outcome (exact, exact+semantic, degraded)",
+                         ("outcome",))
+ENTRIES = metrics.gauge("weir_cache_entries", "Live entries of all tenants, by tier (refreshed every 15 s)",
+                        ("tier",))
+
+
+def _outcome(hit: bool, reason: str) -> str:
+    return "hit" if hit else reason.split(":", 1)[0] or "miss"
 
 
 T = TypeVar("T")
@@ -62,12 +75,16 @@ class Counters:
     exact_hits: int = 0
     semantic_hits: int = 0
     misses: int = 0
+    exact_lookups: int = 0
+    semantic_lookups: int = 0
     refusals: Counter[str] = field(default_factory=Counter)
 
     def add(self, other: Counters) -> None:
         self.exact_hits += other.exact_hits
         self.semantic_hits += other.semantic_hits
         self.misses += other.misses
+        self.exact_lookups += other.exact_lookups
+        self.semantic_lookups += other.semantic_lookups
         self.refusals.update(other.refusals)
 
 
@@ -118,6 +135,7 @@ class CacheService(pb_grpc.CacheServiceServicer):
         self.semantic = SemanticTier(settings)
         self._counters: dict[str, Counters] = {}
         self._maintenance: asyncio.Task[None] | None = None
+        self._entries_at = 0.0
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -142,6 +160,7 @@ class CacheService(pb_grpc.CacheServiceServicer):
     async def _maintain(self) -> None:
         """Reconnects Milvus while it is down; otherwise runs the semantic tier's upkeep every second."""
         while True:
+            await self._refresh_entries()
             if not self.semantic.available:
                 await asyncio.sleep(RECONNECT_S)
                 await self.semantic.connect()
@@ -157,6 +176,17 @@ class CacheService(pb_grpc.CacheServiceServicer):
             if purged:
                 log.info("expired semantic rows purged", extra={"rows": purged})
 
+    async def _refresh_entries(self) -> None:
+        """Refreshes the entries gauge now and then (counting reads Redis)."""
+        now = time.monotonic()
+        if now - self._entries_at < ENTRIES_EVERY_S:
+            return
+        self._entries_at = now
+        with contextlib.suppress(RedisUnavailable):
+            exact_n, semantic_n = await self.exact.counts(None)
+            ENTRIES.labels("exact").set(exact_n)
+            ENTRIES.labels("semantic").set(semantic_n)
+
     def _tenant_counters(self, tenant: str) -> Counters:
         c = self._counters.get(tenant)
         if c is None:
@@ -167,6 +197,12 @@ class CacheService(pb_grpc.CacheServiceServicer):
 
     async def LookupExact(self, request: pb.LookupExactRequest, context: grpc.aio.ServicerContext
                           ) -> pb.LookupExactResponse:
+        out = await self._lookup_exact(request)
+        self._tenant_counters(request.tenant).exact_lookups += 1
+        LOOKUPS.labels("exact", _outcome(out.hit, out.reason)).inc()
+        return out
+
+    async def _lookup_exact(self, request: pb.LookupExactRequest) -> pb.LookupExactResponse:
         _check_tenant(request.tenant)
         _check_request(request.request)
         counters = self._tenant_counters(request.tenant)
@@ -185,6 +221,8 @@ class CacheService(pb_grpc.CacheServiceServicer):
     async def LookupSemantic(self, request: pb.LookupSemanticRequest, context: grpc.aio.ServicerContext
                              ) -> pb.LookupSemanticResponse:
         out = await self._lookup_semantic(request)
+        self._tenant_counters(request.tenant).semantic_lookups += 1
+        LOOKUPS.labels("semantic", _outcome(out.hit, out.reason)).inc()
         best = out.candidates[0] if out.candidates else None
         telemetry.set_attributes({
             sc.WEIR_TENANT: request.tenant, sc.WEIR_CACHE_TIER: "semantic" if out.hit else "miss",
@@ -232,6 +270,7 @@ class CacheService(pb_grpc.CacheServiceServicer):
                 out.answer.ParseFromString(cand.answer)
                 return out
             counters.refusals[verdict.check] += 1
+            REFUSALS.labels(verdict.check).inc()
             if refused is None:
                 refused = (cand.similarity, verdict)
                 if request.include_preview:
@@ -297,6 +336,7 @@ class CacheService(pb_grpc.CacheServiceServicer):
             outcome = await self.exact.store(tenant, entry_id, key, blob, model, collection, ttl_ms,
                                              self.settings.max_entries_per_tenant)
         except RedisUnavailable:
+            STORES.labels("degraded").inc()
             return pb.StoreResponse(stored=False, reason="degraded: redis unavailable")
 
         stale: dict[str, list[str]] = {}
@@ -326,6 +366,7 @@ class CacheService(pb_grpc.CacheServiceServicer):
         elif not skipped:
             skipped = "no embedding"
         reason = f"stored: {tiers}" + (f"; {skipped}" if skipped else "")
+        STORES.labels(tiers).inc()
         return pb.StoreResponse(stored=True, entry_id=entry_id, reason=reason)
 
     async def _delete_semantic(self, tenant: str, by_collection: dict[str, list[str]]) -> None:
@@ -396,4 +437,8 @@ class CacheService(pb_grpc.CacheServiceServicer):
             semantic_hits=total.semantic_hits,
             misses=total.misses,
             refusals_by_check=refusals,
+            exact_lookups=total.exact_lookups,
+            semantic_lookups=total.semantic_lookups,
+            exact_hit_rate=total.exact_hits / total.exact_lookups if total.exact_lookups else 0.0,
+            semantic_hit_rate=total.semantic_hits / total.semantic_lookups if total.semantic_lookups else 0.0,
         )

@@ -29,8 +29,9 @@ class CacheSettings:
     max_entries_per_tenant: int = env("WEIR_CACHE_MAX_ENTRIES_PER_TENANT", 100_000,
                                       help="capacity per tenant; the oldest entries are evicted beyond it")
     milvus_uri: str = env("WEIR_MILVUS_URI", "", secret=True,
-                          help="Milvus server URI (http://host:19530) or a Milvus Lite file; "
-                               "empty = <state dir>/milvus/cache.db")
+                          help="Milvus server or cluster URI (http://host:19530) or a Milvus Lite file (*.db); "
+                               "empty = Milvus Lite in <state dir>/milvus/cache.db. `weir up` starts the bundled "
+                               "Milvus standalone and sets this to it (docs/cache.md)")
     milvus_token: str = env("WEIR_MILVUS_TOKEN", "", secret=True, help="Milvus credentials (user:password)")
     milvus_collection_prefix: str = env("WEIR_CACHE_MILVUS_COLLECTION_PREFIX", "weir_cache",
                                         help="collections are <prefix>_<embedding model>_<hash>")
@@ -39,8 +40,12 @@ class CacheSettings:
         "WEIR_CACHE_MILVUS_WRITE_TIMEOUT_S", 30.0,
         help="timeout of one Milvus write or flush (Milvus Lite stalls them while it compacts segments)",
     )
-    milvus_consistency: str = env("WEIR_CACHE_MILVUS_CONSISTENCY", "Session",
-                                  help="consistency level of new collections (Strong with several replicas)")
+    milvus_consistency: str = env(
+        "WEIR_CACHE_MILVUS_CONSISTENCY", "",
+        help="consistency level of new collections; empty = Session for Milvus Lite, Bounded for a server "
+             "(a search never waits for the time tick after this process' writes; an entry becomes "
+             "semantically visible within seconds, the exact tier serves it at once)",
+    )
     milvus_flush_rows: int | None = env(
         "WEIR_CACHE_MILVUS_FLUSH_ROWS", None,
         help="flush a collection after this many writes; unset = 128 for Milvus Lite (whose unflushed rows "
@@ -48,7 +53,7 @@ class CacheSettings:
     )
     purge_interval_s: float = env("WEIR_CACHE_PURGE_INTERVAL_S", 60.0,
                                   help="how often expired semantic rows are deleted (they are never served)")
-    sim_threshold: float = env("WEIR_CACHE_SIM_THRESHOLD", 0.85,
+    sim_threshold: float = env("WEIR_CACHE_SIM_THRESHOLD", 0.70,
                                help="cosine similarity a candidate needs before the verifier looks at it")
     top_k: int = env("WEIR_CACHE_SEMANTIC_TOP_K", 5, help="candidates fetched per semantic lookup")
     hnsw_ef: int = env("WEIR_CACHE_HNSW_EF", 128,
@@ -63,6 +68,10 @@ class CacheSettings:
     def milvus_is_lite(self) -> bool:
         """pymilvus runs Milvus Lite in this process for a local `.db` path."""
         return self.resolved_milvus_uri.endswith(".db")
+
+    @property
+    def resolved_consistency(self) -> str:
+        return self.milvus_consistency or ("Session" if self.milvus_is_lite else "Bounded")
 
     @property
     def resolved_flush_rows(self) -> int:
@@ -88,7 +97,7 @@ class CacheSettings:
             problems.append("WEIR_CACHE_HNSW_EF must be >= WEIR_CACHE_SEMANTIC_TOP_K")
         if not _COLLECTION_PREFIX.fullmatch(self.milvus_collection_prefix):
             problems.append("WEIR_CACHE_MILVUS_COLLECTION_PREFIX must be a letter or _ then letters, digits, _")
-        if self.milvus_consistency not in _CONSISTENCY:
+        if self.milvus_consistency and self.milvus_consistency not in _CONSISTENCY:
             problems.append(f"WEIR_CACHE_MILVUS_CONSISTENCY must be one of {', '.join(_CONSISTENCY)}")
         if self.milvus_flush_rows is not None and self.milvus_flush_rows < 0:
             problems.append("WEIR_CACHE_MILVUS_FLUSH_ROWS must be >= 0")

@@ -1,71 +1,69 @@
 """Verifies a semantic-cache candidate: does the stored question ask the same thing as the query?
 
-Embeddings put "Cancel my order 48213" and "Don't cancel order 48231" close together; serving one's
-answer for the other is the failure a semantic cache must never have. Each check below is a small
-pure function of two analysed texts returning a `Verdict`; `verify` runs them in order and the first
-refusal names the check and why (e.g. ``numbers: 48213 vs 48231``). A text is analysed once (cached),
-so a check costs microseconds. Details read "<query side> vs <stored side>".
+Embeddings put "Cancel my order 48213" and "Don't cancel order 48231", or "Convert 5 km to miles" and
+"Convert 5 miles to km", close together; serving one's answer for the other is the failure a semantic
+cache must never have. A similarity threshold is only the first gate: each check below is a small pure
+function of two analysed texts returning a `Verdict`, `verify` runs them in order and the first refusal
+names the check and why (e.g. ``numbers: 48231 vs 48213``). Details read "<query side> vs <stored side>".
+A text is analysed once (cached), so the checks of a candidate cost microseconds.
 
-Checks (conservative: when in doubt, refuse; a refusal only costs one model call):
-- numbers: numbers, IDs, amounts, dates and versions must match as multisets.
-- negation: the same negation cues (not, no, never, without, n't, ...) on both sides.
-- scope: the same quantifiers and ordering words (all/any/only/none, first/last, most/least, ...).
-- entities: names and code-like tokens (capitalised words, acronyms, snake_case, file.ext, quoted
-  strings) in either text must appear in the other.
+Checks, in order (conservative: when in doubt, refuse; a refusal only costs one model call):
+- numbers:  numbers, IDs, amounts, versions, ordinals must match as multisets (1,200.50 = 1200.5, five = 5).
+- units:    units of measure and currencies must match (kg vs lb, °C vs °F, per month vs per week).
+- dates:    weekdays, months, seasons, holidays, parts of the day, today/tomorrow, next/last week agree.
+- negation: the same number of negation cues (not, never, without, avoid, ...), and no word that is the
+            other text's word with a negating prefix (incompatible vs compatible).
+- scope:    quantifiers and ordering words agree (all/any/only/some/most, first/last, top/bottom, ...);
+            "all"/"any" may be left implicit on one side ("list users" = "list all users").
+- intent:   the kind of question agrees (who / when / where / why / how much / how long / how old ...).
+- order:    two shared words do not swap sides around a directional word or a shared pivot
+            ("km to miles" vs "miles to km", "A beat B" vs "B beat A"); units keep their order.
+- entities: names and code-like tokens (capitalised words, acronyms, snake_case, file.ext, quoted text,
+            well-known names typed in lower case) of either text appear in the other.
+- content:  after stop words, light verbs, inflection, spelling variants, common synonyms and typos are
+            accounted for, no content word of one text is replaced by another in the other text
+            ("cats" vs "dogs", "boil" vs "poach", "enable" vs "disable"), and at most a couple of
+            words are only added on one side.
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 
+from services.cache import lexicon as lx
+
 ACCEPTED = "accepted"
 
-# A token: optional currency/hash prefix, word characters joined by in-word punctuation, optional %.
-_TOKEN = re.compile(r"[$€£¥#]?\w+(?:[.,:/'+-]\w+)*%?")
+#: Content words one side may add that the other lacks ("is [drinking] coffee bad for you").
+MAX_ADDED_WORDS = 1
+
+# A token: C++/C#/.NET, a degree sign with its scale, or an optional currency/hash prefix and word
+# characters joined by in-word punctuation, with an optional %.
+_TOKEN = re.compile(r"c\+\+|c#|\.net\b|°[cf]?|[$€£¥#]?\w+(?:[.,:/'+\-]\w+)*%?", re.IGNORECASE)
 _BOUNDARY = re.compile(r"[.!?:;\n]")
 _QUOTED = re.compile(r"\"([^\"]{1,200})\"|`([^`]{1,200})`|“([^”]{1,200})”")
+_PAREN_SUFFIX = re.compile(r"(\d)\((\w)\)")  # 401(k) -> 401k
 _DIGIT_GROUP_COMMA = re.compile(r"(?<=\d),(?=\d{3}(?:\D|$))")
-_PLAIN_NUMBER = re.compile(r"([$€£¥]?)(\d+(?:\.\d+)?)(%?)")
+_NUMBER_WITH_SUFFIX = re.compile(r"([$€£¥]?)(\d+(?:\.\d+)?)(%|[a-zµ°/]+)?")
+_ORDINAL = re.compile(r"(st|nd|rd|th)")
 _SPACES = re.compile(r"\s+")
+_VOWELS = frozenset("aeiou")
 
-# "one" is left out on purpose: it is far more often a pronoun ("which one") than a count.
-_NUMBER_WORDS = {
-    "zero": "0", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7",
-    "eight": "8", "nine": "9", "ten": "10", "eleven": "11", "twelve": "12", "thirteen": "13",
-    "fourteen": "14", "fifteen": "15", "sixteen": "16", "seventeen": "17", "eighteen": "18",
-    "nineteen": "19", "twenty": "20", "thirty": "30", "forty": "40", "fifty": "50", "sixty": "60",
-    "seventy": "70", "eighty": "80", "ninety": "90", "hundred": "100", "thousand": "1000",
-    "million": "1000000", "billion": "1000000000", "dozen": "12",
-}
-
-_NEGATIONS = frozenset({
-    "not", "no", "never", "without", "nor", "neither", "nothing", "nobody", "nowhere", "cannot",
-    "dont", "doesnt", "didnt", "isnt", "arent", "wasnt", "werent", "wont", "cant", "couldnt",
-    "shouldnt", "wouldnt", "havent", "hasnt", "hadnt", "mustnt", "neednt", "aint",
-})
-
-# Scope words, canonicalised: words that mean the same scope share one name.
-_SCOPE = {
-    "all": "all", "every": "all", "each": "all", "everything": "all", "everyone": "all",
-    "any": "any", "anything": "any", "anyone": "any",
-    "only": "only", "solely": "only", "exclusively": "only",
-    "none": "none",
-    "first": "first", "earliest": "first", "oldest": "first",
-    "last": "last", "latest": "last", "newest": "last", "final": "last",
-    "most": "most", "max": "most", "maximum": "most", "highest": "most", "largest": "most",
-    "biggest": "most",
-    "least": "least", "min": "least", "minimum": "least", "lowest": "least", "smallest": "least",
-    "fewest": "least",
-    "more": "more", "greater": "more", "above": "more", "exceeding": "more",
-    "less": "less", "fewer": "less", "below": "less",
-    "before": "before", "prior": "before",
-    "after": "after",
-}
+_CURRENCY = {"$": "dollar", "€": "euro", "£": "gbp", "¥": "yen"}
+# Words before an ambiguous date word ("in may", "this fall", "on sat") that make it a date.
+_DATE_CONTEXT = frozenset({"in", "on", "by", "until", "till", "since", "during", "next", "last", "this", "every",
+                           "early", "late", "mid", "through", "from", "before", "after", "of"})
+# Words before "second" that make it the unit ("a second", "per second"), not the ordinal.
+_RATE_CONTEXT = frozenset({"per", "a", "an", "each", "every", "one", "few", "several", "many", "some"})
+# Words around a unit word that make it a unit without a number ("convert euros to dollars").
+_CONVERSION = frozenset({"to", "into", "in", "from", "per"})
+_SYNONYMS: dict[str, str] = {}
+_SKIP = lx.STOPWORDS | lx.FILLER
 
 
 @dataclass(frozen=True)
@@ -85,32 +83,97 @@ class Facts:
     """What the checks look at in one text, computed once per text."""
 
     normalized: str
-    words: frozenset[str]
+    words: frozenset[str]  # every lower-case form seen (tokens, expansions, parts, joined names)
     numbers: tuple[str, ...]
+    units: tuple[str, ...]  # in order of appearance
+    dates: frozenset[str]
     negations: tuple[str, ...]
     scope: frozenset[str]
+    intents: frozenset[str]
     entities: frozenset[str]
-    quoted: tuple[str, ...]
+    quoted: tuple[frozenset[str], ...]
+    content: tuple[str, ...]  # canonical content words (a sorted multiset)
+    sequence: tuple[str, ...]  # salient tokens and connectors (to, than, & for and/vs, @ for in/of), in order
 
 
-def _fold(token: str) -> str:
-    token = token.lower()
-    return token[:-2] if token.endswith("'s") else token
+def stem(word: str) -> str:
+    """A light, symmetric stemmer: both forms of a word reduce to the same stem (crashing, crashes -> crash)."""
+    if word.endswith("'s"):
+        word = word[:-2]
+    if len(word) <= 3:
+        return word
+    if word.endswith("ies") and len(word) > 4:
+        word = word[:-3] + "y"
+    elif word.endswith("sses") or word.endswith(("ches", "shes", "xes", "zes")):
+        word = word[:-2]
+    elif word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        word = word[:-1]
+    stripped = False
+    for suffix in ("ing", "ed"):
+        rest = word[: -len(suffix)]
+        short_eed = suffix == "ed" and word.endswith("eed") and len(word) <= 5
+        if word.endswith(suffix) and len(rest) >= 3 and not short_eed and _VOWELS & set(rest):
+            word, stripped = rest, True  # not need/speed/feed, string/spring
+            break
+    else:
+        if word.endswith("ly") and len(word) >= 6:
+            word, stripped = word[:-2], True
+    if word.endswith("e") and len(word) > 3 and not stripped:
+        word = word[:-1]  # place/placed -> plac, agree/agreed -> agre
+    if len(word) > 3 and word[-1] == word[-2] and word[-1] not in _VOWELS and word[-1] not in "ls":
+        word = word[:-1]
+    return word
 
 
-def _number(token: str) -> str:
-    """Canonical form of a token with a digit: 1,200.50 -> 1200.5, #48213 -> 48213, 3.0% -> 3%."""
-    token = _DIGIT_GROUP_COMMA.sub("", token.lower()).lstrip("#")
-    m = _PLAIN_NUMBER.fullmatch(token)
+for _group in lx.SYNONYM_GROUPS:
+    for _w in _group:
+        _SYNONYMS.setdefault(stem(_w), stem(_group[0]))
+_SKIP_STEMS = frozenset(stem(w) for w in _SKIP)
+
+
+def canonical(word: str) -> str:
+    """The form content words are compared in: spelling, stem and synonym normalised."""
+    word = lx.SPELLINGS.get(word, word)
+    word = lx.IRREGULAR.get(word, word)
+    s = stem(word)
+    return _SYNONYMS.get(s, s)
+
+
+_ACTIONS = frozenset(canonical(w) for w in lx.ACTIONS)
+
+
+def _decimal(digits: str) -> str:
+    if "." not in digits:
+        return digits  # leading zeros are kept: ticket 00123 is not ticket 123
+    try:
+        return format(Decimal(digits).normalize(), "f")
+    except InvalidOperation:  # pragma: no cover - the pattern only admits valid decimals
+        return digits
+
+
+def _number_token(low: str) -> tuple[str | None, list[str], list[str]]:
+    """(number, units, dates) of a token holding a digit: $80k -> 80000 + dollar, 5kg -> 5 + kg, 3pm -> 3 + pm."""
+    low = _DIGIT_GROUP_COMMA.sub("", low).lstrip("#")
+    m = _NUMBER_WITH_SUFFIX.fullmatch(low)
     if m is None:
-        return token
-    prefix, digits, suffix = m.groups()
-    if "." in digits:
-        try:
-            digits = format(Decimal(digits).normalize(), "f")
-        except InvalidOperation:  # pragma: no cover - the pattern only admits valid decimals
-            pass
-    return f"{prefix}{digits}{suffix}"
+        return low, [], []  # an ID or version: INV-2024-001, 6:30, 3.12.1, w-2
+    currency, digits, suffix = m.groups()
+    units = [_CURRENCY[currency]] if currency else []
+    number = _decimal(digits)
+    if suffix == "k":
+        if not currency:
+            return low, [], []  # 401k is a name, not 401 000
+        number, suffix = format(Decimal(number) * 1000, "f"), None
+    if suffix:
+        if suffix in lx.UNITS:
+            units.append(lx.UNITS[suffix])
+        elif suffix in ("am", "pm"):
+            return number, units, [suffix]
+        elif _ORDINAL.fullmatch(suffix):
+            number += suffix
+        else:
+            return low, [], []  # 14a, 2x: an ID
+    return number, units, []
 
 
 def _is_entity(token: str, at_sentence_start: bool) -> bool:
@@ -124,86 +187,420 @@ def _is_entity(token: str, at_sentence_start: bool) -> bool:
     return uppers == 1 and token[0].isupper() and len(token) > 1 and not at_sentence_start
 
 
+def _fold(token: str) -> str:
+    token = token.lower()
+    return token[:-2] if token.endswith("'s") else token
+
+
+def _asks_when(toks: Sequence[tuple[str, str, bool]], i: int) -> bool:
+    """After "what"/"which" at toks[i-1]: a time noun not modifying another noun ("what time does it open",
+    "what's the best time to visit"; not "what is the time complexity")."""
+    for k in range(i, min(i + 4, len(toks))):
+        if toks[k][0] in lx.WHEN_NOUNS:
+            following = toks[k + 1][0] if k + 1 < len(toks) else ""
+            return not following or following in lx.STOPWORDS
+    return False
+
+
+def _join_phrases(toks: list[tuple[str, str, bool]]) -> list[tuple[str, str, bool]]:
+    """Replaces fixed phrases ("money back" -> "refund") by their one-word meaning."""
+    out: list[tuple[str, str, bool]] = []
+    i = 0
+    while i < len(toks):
+        for size in (4, 3, 2):
+            phrase = " ".join(t[0] for t in toks[i:i + size])
+            if len(toks) - i >= size and phrase in lx.PHRASES:
+                out.extend((w, phrase, toks[i][2]) for w in lx.PHRASES[phrase].split())
+                i += size
+                break
+        else:
+            out.append(toks[i])
+            i += 1
+    return out
+
+
 @lru_cache(maxsize=16384)
 def analyze(text: str) -> Facts:
     """The facts of `text` the checks compare (cached: stored questions recur across lookups)."""
-    text = text.replace("’", "'").replace("‘", "'")
+    text = _PAREN_SUFFIX.sub(r"\1\2", text.replace("’", "'").replace("‘", "'"))
     words: set[str] = set()
-    numbers: list[str] = []
-    negations: list[str] = []
-    scope: set[str] = set()
     entities: set[str] = set()
+    acronyms: set[str] = set()
+    raws: list[tuple[str, bool, bool]] = []  # (token, starts a sentence, starts a clause)
     prev_end = -1
     for m in _TOKEN.finditer(text):
-        raw = m.group()
+        gap = text[max(prev_end, 0):m.start()]
         # Capitalisation says nothing at the start of a sentence (or after a colon or a line break).
-        at_start = prev_end < 0 or _BOUNDARY.search(text, prev_end, m.start()) is not None
+        at_start = prev_end < 0 or _BOUNDARY.search(gap) is not None
+        raws.append((m.group(), at_start, at_start or "," in gap or "(" in gap))
         prev_end = m.end()
+    toks: list[tuple[str, str, bool]] = []  # (word, written form, may open a question)
+    for k, (raw, at_start, opens) in enumerate(raws):
         low = raw.lower()
         words.add(_fold(raw))
-        if any(c.isdigit() for c in raw):
-            numbers.append(_number(raw))
-            continue
-        plain = low.replace("'", "")
-        if plain in _NUMBER_WORDS:
-            numbers.append(_NUMBER_WORDS[plain])
-        if plain in _NEGATIONS or low.endswith("n't"):
-            negations.append(low)
-        canon = _SCOPE.get(low)
-        if canon is not None:
-            scope.add(canon)
-        if _is_entity(raw, at_start):
+        measured = low in lx.UNITS or low in lx.DATE_WORDS  # the units and dates checks compare those
+        if low not in lx.EXPANSIONS and low != "i" and not low.startswith("i'") and not measured \
+                and _is_entity(raw, at_start):
             entities.add(_fold(raw))
+        if sum(c.isalpha() for c in raw) >= 2 and raw.upper() == raw and raw.lower() != raw:
+            acronyms.add(_fold(raw))
+        # A wh-word opens a question when its clause is the sentence's last or an inversion follows
+        # ("when is ...", "who should ..."), not in "When traveling to Mexico, do I need ...".
+        if opens:
+            rest = raws[k + 1:]
+            last_clause = not any(o for _, s_, o in rest[: next((j for j, r in enumerate(rest) if r[1]), len(rest))])
+            following = rest[0][0].lower() if rest else ""
+            opens = last_clause or lx.EXPANSIONS.get(following, following).split()[0] in lx.AUXILIARIES
+        # Expand contractions and shorthand, keeping the written cue of a negation for the detail.
+        expansion = lx.EXPANSIONS.get(low)
+        if expansion is None and low.endswith("n't"):
+            expansion = low[:-3] + " not"
+        elif expansion is None:
+            low = _fold(low)  # Kindle's -> kindle
+        parts = (expansion or low).split()
+        if expansion is None and "-" in low and not any(c.isdigit() for c in low):
+            parts = [p for p in low.split("-") if p]  # two-factor -> two factor, in-store -> in store
+            words.add(low.replace("-", ""))
+        for j, part in enumerate(parts):
+            toks.append((part, low, opens and j == 0))
+            words.add(part)
+    toks = _join_phrases(toks)
+
+    numbers: list[str] = []
+    units: list[str] = []
+    dates: set[str] = set()
+    negations: list[str] = []
+    scope: set[str] = set()
+    intents: set[str] = set()
+    content: list[str] = []
+    sequence: list[str] = []
+    n = len(toks)
+    i = 0
+    prev = ""
+    while i < n:
+        word, written, opens = toks[i]
+        nxt = toks[i + 1][0] if i + 1 < n else ""
+        after = toks[i + 2][0] if i + 2 < n else ""
+        i += 1
+        if any(c.isdigit() for c in word) and word not in lx.DATE_WORDS:
+            number, u, d = _number_token(word)
+            if number is not None:
+                numbers.append(number)
+                sequence.append(number)
+            units.extend(u)
+            sequence.extend(u)
+            dates.update(d)
+            prev = "#"
+            continue
+        pair = f"{word} {nxt}"
+        if pair in lx.DATE_WORDS:  # two-word dates: new year, black friday
+            dates.add(lx.DATE_WORDS[pair])
+            sequence.append(lx.DATE_WORDS[pair])
+            i += 1
+            prev = nxt
+            continue
+        if word in lx.RELATIVE and nxt in lx.PERIODS:
+            relative = f"{lx.RELATIVE[word]} {lx.DATE_WORDS.get(nxt, lx.UNITS.get(nxt, nxt))}"
+            dates.add(relative)
+            sequence.append(relative)
+            i += 1
+            prev = nxt
+            continue
+        if word in lx.NUMBER_WORDS and (word not in lx.AMBIGUOUS_NUMBER_WORDS or prev == "the"):
+            numbers.append(lx.NUMBER_WORDS[word])
+            sequence.append(lx.NUMBER_WORDS[word])
+            prev = "#"
+            continue
+        unit = lx.UNITS.get(word)
+        if word in ("second", "seconds") and (prev == "#" or prev in _RATE_CONTEXT or word == "seconds"):
+            unit = "sec"
+        if unit is not None and (word in lx.UNIT_SYMBOLS or unit in lx.TIME_UNITS or prev == "#"
+                                 or prev in _CONVERSION or nxt in _CONVERSION):
+            prev = word
+            if unit == "degree" and nxt in ("celsius", "fahrenheit", "kelvin", "°c", "°f"):
+                prev = "#"
+                continue  # "degrees Celsius" is the same unit as "°C"
+            units.append(unit)
+            sequence.append(unit)
+            continue
+        date = lx.DATE_WORDS.get(word)
+        if date is not None and (word not in lx.AMBIGUOUS_DATE_WORDS or prev in _DATE_CONTEXT or prev == "#"):
+            dates.add(date)
+            sequence.append(date)
+            prev = word
+            continue
+        if word in lx.NEGATIONS:
+            negations.append(written)
+            prev = word
+            continue
+        canon_scope = lx.SCOPE.get(word)
+        if canon_scope is not None:
+            if canon_scope:
+                scope.add(canon_scope)
+                sequence.append(canon_scope)
+            prev = word
+            continue
+        asks = opens or prev in lx.QUESTION_OPENERS
+        if word in lx.INTENT_WORDS and asks:
+            intents.add(lx.INTENT_WORDS[word])
+        elif word == "how" and nxt in lx.HOW_INTENTS:
+            intents.add(lx.HOW_INTENTS[nxt])
+            i += 1
+            prev = nxt
+            continue
+        elif word in ("what", "which") and asks and _asks_when(toks, i):
+            intents.add("when")
+        elif word in ("what", "which") and nxt in lx.WHY_VERBS:
+            intents.add("why")
+            i += 1
+            prev = nxt
+            continue
+        elif word in lx.INTENT_NOUNS and (prev in lx.DETERMINERS or prev == "#" or nxt == "of"):
+            intents.add(lx.INTENT_NOUNS[word])
+        if word in lx.DIRECTIONAL and not (word == "to" and prev in lx.INFINITIVE_BEFORE):
+            sequence.append(word)
+        elif word in lx.SYMMETRIC:
+            sequence.append("&")
+        elif word in lx.ATTACHING:
+            sequence.append("@")
+        base = stem(lx.IRREGULAR.get(word, word))
+        if nxt in lx.PARTICLES and (base in lx.PHRASAL_VERBS or (
+                base in lx.LIGHT_PHRASAL_VERBS and after not in lx.DETERMINERS)):
+            word = base + ("in" if nxt == "into" else nxt)
+            i += 1
+        prev = word
+        if word in _SKIP or word in lx.INTENT_WORDS:
+            continue
+        if word in acronyms or word in lx.GAZETTEER:
+            content.append(word)  # names are compared as written: HTTPS is not HTTP
+            sequence.append(word)
+            continue
+        parts = [p for p in word.split("-") if p] if "-" in word else [word]
+        for part in parts:
+            if part in _SKIP:
+                continue
+            c = canonical(part)
+            if c in _SKIP_STEMS:
+                continue
+            content.append(c)
+            sequence.append(c)
+        words.update(parts)
+        words.add("".join(parts))
+
+    # Names typed in lower case ("france", "new york" -> "newyork") count as entities.
+    plain = [t[0] for t in toks]
+    for k, a in enumerate(plain):
+        b = plain[k + 1] if k + 1 < len(plain) else ""
+        if a in lx.GAZETTEER:
+            entities.add(a)
+        if b and a + b in lx.GAZETTEER:
+            entities.add(a + b)
+            words.add(a + b)
     quoted = tuple(
-        next(g for g in m.groups() if g is not None).strip().lower() for m in _QUOTED.finditer(text)
+        frozenset(w.lower() for w in _TOKEN.findall(next(g for g in m.groups() if g is not None)))
+        for m in _QUOTED.finditer(text)
     )
     normalized = _SPACES.sub(" ", text.lower()).strip().rstrip("?.!").strip()
     return Facts(
         normalized=normalized,
         words=frozenset(words),
         numbers=tuple(sorted(numbers)),
+        units=tuple(units),
+        dates=frozenset(dates),
         negations=tuple(sorted(negations)),
         scope=frozenset(scope),
+        intents=frozenset(intents),
         entities=frozenset(entities),
         quoted=quoted,
+        content=tuple(sorted(content)),
+        sequence=tuple(sequence),
     )
 
 
-def _show(items: Sequence[str] | frozenset[str] | set[str]) -> str:
-    return ", ".join(sorted(items)) if items else "none"
+def _show(items: Iterable[str]) -> str:
+    shown = sorted(items)
+    return ", ".join(shown) if shown else "none"
+
+
+def _refuse(check: str, query_side: Iterable[str], stored_side: Iterable[str]) -> Verdict:
+    return Verdict(False, check, f"{_show(query_side)} vs {_show(stored_side)}")
+
+
+def _ok(check: str) -> Verdict:
+    return Verdict(True, check, "")
 
 
 def check_numbers(query: Facts, stored: Facts) -> Verdict:
     """Numbers, IDs and amounts must match as multisets."""
     if query.numbers == stored.numbers:
-        return Verdict(True, "numbers", "")
+        return _ok("numbers")
     q, s = Counter(query.numbers), Counter(stored.numbers)
-    return Verdict(False, "numbers", f"{_show(list((q - s).elements()))} vs {_show(list((s - q).elements()))}")
+    return _refuse("numbers", (q - s).elements(), (s - q).elements())
+
+
+def check_units(query: Facts, stored: Facts) -> Verdict:
+    """Units of measure and currencies agree; a time unit may be implicit on one side ("how long")."""
+    q, s = set(query.units), set(stored.units)
+    if q == s:
+        return _ok("units")
+    only_q, only_s = q - s, s - q
+    if not (only_q and only_s) and (only_q | only_s) <= lx.TIME_UNITS and (q & s or not (q and s)):
+        return _ok("units")
+    return _refuse("units", only_q, only_s)
+
+
+def check_dates(query: Facts, stored: Facts) -> Verdict:
+    """Dates and times agree: weekdays, months, seasons, holidays, parts of the day, relative days."""
+    if query.dates == stored.dates:
+        return _ok("dates")
+    return _refuse("dates", query.dates - stored.dates, stored.dates - query.dates)
+
+
+def _negated_words(a: Facts, b: Facts) -> list[str]:
+    """Words of `a` that are a word of `b` with a negating prefix (incompatible / compatible)."""
+    out = []
+    theirs = set(b.content)
+    for word in set(a.content) - theirs:
+        for prefix in lx.NEGATING_PREFIXES:
+            if word.startswith(prefix) and len(word) - len(prefix) >= 3 and word[len(prefix):] in theirs:
+                out.append(word)
+                break
+    return out
 
 
 def check_negation(query: Facts, stored: Facts) -> Verdict:
-    """Both texts carry the same negation cues (counted: "not ... not" is not "not")."""
-    if len(query.negations) == len(stored.negations):
-        return Verdict(True, "negation", "")
-    return Verdict(False, "negation", f"{_show(query.negations)} vs {_show(stored.negations)}")
+    """Both texts carry the same number of negation cues, and neither negates a word by a prefix."""
+    if len(query.negations) != len(stored.negations):
+        return _refuse("negation", query.negations, stored.negations)
+    q, s = _negated_words(query, stored), _negated_words(stored, query)
+    if q or s:
+        return _refuse("negation", q, s)
+    return _ok("negation")
 
 
 def check_scope(query: Facts, stored: Facts) -> Verdict:
-    """Quantifiers and ordering words (all/any/only/none, first/last, most/least, before/after) agree."""
-    if query.scope == stored.scope:
-        return Verdict(True, "scope", "")
-    return Verdict(False, "scope", f"{_show(query.scope - stored.scope)} vs {_show(stored.scope - query.scope)}")
+    """Quantifiers and ordering words agree; "all"/"any" may be implicit on the side that has no scope word."""
+    q, s = query.scope, stored.scope
+    if q == s:
+        return _ok("scope")
+    only_q, only_s = q - s, s - q
+    if not (only_q and only_s) and (only_q | only_s) <= lx.IMPLICIT_SCOPE:
+        return _ok("scope")
+    return _refuse("scope", only_q, only_s)
+
+
+def check_intent(query: Facts, stored: Facts) -> Verdict:
+    """The kind of question agrees: who, when, where, why, how much, how long, how old, ..."""
+    if query.intents == stored.intents:
+        return _ok("intent")
+    return _refuse("intent", query.intents - stored.intents, stored.intents - query.intents)
+
+
+_SALIENT_EXCLUDED = lx.DIRECTIONAL | {"&", "@"}
+
+
+def _between(seq: Sequence[str], x: int, y: int) -> list[str]:
+    lo, hi = sorted((x, y))
+    return list(seq[lo + 1:hi])
+
+
+def check_order(query: Facts, stored: Facts) -> Verdict:
+    """Shared words do not swap sides around a directional word or a shared pivot; units keep their order.
+
+    "km to miles" / "miles to km" and "A beat B" / "B beat A" swap roles; "difference between A and B" /
+    "B vs A" (symmetric) and "the 404 code in HTTP" / "HTTP 404 code" (an attached phrase moved) do not.
+    """
+    qu, su = list(dict.fromkeys(query.units)), list(dict.fromkeys(stored.units))
+    if len(qu) >= 2 and set(qu) == set(su) and qu != su:
+        return Verdict(False, "order", f"{' to '.join(qu)} vs {' to '.join(su)}")
+    qs, ss = query.sequence, stored.sequence
+    qc, sc = Counter(qs), Counter(ss)
+    ways = ("to", "into", "from")
+    if any(qc[d] for d in ways) and any(sc[d] for d in ways) and (qc["from"] > 0) != (sc["from"] > 0):
+        return _refuse("order", [d for d in ways if qc[d]], [d for d in ways if sc[d]])  # email to / from John
+    qp = {t: i for i, t in enumerate(qs) if qc[t] == 1 and t not in _SALIENT_EXCLUDED}
+    sp = {t: i for i, t in enumerate(ss) if sc[t] == 1 and t not in _SALIENT_EXCLUDED}
+    anchors = [t for t in qp if t in sp]
+    dates = query.dates | stored.dates
+    for i, a in enumerate(anchors):
+        for b in anchors[i + 1:]:
+            if (qp[a] < qp[b]) == (sp[a] < sp[b]):
+                continue
+            seg_q, seg_s = _between(qs, qp[a], qp[b]), _between(ss, sp[a], sp[b])
+            if "&" in seg_q or "&" in seg_s:
+                continue  # a symmetric relation
+            pivots = [p for p in seg_q if p in seg_s and p not in ("&", "@")]
+            strong = [p for p in pivots if p in lx.DIRECTIONAL or p in dates]
+            attached = seg_q[-1:] == ["@"] or seg_s[-1:] == ["@"] or "@" in seg_q[:1] or "@" in seg_s[:1]
+            pivot = strong[0] if strong else (pivots[0] if pivots and not attached else None)
+            if pivot is not None:
+                first, second = (a, b) if qp[a] < qp[b] else (b, a)
+                return Verdict(False, "order", f"{first} {pivot} {second} vs {second} {pivot} {first}")
+    return _ok("order")
 
 
 def check_entities(query: Facts, stored: Facts) -> Verdict:
-    """Names and code-like tokens of either text appear in the other (case-insensitively)."""
+    """Names, code-like tokens and quoted text of either text appear in the other (case-insensitively)."""
     missing_q = {e for e in query.entities if e not in stored.words}
-    missing_q |= {q for q in query.quoted if q not in stored.normalized}
+    missing_q |= {" ".join(sorted(q)) for q in query.quoted if not q <= stored.words}
     missing_s = {e for e in stored.entities if e not in query.words}
-    missing_s |= {q for q in stored.quoted if q not in query.normalized}
+    missing_s |= {" ".join(sorted(q)) for q in stored.quoted if not q <= query.words}
     if not missing_q and not missing_s:
-        return Verdict(True, "entities", "")
-    return Verdict(False, "entities", f"{_show(missing_q)} vs {_show(missing_s)}")
+        return _ok("entities")
+    return _refuse("entities", missing_q, missing_s)
+
+
+def _typo(a: str, b: str) -> bool:
+    """One edit or one swap of adjacent letters apart, in words long enough for that to be a typo."""
+    if a[0] != b[0] or min(len(a), len(b)) < 4 or max(len(a), len(b)) < 5 or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diff = [i for i in range(len(a)) if a[i] != b[i]]
+        return len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1
+                                  and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]])
+    short, long_ = (a, b) if len(a) < len(b) else (b, a)
+    i = next((k for k in range(len(short)) if short[k] != long_[k]), len(short))
+    return short[i:] == long_[i + 1:]
+
+
+_DERIVATIONS = ("ment", "ation", "ion", "er", "or", "ance", "ence", "ist", "ure", "al")
+
+
+def _derived(a: str, b: str) -> bool:
+    """`a` is `b` plus a derivational suffix (treatment / treat, painter / paint), or the reverse."""
+    short, long_ = (a, b) if len(a) < len(b) else (b, a)
+    if len(short) < 4 or not long_.startswith(short):
+        return False
+    suffix = long_[len(short):]
+    return suffix in _DERIVATIONS and (suffix != "er" or len(short) >= 5)
+
+
+def _matches(a: str, b: str) -> bool:
+    return _typo(a, b) or _derived(a, b)
+
+
+def check_content(query: Facts, stored: Facts) -> Verdict:
+    """No content word is replaced by another; at most MAX_ADDED_WORDS appear on one side only."""
+    q, s = Counter(query.content), Counter(stored.content)
+    only_q, only_s = list((q - s).elements()), list((s - q).elements())
+    names = query.entities | stored.entities
+    for a in list(only_q):
+        if a in names:
+            continue
+        match = next((b for b in only_s if b not in names and _matches(a, b)), None)
+        if match is not None:
+            only_q.remove(a)
+            only_s.remove(match)
+    if only_q and only_s:
+        return _refuse("content", only_q, only_s)
+    # An added word is tolerated only when nothing else moved: not with a quantifier left implicit ("all
+    # images" / "unused images") nor a member of a coordination dropped ("ice or heat" / "heat").
+    allowed = MAX_ADDED_WORDS
+    if query.scope != stored.scope or ("&" in query.sequence) != ("&" in stored.sequence):
+        allowed = 0
+    if len(only_q) + len(only_s) > allowed or any(w in _ACTIONS for w in only_q + only_s):
+        return _refuse("content", only_q, only_s)
+    return _ok("content")
 
 
 Check = Callable[[Facts, Facts], Verdict]
@@ -211,9 +608,14 @@ Check = Callable[[Facts, Facts], Verdict]
 #: The checks in the order they run; the first refusal wins. Names are the keys of the refusal counters.
 CHECKS: tuple[tuple[str, Check], ...] = (
     ("numbers", check_numbers),
+    ("units", check_units),
+    ("dates", check_dates),
     ("negation", check_negation),
     ("scope", check_scope),
+    ("intent", check_intent),
+    ("order", check_order),
     ("entities", check_entities),
+    ("content", check_content),
 )
 CHECK_NAMES: tuple[str, ...] = tuple(name for name, _ in CHECKS)
 

@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 
 from services.gateway.admin import AdminApi
 from services.gateway.auth import AuthError, KeyStore, Principal, StoreUnavailable, bearer
+from services.gateway.cache_admin import CacheAdminApi
 from services.gateway.hub import Decision, Hub, StreamSession
 from services.gateway.jobs import JobStore
 from services.gateway.jobs_api import JobsApi
@@ -116,6 +117,7 @@ class RestApi:
         self.redis = redis
         self.metrics = metrics
         self.admin = AdminApi(keys, usage, self._principal)
+        self.cache_admin = CacheAdminApi(hub.cache, self._principal, hub.deadlines.cache_s)
         self.max_body_bytes = max_body_bytes
         self.jobs = JobsApi(jobs, self._principal, cache_control) if jobs is not None else None
         self._job_store = jobs
@@ -125,6 +127,7 @@ class RestApi:
         app.router.add_post("/v1/chat/completions", self.chat_completions)
         app.router.add_get("/v1/models", self.models)
         self.admin.routes(app)
+        self.cache_admin.routes(app)
         if self.jobs is not None:
             self.jobs.routes(app)
         app.router.add_get("/console", self.console)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import grpc
@@ -116,3 +117,24 @@ async def start_cache(start_service: Callable[..., supervisor.Process],
 @pytest.fixture
 async def cache(start_cache: StartCache) -> Cache:
     return await start_cache()
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[supervisor.Process]:
+    """The bundled Milvus standalone (what `weir up` runs), started once for the session."""
+    from services.cache.milvus_local import available, start_milvus
+
+    if not available():
+        pytest.fail("the bundled Milvus standalone needs the `milvus` package (a project dependency) on Linux")
+    proc = start_milvus(tmp_path_factory.mktemp("milvus-server"), log_dir=tmp_path_factory.mktemp("milvus-logs"))
+    yield proc
+    proc.stop(timeout=20)
+
+
+@pytest.fixture
+def server_env(milvus_server: supervisor.Process, request: pytest.FixtureRequest) -> dict[str, str]:
+    """Cache settings for the session's Milvus server, with collections of this test's own."""
+    prefix = "t_" + hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:12]
+    return {"WEIR_MILVUS_URI": str(milvus_server.info["uri"]), "WEIR_CACHE_MILVUS_COLLECTION_PREFIX": prefix,
+            # Session: a search waits for this process' own writes, so a test reads what it just stored.
+            "WEIR_CACHE_MILVUS_CONSISTENCY": "Session"}

@@ -87,7 +87,7 @@ async def test_semantic_miss_below_threshold_and_without_candidates(cache: Cache
     await cache.store("acme", chat("What is the tallest mountain?"), "Everest.", v)
     resp = await cache.semantic("acme", chat("What is the tallest mountain?"), near(v, 0.5))
     assert not resp.hit
-    assert resp.reason == "miss: below threshold (best 0.500 < 0.850)"
+    assert resp.reason == "miss: below threshold (best 0.500 < 0.700)"
     assert [c.verdict for c in resp.candidates] == ["below_threshold"]
 
 
@@ -191,7 +191,7 @@ async def test_stats_counters_per_tenant_and_total(cache: Cache) -> None:
     await cache.exact("acme", req)  # exact hit
     await cache.exact("acme", chat("Unknown question"))  # miss
     await cache.semantic("acme", chat("How many legs do spiders have?"), near(v, 0.95))  # semantic hit
-    await cache.semantic("acme", chat("How many legs does a spider have, all of them?"), near(v, 0.9))  # scope
+    await cache.semantic("acme", chat("How many legs do most spiders have?"), near(v, 0.9))  # scope
     await cache.exact("globex", chat("Name a primary colour"))  # exact hit
 
     acme = await cache.stats("acme")
@@ -332,5 +332,5 @@ async def test_semantic_entries_survive_a_restart(start_cache: StartCache) -> No
     assert first.proc.stop() == 0
 
     second = await start_cache()
-    resp = await second.semantic("acme", chat("Who is the author of Dune?"), near(v, 0.9))
+    resp = await second.semantic("acme", chat("who wrote dune"), near(v, 0.9))
     assert resp.hit and resp.answer.content == "Frank Herbert."

@@ -1,10 +1,11 @@
-"""The semantic-cache verifier on real sentence pairs: paraphrases pass, different questions are refused."""
+"""The semantic-cache verifier on real sentence pairs: paraphrases pass, different questions are refused
+by the check that names the difference."""
 
 from __future__ import annotations
 
 import pytest
 
-from services.cache.verifier import ACCEPTED, CHECK_NAMES, analyze, check_numbers, verify
+from services.cache.verifier import ACCEPTED, CHECK_NAMES, analyze, check_numbers, stem, verify
 
 PARAPHRASES = [
     ("How do I reset my password?", "How can I reset my password"),
@@ -17,21 +18,122 @@ PARAPHRASES = [
     ("Convert 5 km to miles", "convert five km to miles"),
     ("What’s the weather like in Paris today?", "What is the weather in Paris today"),
     ("List every user", "List all users"),
+    # typos, casing, contractions, shorthand
+    ("How do I cancel my subscription?", "how do I cancle my subscription"),
+    ("What is the capital of France?", "what is the captial of france"),
+    ("I can't log into my account", "I cannot log in to my account"),
+    ("Can you recommend a good book on machine learning?", "can u recommend a good book on machine learning?"),
+    ("Explain recursion like I'm five", "explain recursion like im 5"),
+    ("How do I enable two-factor authentication?", "How do I turn on 2FA?"),
+    ("What is a 401(k)?", "what's a 401k"),
+    # synonyms, inflection, spelling variants, derivations
+    ("How do I exit vim?", "how do you quit vim"),
+    ("How do I get from the airport to the city center?", "how to get from the airport to the city centre"),
+    ("How do I get a refund for a cancelled flight?", "How can I get my money back for a canceled flight?"),
+    ("Who painted the Mona Lisa?", "Who was the painter of the Mona Lisa?"),
+    ("When was the Eiffel Tower built?", "When did they build the Eiffel Tower?"),
+    ("How long does a cold usually last?", "How long do colds typically last?"),
+    # reordering, symmetric relations, moved phrases
+    ("What's the difference between a list and a tuple in Python?",
+     "In Python, what is the difference between a tuple and a list?"),
+    ("What is the difference between a debit card and a credit card?",
+     "Credit card vs debit card, what's the difference?"),
+    ("What does HTTP status code 404 mean?", "what does a 404 status code mean in HTTP"),
+    ("When traveling to Mexico, do I need a passport?", "Do I need a passport when traveling to Mexico?"),
+    ("How do I revert a file to the previous commit in git?", "git: how to revert a file to the previous commit"),
+    # question intent expressed two ways
+    ("What time does the store open?", "When does the store open?"),
+    ("What is the speed of light?", "How fast is light?"),
+    ("Why do cats purr?", "What makes cats purr?"),
+    # units and dates written differently
+    ("How many vacation days do I get per year?", "How many days of vacation do I get each year?"),
+    ("Is 38 degrees Celsius a fever?", "is 38°C a fever"),
+    ("Is $80k a good salary?", "Is $80,000 a good salary?"),
 ]
 
 # (query, stored, check that must refuse, detail it must give)
 DIFFERENT = [
+    # numbers, IDs, amounts, versions
     ("Don't cancel order 48231", "Cancel my order 48213", "numbers", "48231 vs 48213"),
+    ("Give me 3 examples", "Give me two examples", "numbers", "3 vs 2"),
+    ("What's the status of ticket #5512?", "What's the status of ticket #5521?", "numbers", "5512 vs 5521"),
+    ("How do I print in Python 3?", "How do I print in Python 2?", "numbers", "3 vs 2"),
+    ("Can I change my seat to 14C?", "Can I change my seat to 14A?", "numbers", "14c vs 14a"),
+    # units and currencies
+    ("Transfer $500 to savings", "Transfer €500 to savings", "units", "dollar vs euro"),
+    ("How long should I bake chicken at 180°F?", "How long should I bake chicken at 180°C?", "units",
+     "fahrenheit vs celsius"),
+    ("Is 500 mcg of amoxicillin a normal dose?", "Is 500 mg of amoxicillin a normal dose?", "units", "mcg vs mg"),
+    ("Rent is $2000 per week, is that a lot?", "Rent is $2000 per month, is that a lot?", "units",
+     "week vs month"),
+    ("How many seconds should I microwave a potato?", "How many minutes should I microwave a potato?", "units",
+     "sec vs minute"),
+    # dates and times
+    ("Book a flight to Paris on Tuesday", "Book a flight to Paris on Monday", "dates", "tuesday vs monday"),
+    ("What's the weather today in Seattle?", "What's the weather tomorrow in Seattle?", "dates",
+     "today vs tomorrow"),
+    ("What events are happening next weekend?", "What events are happening this weekend?", "dates",
+     "next weekend vs this weekend"),
+    ("Schedule a meeting at 3am", "Schedule a meeting at 3pm", "dates", "am vs pm"),
+    ("What should I wear to a wedding in winter?", "What should I wear to a wedding in summer?", "dates",
+     "winter vs summer"),
+    # negation
     ("Don't cancel my order 48213", "Cancel my order 48213", "negation", "don't vs none"),
     ("Book a flight without a layover", "Book a flight with a layover", "negation", "without vs none"),
     ("I never received the package", "I received the package", "negation", "never vs none"),
+    ("Should I avoid taking vitamin D with food?", "Should I take vitamin D with food?", "negation",
+     "avoid vs none"),
+    ("Is the new API backwards incompatible?", "Is the new API backwards compatible?", "negation",
+     "incompatibl vs none"),
+    # scope
     ("List all users", "List only admin users", "scope", "all vs only"),
     ("What was the first iPhone?", "What was the latest iPhone?", "scope", "first vs last"),
     ("Show the most expensive products", "Show the least expensive products", "scope", "most vs least"),
-    ("What is the capital of France?", "What's the capital of Spain?", "entities", "france vs spain"),
-    ("Transfer $500 to savings", "Transfer €500 to savings", "numbers", "$500 vs €500"),
-    ("Give me 3 examples", "Give me two examples", "numbers", "3 vs 2"),
-    ("Is Python 3.12 faster than 3.11?", "Is Python 3.11 faster than 3.12?", "", ""),
+    ("Are all medications unsafe during pregnancy?", "Are some medications unsafe during pregnancy?", "scope",
+     "all vs some"),
+    ("Do any employees get health insurance?", "Do all employees get health insurance?", "scope", "any vs all"),
+    # question intent
+    ("Why was the Eiffel Tower built?", "When was the Eiffel Tower built?", "intent", "why vs when"),
+    ("What is the Louvre?", "Where is the Louvre?", "intent", "none vs where"),
+    ("How fast is a Tesla Model 3?", "How much does a Tesla Model 3 cost?", "intent", "speed vs amount"),
+    # order and roles
+    ("Convert 5 miles to km", "Convert 5 km to miles", "order", "mile to km vs km to mile"),
+    ("Flights from Paris to London", "Flights from London to Paris", "order", "paris to london vs london to paris"),
+    ("Is C++ faster than Python?", "Is Python faster than C++?", "order", "c++ than python vs python than c++"),
+    ("How to convert Word to PDF", "How to convert PDF to Word", "order", "word to pdf vs pdf to word"),
+    ("Did Liverpool beat Manchester United?", "Did Manchester United beat Liverpool?", "order",
+     "liverpool beat manchester vs manchester beat liverpool"),
+    # names, products, languages
+    ("What is the capital of Spain?", "What's the capital of France?", "entities", "spain vs france"),
+    ("whats the capital of austria", "whats the capital of australia", "entities", "austria vs australia"),
+    ("How do I reverse a list in Java?", "How do I reverse a list in Python?", "entities", "java vs python"),
+    ("How do I redirect HTTPS to HTTP?", "How do I redirect HTTP to HTTPS?", "order",
+     "https to http vs http to https"),
+    # content words replaced: subjects, actions, antonyms, comparatives
+    ("How long do dogs live?", "How long do cats live?", "content", "dog vs cat"),
+    ("How do I poach an egg?", "How do I boil an egg?", "content", "poach vs boil"),
+    ("How do I disable cookies in Chrome?", "How do I enable cookies in Chrome?", "content", "disabl vs enabl"),
+    ("How do I turn off Bluetooth?", "How do I turn on Bluetooth?", "content", "disabl vs enabl"),
+    ("How do I zoom out on a Mac?", "How do I zoom in on a Mac?", "content", "zoomout vs zoomin"),
+    ("Is Python slower than Java?", "Is Python faster than Java?", "content", "slower vs faster"),
+    ("How do I sell Bitcoin?", "How do I buy Bitcoin?", "content", "sell vs buy"),
+    ("Is it a bad time to buy stocks?", "Is it a good time to buy stocks?", "content", "bad vs good"),
+    ("How do I delete a file in Linux?", "How do I find a file in Linux?", "content", "delet vs find"),
+    ("Who founded Instagram?", "Who owns Instagram?", "content", "found vs own"),
+    ("Send an email from John", "Send an email to John", "order", "from vs to"),
+    ("Should I buy a new house before selling mine?", "Should I sell my house before buying a new one?", "order",
+     "buy hous sell vs sell hous buy"),
+    ("Is it illegal to drive with headphones?", "Is it legal to drive with headphones?", "negation",
+     "illegal vs none"),
+    ("Flights to Paris over $300", "Flights to Paris under $300", "scope", "none vs less"),
+    ("What time does the bank open on Saturday?", "What time does the bank close on Saturday?", "content",
+     "open vs clos"),
+    ("Hotels far from the airport", "Hotels near the airport", "content", "far vs near"),
+    ("What is the population of New York State?", "What is the population of New York City?", "entities",
+     "state vs city"),
+    # one side adds a restriction where a quantifier or an alternative was dropped
+    ("How do I delete unused Docker images?", "How do I delete all Docker images?", "content", "unus vs none"),
+    ("Is it better to heat a sore back?", "Is it better to ice or heat a sore back?", "content", "none vs ice"),
 ]
 
 
@@ -43,13 +145,14 @@ def test_paraphrases_are_accepted(query: str, stored: str) -> None:
     assert verify(stored, query).ok  # symmetric
 
 
-@pytest.mark.parametrize(("query", "stored", "check", "detail"), [d for d in DIFFERENT if d[2]])
+@pytest.mark.parametrize(("query", "stored", "check", "detail"), DIFFERENT)
 def test_different_questions_are_refused_by_the_right_check(query: str, stored: str, check: str,
                                                             detail: str) -> None:
     verdict = verify(query, stored)
     assert not verdict.ok
     assert (verdict.check, verdict.detail) == (check, detail)
     assert check in CHECK_NAMES
+    assert not verify(stored, query).ok  # refused both ways
 
 
 def test_the_issue_example_is_refused_by_numbers_first() -> None:
@@ -60,24 +163,45 @@ def test_the_issue_example_is_refused_by_numbers_first() -> None:
     assert verify("Don't cancel order 48213", "Cancel my order 48213").check == "negation"
 
 
-def test_same_numbers_in_another_order_is_not_caught_by_numbers() -> None:
-    """A known limit (multisets ignore order); documented so a later verifier can tighten it."""
-    query, stored = DIFFERENT[-1][:2]
-    assert check_numbers(analyze(query), analyze(stored)).ok
+def test_version_order_is_caught_by_order_not_numbers() -> None:
+    query, stored = "Is Python 3.12 faster than 3.11?", "Is Python 3.11 faster than 3.12?"
+    assert check_numbers(analyze(query), analyze(stored)).ok  # the same numbers...
+    assert str(verify(query, stored)) == "order: 3.12 than 3.11 vs 3.11 than 3.12"  # ...in swapped roles
 
 
 def test_identical_and_empty_texts() -> None:
     assert verify("  What is 2+2? ", "what is 2+2").detail == "identical"
     assert verify("", "anything").check == "empty"
+    assert verify("?!", "anything").check == "empty"  # punctuation alone is no question
 
 
-def test_numbers_are_canonicalised() -> None:
+def test_numbers_units_and_dates_are_canonicalised() -> None:
     assert analyze("Pay 1,000,000 now").numbers == ("1000000",)
-    assert analyze("It costs $3.50, or 3.0%").numbers == ("$3.5", "3%")
+    facts = analyze("It costs $3.50, or 3.0%")
+    assert (facts.numbers, facts.units) == (("3", "3.5"), ("dollar", "percent"))
     assert analyze("ticket #00123 and ticket INV-2024-001").numbers == ("00123", "inv-2024-001")
     assert analyze("Which one is better, two or 3?").numbers == ("2", "3")
+    assert analyze("ship 5kg, then 5 kilograms").units == ("kg", "kg")
+    assert analyze("meet at 3pm on the 15th").dates == {"pm"} and "15th" in analyze("on the 15th").numbers
+    assert analyze("next weekend or last month").dates == {"next weekend", "last month"}
+    assert analyze("May I ask in May?").dates == {"may"}  # the modal is not the month
 
 
 def test_sentence_initial_capitals_are_not_entities() -> None:
     facts = analyze("Where is Berlin? Tell me. Also: What about NASA and my_var in config.yaml?")
     assert facts.entities == {"berlin", "nasa", "my_var", "config.yaml"}
+    assert analyze("I'm sure I've seen it").entities == frozenset()
+
+
+def test_stemmer_reduces_both_forms_alike() -> None:
+    for a, b in (("crashing", "crashes"), ("placed", "place"), ("agreed", "agree"), ("countries", "country"),
+                 ("stopped", "stop"), ("naturally", "natural")):
+        assert stem(a) == stem(b), (a, b)
+    for a, b in (("speed", "sped"), ("string", "str"), ("need", "ne")):
+        assert stem(a) != stem(b), (a, b)
+
+
+def test_the_verifier_explains_every_refusal_with_both_sides() -> None:
+    verdict = verify("Convert 50 pounds to dollars", "Convert 50 euros to dollars")
+    assert (verdict.check, verdict.detail) == ("units", "lb vs euro")
+    assert str(verdict).startswith("units: ")

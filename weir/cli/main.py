@@ -22,6 +22,10 @@ def main(argv: list[str] | None = None) -> None:
     model_sub = p_model.add_subparsers(dest="model_command", required=True)
     p_export = model_sub.add_parser("export", help="export the bundled all-MiniLM-L6-v2 to ONNX (idempotent)")
     p_export.add_argument("--out", default="", help="model directory (default: the cache dir)")
+    p_cache = sub.add_parser("cache", help="semantic cache tools")
+    cache_sub = p_cache.add_subparsers(dest="cache_command", required=True)
+    cache_sub.add_parser("eval", help="run the labelled evaluation set through the real cache (--help)",
+                         add_help=False)
     keys_cli.add_parsers(sub)
     chaos_arguments(sub.add_parser("chaos", help="run the chaos suite (provider faults) against a mesh"))
 
@@ -41,6 +45,10 @@ def main(argv: list[str] | None = None) -> None:
 
         fake_main(rest)
         return
+    if args.command == "cache" and args.cache_command == "eval":
+        from services.cache.eval.run import main as cache_eval
+
+        sys.exit(cache_eval(rest))
     if args.command == "model" and args.model_command == "export":
         script = REPO_ROOT / "scripts" / "export-model.sh"
         cmd = ["bash", str(script), *([args.out] if args.out else [])]

@@ -111,10 +111,34 @@ def up(no_fake: bool = False) -> int:
         }
         env.update({f"WEIR_{n.upper()}_ADDR": a for n, a in addrs.items()})
         env.update({f"WEIR_{n.upper()}_PORT": a.rsplit(":", 1)[1] for n, a in addrs.items()})
-        with console.status("starting embedder, cache, router, reasoner ..."), ThreadPoolExecutor(4) as pool:
-            futures = {n: pool.submit(supervisor.start, n, supervisor.python_module(f"services.{n}"), env,
-                                      log_dir=mesh.logs, timeout=180) for n in addrs}
+        # The semantic tier: WEIR_MILVUS_URI, else the bundled Milvus standalone (docs/cache.md), else Milvus Lite.
+        from services.cache import milvus_local
+
+        local_milvus = not os.environ.get("WEIR_MILVUS_URI") and milvus_local.available() \
+            and os.environ.get("WEIR_MILVUS_LOCAL", "server") != "lite"
+        with console.status("starting embedder, cache, router, reasoner ..."), ThreadPoolExecutor(5) as pool:
+            milvus_future = pool.submit(milvus_local.start_milvus, state / "milvus-server", mesh.logs) \
+                if local_milvus else None
+
+            def start_service(name: str) -> supervisor.Process:
+                service_env = env
+                if name == "cache" and milvus_future is not None:  # the cache connects to Milvus at start
+                    service_env = {**env, "WEIR_MILVUS_URI": milvus_future.result().info["uri"]}
+                return supervisor.start(name, supervisor.python_module(f"services.{name}"), service_env,
+                                        log_dir=mesh.logs, timeout=180)
+
+            futures = {n: pool.submit(start_service, n) for n in addrs}
             errors = []
+            if milvus_future is not None:
+                try:
+                    milvus = milvus_future.result()
+                    mesh.procs.insert(0, milvus)  # stopped last
+                    rows.append(("milvus", milvus.info["uri"], f"pid {milvus.popen.pid}", "SERVING"))
+                except supervisor.StartError as exc:
+                    errors.append(str(exc))
+            else:
+                where = "from WEIR_MILVUS_URI" if os.environ.get("WEIR_MILVUS_URI") else "Milvus Lite (in the cache)"
+                rows.append(("milvus", where, "", "SERVING"))
             for fut in futures.values():
                 try:
                     mesh.procs.append(fut.result())

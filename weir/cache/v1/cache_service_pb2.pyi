@@ -441,6 +441,10 @@ class GetStatsResponse(_message.Message):
     SEMANTIC_HITS_FIELD_NUMBER: _builtins.int
     MISSES_FIELD_NUMBER: _builtins.int
     REFUSALS_BY_CHECK_FIELD_NUMBER: _builtins.int
+    EXACT_LOOKUPS_FIELD_NUMBER: _builtins.int
+    SEMANTIC_LOOKUPS_FIELD_NUMBER: _builtins.int
+    EXACT_HIT_RATE_FIELD_NUMBER: _builtins.int
+    SEMANTIC_HIT_RATE_FIELD_NUMBER: _builtins.int
     exact_entries: _builtins.int
     """Entries in the exact tier."""
     semantic_entries: _builtins.int
@@ -451,6 +455,14 @@ class GetStatsResponse(_message.Message):
     """Semantic-tier hits since start."""
     misses: _builtins.int
     """Lookups that found nothing servable since start."""
+    exact_lookups: _builtins.int
+    """LookupExact calls since start (hits and misses)."""
+    semantic_lookups: _builtins.int
+    """LookupSemantic calls since start (hits and misses)."""
+    exact_hit_rate: _builtins.float
+    """exact_hits / exact_lookups, 0 when there was no lookup."""
+    semantic_hit_rate: _builtins.float
+    """semantic_hits / semantic_lookups, 0 when there was no lookup."""
     @_builtins.property
     def refusals_by_check(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """Semantic candidates refused, by the check that refused them."""
@@ -464,10 +476,14 @@ class GetStatsResponse(_message.Message):
         semantic_hits: _builtins.int = ...,
         misses: _builtins.int = ...,
         refusals_by_check: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        exact_lookups: _builtins.int = ...,
+        semantic_lookups: _builtins.int = ...,
+        exact_hit_rate: _builtins.float = ...,
+        semantic_hit_rate: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["exact_entries", b"exact_entries", "exact_hits", b"exact_hits", "misses", b"misses", "refusals_by_check", b"refusals_by_check", "semantic_entries", b"semantic_entries", "semantic_hits", b"semantic_hits"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exact_entries", b"exact_entries", "exact_hit_rate", b"exact_hit_rate", "exact_hits", b"exact_hits", "exact_lookups", b"exact_lookups", "misses", b"misses", "refusals_by_check", b"refusals_by_check", "semantic_entries", b"semantic_entries", "semantic_hit_rate", b"semantic_hit_rate", "semantic_hits", b"semantic_hits", "semantic_lookups", b"semantic_lookups"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,369 @@
+"""`weir cache eval`: the labelled evaluation set through the real embedder and cache services.
+
+    weir cache eval [--split dev|test|all] [--threshold T] [--milvus lite|server|URI] [--failures]
+
+The set (services/cache/eval/*.jsonl, written for this project) holds single-turn question pairs and
+multi-turn conversation pairs, each labelled ``should_hit`` (a paraphrase or near-repeat: serving the
+stored answer is right) or ``trap`` with a category (negation, numbers, dates, ...: serving it is wrong).
+About a quarter of the pairs are a held-out ``test`` split the verifier was not tuned on.
+
+For every pair the runner stores the first side through ``Store`` (with its embedding from ``EmbedBatch``)
+in a tenant of its own, then asks for the second side the way the gateway does: ``LookupExact``, then
+``LookupSemantic``. It prints the share of should-hit pairs served, the share of traps served (overall,
+per category, multi-turn), and the trade-off curve against the similarity threshold with and without
+the verifier. The curve reuses the candidates the service returned (similarity and stored question)
+and applies the same verifier function, so the row at the service's threshold equals the live result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from services.cache import verifier
+from weir.cache.v1 import cache_service_pb2 as cache_pb
+from weir.cache.v1 import cache_service_pb2_grpc as cache_grpc
+from weir.common.v1 import types_pb2
+from weir.embedder.v1 import embedder_service_pb2 as emb_pb
+from weir.embedder.v1 import embedder_service_pb2_grpc as emb_grpc
+from weir.kit import supervisor
+from weir.kit.clients import open_channel
+from weir.kit.redis_local import start_local_redis
+
+EVAL_DIR = Path(__file__).resolve().parent
+PAIRS = EVAL_DIR / "pairs.jsonl"
+CONVERSATIONS = EVAL_DIR / "conversations.jsonl"
+SPLITS = ("dev", "test", "holdout", "all")
+DEFAULT_CURVE = tuple(round(0.60 + 0.02 * i, 2) for i in range(20))  # 0.60 .. 0.98
+EMBED_CHUNK = 128
+CONCURRENCY = 8
+
+
+@dataclass(frozen=True)
+class Case:
+    """One labelled pair: store `stored`, then ask `query` (both as chat messages)."""
+
+    id: str
+    split: str
+    label: str  # should_hit | trap
+    category: str
+    domain: str
+    stored: tuple[tuple[str, str], ...]  # (role, content), ending with the user question
+    query: tuple[tuple[str, str], ...]
+
+    @property
+    def multi_turn(self) -> bool:
+        return self.id.startswith("mt-")
+
+    @property
+    def tenant(self) -> str:
+        return f"eval:{self.id}"
+
+
+@dataclass
+class Outcome:
+    """What the services answered for one case."""
+
+    case: Case
+    served: bool = False
+    tier: str = ""  # exact | semantic | ""
+    reason: str = ""
+    # The best candidate the semantic tier returned (there is at most one: one tenant per case).
+    similarity: float | None = None
+    candidate_question: str = ""
+    stored_reason: str = ""
+
+    @property
+    def exact(self) -> bool:
+        return self.tier == "exact"
+
+
+@dataclass
+class Results:
+    outcomes: list[Outcome]
+    threshold: float
+    stats: cache_pb.GetStatsResponse | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _messages(raw: Any) -> tuple[tuple[str, str], ...]:
+    if isinstance(raw, str):
+        return (("user", raw),)
+    return tuple((str(m["role"]), str(m["content"])) for m in raw)
+
+
+def load_cases(split: str = "all", paths: Sequence[Path] = (PAIRS, CONVERSATIONS)) -> list[Case]:
+    """The labelled cases of `split` (dev, test or all) from the JSONL files."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    cases = []
+    for path in paths:
+        for line_no, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            doc = orjson.loads(line)
+            if doc["label"] not in ("should_hit", "trap"):
+                raise ValueError(f"{path.name}:{line_no}: label must be should_hit or trap")
+            case = Case(id=doc["id"], split=doc["split"], label=doc["label"], category=doc["category"],
+                        domain=doc["domain"], stored=_messages(doc["stored"]), query=_messages(doc["query"]))
+            if split in ("all", case.split):
+                cases.append(case)
+    return cases
+
+
+def chat_request(messages: Sequence[tuple[str, str]]) -> types_pb2.ChatRequest:
+    """A deterministic chat request (temperature 0) of the given messages."""
+    req = types_pb2.ChatRequest(model="fake-small")
+    req.sampling.temperature = 0.0
+    for role, content in messages:
+        req.messages.add(role=role, content=content)
+    return req
+
+
+def last_user(messages: Sequence[tuple[str, str]]) -> str:
+    return next(content for role, content in reversed(messages) if role == "user")
+
+
+# ---- running the cases through the services ---------------------------------------------------------
+
+
+async def embed_all(stub: emb_grpc.EmbedderServiceAsyncStub, texts: list[str]) -> dict[str, types_pb2.Embedding]:
+    """Embeddings of the distinct texts, EmbedBatch by EmbedBatch."""
+    distinct = sorted(set(texts))
+    out: dict[str, types_pb2.Embedding] = {}
+    for i in range(0, len(distinct), EMBED_CHUNK):
+        chunk = distinct[i:i + EMBED_CHUNK]
+        resp = await stub.EmbedBatch(emb_pb.EmbedBatchRequest(texts=chunk), timeout=120)
+        width = resp.dim * 4
+        for j, text in enumerate(chunk):
+            out[text] = types_pb2.Embedding(vector=resp.vectors[j * width:(j + 1) * width], dim=resp.dim,
+                                            model_id=resp.model_id)
+    return out
+
+
+async def _bounded(items: Sequence[Outcome], work: Any) -> None:
+    queue = list(items)
+
+    async def worker() -> None:
+        while queue:
+            await work(queue.pop())
+
+    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+
+
+async def run_cases(cache_addr: str, embedder_addr: str, cases: Sequence[Case], threshold: float) -> Results:
+    """Stores each case's first side in its own tenant, then looks the second side up as the gateway does."""
+    outcomes = [Outcome(case) for case in cases]
+    seconds: dict[str, float] = {}
+    async with open_channel(embedder_addr) as emb_ch, open_channel(cache_addr) as cache_ch:
+        embedder = emb_grpc.EmbedderServiceStub(emb_ch)
+        cache = cache_grpc.CacheServiceStub(cache_ch)
+        t0 = time.perf_counter()
+        vectors = await embed_all(embedder, [last_user(m) for c in cases for m in (c.stored, c.query)])
+        seconds["embed"] = time.perf_counter() - t0
+
+        async def store(o: Outcome) -> None:
+            c = o.case
+            resp = await cache.Store(cache_pb.StoreRequest(
+                tenant=c.tenant, request=chat_request(c.stored),
+                answer=cache_pb.CachedAnswer(content=f"answer to {c.id}", model="fake-small", finish_reason="stop"),
+                embedding=vectors[last_user(c.stored)]), timeout=60)
+            o.stored_reason = resp.reason
+            if not resp.stored:
+                raise RuntimeError(f"{c.id}: not stored ({resp.reason})")
+
+        async def lookup(o: Outcome) -> None:
+            c = o.case
+            req = chat_request(c.query)
+            exact = await cache.LookupExact(cache_pb.LookupExactRequest(tenant=c.tenant, request=req), timeout=10)
+            sem = await cache.LookupSemantic(cache_pb.LookupSemanticRequest(
+                tenant=c.tenant, request=req, embedding=vectors[last_user(c.query)]), timeout=10)
+            if sem.candidates:
+                o.similarity = sem.candidates[0].similarity
+                o.candidate_question = sem.candidates[0].question
+            if exact.hit:
+                o.served, o.tier, o.reason = True, "exact", exact.reason
+            elif sem.hit:
+                o.served, o.tier, o.reason = True, "semantic", sem.reason
+            else:
+                o.reason = sem.reason
+
+        t0 = time.perf_counter()
+        await _bounded(outcomes, store)
+        seconds["store"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        await _bounded(outcomes, lookup)
+        seconds["lookup"] = time.perf_counter() - t0
+        stats = await cache.GetStats(cache_pb.GetStatsRequest())
+    return Results(outcomes=outcomes, threshold=threshold, stats=stats, seconds=seconds)
+
+
+# ---- metrics ----------------------------------------------------------------------------------------
+
+
+def served_at(o: Outcome, threshold: float, verify: bool) -> bool:
+    """Whether the case would be served at `threshold` (with or without the verifier)."""
+    if o.exact:
+        return True
+    if o.similarity is None or o.similarity < threshold:
+        return False
+    return not verify or verifier.verify(last_user(o.case.query), o.candidate_question).ok
+
+
+@dataclass(frozen=True)
+class Rates:
+    hit: float  # share of should-hit pairs served
+    trap: float  # share of traps served
+    n_hit: int
+    n_trap: int
+
+
+def rates(outcomes: Sequence[Outcome], served: Sequence[bool]) -> Rates:
+    hits = [s for o, s in zip(outcomes, served, strict=True) if o.case.label == "should_hit"]
+    traps = [s for o, s in zip(outcomes, served, strict=True) if o.case.label == "trap"]
+    return Rates(hit=sum(hits) / len(hits) if hits else float("nan"),
+                 trap=sum(traps) / len(traps) if traps else float("nan"), n_hit=len(hits), n_trap=len(traps))
+
+
+def _pct(x: float) -> str:
+    return "   n/a" if x != x else f"{100 * x:5.1f}%"
+
+
+def report(results: Results, curve: Sequence[float] = DEFAULT_CURVE, failures: bool = False) -> str:
+    """The human-readable report: live rates, per-category traps, the threshold curve, optionally failures."""
+    lines: list[str] = []
+    outs = results.outcomes
+    single = [o for o in outs if not o.case.multi_turn]
+    multi = [o for o in outs if o.case.multi_turn]
+    for name, group in (("single-turn", single), ("multi-turn", multi), ("all", outs)):
+        r = rates(group, [o.served for o in group])
+        lines.append(f"{name:<12} should-hit served {_pct(r.hit)} of {r.n_hit:<4} traps served {_pct(r.trap)} "
+                     f"of {r.n_trap}")
+    tiers = Counter(o.tier for o in outs if o.served)
+    lines.append(f"served by tier: exact {tiers['exact']}, semantic {tiers['semantic']}")
+
+    lines.append("\ntraps served by category:")
+    by_cat: dict[str, list[Outcome]] = defaultdict(list)
+    for o in outs:
+        if o.case.label == "trap":
+            by_cat[("mt:" if o.case.multi_turn else "") + o.case.category].append(o)
+    for cat in sorted(by_cat):
+        group = by_cat[cat]
+        served = sum(o.served for o in group)
+        lines.append(f"  {cat:<22} {served:>3} / {len(group):<3} {_pct(served / len(group))}")
+
+    if results.stats is not None:
+        refusals = {k: v for k, v in sorted(results.stats.refusals_by_check.items()) if v}
+        lines.append("\nverifier refusals by check: " + (", ".join(f"{k} {v}" for k, v in refusals.items()) or "none"))
+
+    lines.append(f"\ntrade-off curve (single-turn + multi-turn; live threshold {results.threshold:.2f}):")
+    lines.append("  threshold | without verifier: hit    trap | with verifier: hit    trap")
+    for t in curve:
+        plain = rates(outs, [served_at(o, t, verify=False) for o in outs])
+        checked = rates(outs, [served_at(o, t, verify=True) for o in outs])
+        mark = "  <- live" if abs(t - results.threshold) < 1e-9 else ""
+        lines.append(f"  {t:9.2f} |               {_pct(plain.hit)}  {_pct(plain.trap)} |"
+                     f"            {_pct(checked.hit)}  {_pct(checked.trap)}{mark}")
+    mismatched = [o.case.id for o in outs if o.served != served_at(o, results.threshold, verify=True)]
+    if mismatched:
+        lines.append(f"  NOTE: the curve disagrees with the live service on {len(mismatched)} cases: "
+                     + ", ".join(mismatched[:10]))
+
+    if failures:
+        lines.append("\nshould-hit pairs not served:")
+        for o in outs:
+            if o.case.label == "should_hit" and not o.served:
+                sim = f"{o.similarity:.3f}" if o.similarity is not None else "  -  "
+                lines.append(f"  {o.case.id} {sim} {o.reason[:90]:<90} | {last_user(o.case.stored)} "
+                             f"|| {last_user(o.case.query)}")
+        lines.append("traps served:")
+        for o in outs:
+            if o.case.label == "trap" and o.served:
+                lines.append(f"  {o.case.id} [{o.case.category}] {o.tier} {o.similarity} | "
+                             f"{last_user(o.case.stored)} || {last_user(o.case.query)}")
+    seconds = ", ".join(f"{k} {v:.1f} s" for k, v in results.seconds.items())
+    lines.append(f"\n{len(outs)} cases ({seconds})")
+    return "\n".join(lines)
+
+
+# ---- starting the services --------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def services(work: Path, threshold: float | None, milvus: str) -> Iterator[tuple[str, str, float]]:
+    """A private Redis, the embedder and the cache (Milvus per `milvus`); yields (cache, embedder, threshold)."""
+    from services.cache.settings import CacheSettings
+    from weir.kit.config import load
+
+    procs: list[supervisor.Process] = []
+    redis = start_local_redis(work / "redis")
+    env = {"WEIR_STATE_DIR": str(work / "state"), "WEIR_REDIS_URL": redis.url, "WEIR_LOG_LEVEL": "warning",
+           "WEIR_CACHE_PORT": "0", "WEIR_EMBEDDER_PORT": "0", "WEIR_CACHE_REDIS_PREFIX": "weir-eval:"}
+    if threshold is not None:
+        env["WEIR_CACHE_SIM_THRESHOLD"] = str(threshold)
+    try:
+        if milvus == "server":
+            from services.cache.milvus_local import start_milvus
+
+            procs.append(start_milvus(work / "milvus-server", log_dir=work / "logs"))
+            env["WEIR_MILVUS_URI"] = procs[-1].info["uri"]
+        elif milvus != "lite":
+            env["WEIR_MILVUS_URI"] = milvus
+        else:
+            env["WEIR_MILVUS_URI"] = str(work / "state" / "milvus" / "eval.db")
+        procs.append(supervisor.start("embedder", supervisor.python_module("services.embedder"), env,
+                                      log_dir=work / "logs"))
+        procs.append(supervisor.start("cache", supervisor.python_module("services.cache"), env,
+                                      log_dir=work / "logs"))
+        live = load(CacheSettings, {**env}).sim_threshold
+        yield procs[-1].grpc, procs[-2].grpc, live
+    finally:
+        supervisor.stop_all(procs)
+        redis.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="weir cache eval", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--split", choices=SPLITS, default="all", help="which pairs to run (default: all)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="WEIR_CACHE_SIM_THRESHOLD for the cache (default: the cache's default)")
+    parser.add_argument("--milvus", default="lite",
+                        help="lite (a Milvus Lite file in a temp dir), server (the bundled Milvus standalone "
+                             "started here) or a Milvus URI (collections are namespaced per run)")
+    parser.add_argument("--failures", action="store_true", help="list should-hit misses and traps served")
+    parser.add_argument("--json", type=Path, default=None, help="also write per-case outcomes as JSON lines")
+    args = parser.parse_args(argv)
+
+    cases = load_cases(args.split)
+    work = Path(tempfile.mkdtemp(prefix="weir-cache-eval-"))
+    try:
+        with services(work, args.threshold, args.milvus) as (cache_addr, embedder_addr, live):
+            results = asyncio.run(run_cases(cache_addr, embedder_addr, cases, live))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"cache eval: split={args.split}, milvus={args.milvus}")
+    print(report(results, failures=args.failures))
+    if args.json is not None:
+        with args.json.open("wb") as f:
+            for o in results.outcomes:
+                f.write(orjson.dumps({"id": o.case.id, "label": o.case.label, "category": o.case.category,
+                                      "served": o.served, "tier": o.tier, "similarity": o.similarity,
+                                      "reason": o.reason}) + b"\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""The cache on the bundled Milvus standalone server (what `weir up` runs): the same code as on Milvus Lite,
+HNSW index, one partition per tenant. The server starts once per session."""
+
+from __future__ import annotations
+
+from tests.cache.conftest import StartCache, chat, near, unit
+from weir.cache.v1 import cache_service_pb2 as pb
+
+
+async def test_identical_questions_of_different_tenants_never_cross(start_cache: StartCache,
+                                                                    server_env: dict[str, str]) -> None:
+    cache = await start_cache(server_env)
+    v = unit(11)
+    req = chat("What is our refund policy?")
+    tenants = {f"tenant-{i}": f"Policy of tenant {i}." for i in range(5)}
+    entries = {t: (await cache.store(t, req, content, v)).entry_id for t, content in tenants.items()}
+    assert len(set(entries.values())) == len(tenants)
+    for tenant, content in tenants.items():
+        for probe in (v, near(v, 0.97)):
+            sem = await cache.semantic(tenant, chat("what's our refund policy"), probe)
+            assert sem.hit, sem.reason
+            assert sem.answer.content == content
+            assert [c.entry_id for c in sem.candidates] == [entries[tenant]]  # only its own row is a candidate
+    assert (await cache.semantic("tenant-none", req, v)).reason == "miss: no candidate"
+    stats = await cache.stats("tenant-0")
+    assert (stats.exact_entries, stats.semantic_entries, stats.semantic_hits) == (1, 1, 2)
+    assert (stats.semantic_lookups, stats.semantic_hit_rate) == (2, 1.0)
+
+
+async def test_verification_and_invalidation_on_the_server(start_cache: StartCache,
+                                                           server_env: dict[str, str]) -> None:
+    cache = await start_cache(server_env)
+    v, w = unit(12), unit(13)
+    await cache.store("acme", chat("Cancel my order 48213"), "Order 48213 cancelled.", v, model="fake-small")
+    await cache.store("acme", chat("How do I reset my password?"), "Use the reset link.", w, model="fake-large")
+
+    refused = await cache.semantic("acme", chat("Don't cancel order 48231"), near(v, 0.97))
+    assert (refused.hit, refused.reason) == (False, "refused: numbers (48231 vs 48213)")
+    assert (await cache.semantic("acme", chat("how can i reset my password"), near(w, 0.93))).hit
+
+    removed = await cache.stub.Invalidate(pb.InvalidateRequest(tenant="acme", model="fake-large"))
+    assert removed.removed == 1
+    assert not (await cache.semantic("acme", chat("how can i reset my password"), near(w, 0.93))).hit
+    assert (await cache.exact("acme", chat("Cancel my order 48213"))).hit
+    assert (await cache.stub.Invalidate(pb.InvalidateRequest(tenant="acme", all=True))).removed == 1
+    assert (await cache.semantic("acme", chat("Cancel my order 48213"), v)).reason == "miss: no candidate"
