@@ -26,6 +26,7 @@ import functools
 import hashlib
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -114,6 +115,7 @@ class SemanticTier:
         self._write_lock = asyncio.Semaphore(1 if settings.milvus_is_lite else POOL_SIZE)
         self._dims: dict[str, int] = {}  # collection -> dimension
         self._partitions: set[tuple[str, str]] = set()
+        self._schema_lock = threading.RLock()  # creating collections and partitions from pool threads
         self._pending: dict[str, int] = {}  # collection -> rows written since its last flush
         self._connect_error = "not connected yet"
         self._last_write = 0.0
@@ -223,8 +225,11 @@ class SemanticTier:
     def _known_dim(self, client: Any, name: str) -> int | None:
         """The collection's dimension, adopting a collection another process created; None if absent."""
         dim = self._dims.get(name)
-        if dim is None and client.has_collection(name, timeout=self._rt):
-            dim = self._adopt(client, name)
+        if dim is None:
+            with self._schema_lock:  # a collection half-created by a concurrent write must not be loaded
+                dim = self._dims.get(name)
+                if dim is None and client.has_collection(name, timeout=self._rt):
+                    dim = self._adopt(client, name)
         return dim
 
     def _create_collection(self, client: Any, name: str, dim: int) -> None:
@@ -326,14 +331,18 @@ class SemanticTier:
         name = self.collection_name(model_id)
         dim = self._known_dim(client, name)
         if dim is None:
-            self._create_collection(client, name, int(row.vector.shape[0]))
-        elif dim != row.vector.shape[0]:
+            with self._schema_lock:
+                dim = self._known_dim(client, name)
+                if dim is None:
+                    self._create_collection(client, name, int(row.vector.shape[0]))
+        if dim is not None and dim != row.vector.shape[0]:
             raise DimensionMismatch(model_id, dim, int(row.vector.shape[0]))
         partition = self.partition_name(row.tenant)
         if (name, partition) not in self._partitions:
-            if not client.has_partition(name, partition, timeout=self._rt):
-                client.create_partition(name, partition, timeout=self._wt)
-            self._partitions.add((name, partition))
+            with self._schema_lock:
+                if not client.has_partition(name, partition, timeout=self._rt):
+                    client.create_partition(name, partition, timeout=self._wt)
+                self._partitions.add((name, partition))
         client.upsert(name, [{
             "id": row.entry_id,
             "tenant": row.tenant,

@@ -159,17 +159,27 @@ def test_a_background_job_joins_the_trace_that_submitted_it(traced_mesh: Mesh,
     r = httpx.post(f"{traced_mesh.base_url}/jobs", headers={"Authorization": f"Bearer {traced_mesh.master_key}"},
                    json={"model": "fake-small", "messages": [{"role": "user", "content": "A job to trace"}]})
     assert r.status_code == 202, r.text
-    trace_id = r.headers["x-weir-trace-id"]
-    deadline = time.monotonic() + 15
+    trace_id, job_id = r.headers["x-weir-trace-id"], r.json()["id"]
+    status = ""
+    deadline = time.monotonic() + 60  # a loaded machine can be slow; the job must end all the same
+    while time.monotonic() < deadline and status not in ("succeeded", "failed", "cancelled", "dead_letter"):
+        status = httpx.get(f"{traced_mesh.base_url}/jobs/{job_id}",
+                           headers={"Authorization": f"Bearer {traced_mesh.master_key}"}).json()["status"]
+        time.sleep(0.1)
+    assert status == "succeeded", status
+    deadline = time.monotonic() + 30  # spans arrive in batches after the job ends
     while time.monotonic() < deadline:
         with rec.lock:
             spans = [s for s in rec.spans if s.trace_id == trace_id]
         names = {(s.service, s.name) for s in spans}
-        if {("weir-worker", "job run"), ("weir-reasoner", "chat fake-small")} <= names:
+        if {("weir-worker", "job run"), ("weir-worker", "/weir.reasoner.v1.ReasonerService/StreamComplete"),
+                ("weir-reasoner", "chat fake-small")} <= names:
             break
         time.sleep(0.1)
     by_id = {s.span_id: s for s in spans}
-    run = next(s for s in spans if s.name == "job run")
+    runs = [s for s in spans if s.name == "job run"]
+    assert runs, f"no 'job run' span in trace {trace_id}; got {sorted(names)}"
+    run = runs[0]
     assert by_id[run.parent_id].name == "POST /v1/jobs", "the worker's run continues the submitting request"
     stream = next(s for s in spans if s.name == "/weir.reasoner.v1.ReasonerService/StreamComplete"
                   and s.service == "weir-worker")

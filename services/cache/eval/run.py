@@ -48,6 +48,7 @@ CONVERSATIONS = EVAL_DIR / "conversations.jsonl"
 SPLITS = ("dev", "test", "holdout", "all")
 DEFAULT_CURVE = tuple(round(0.60 + 0.02 * i, 2) for i in range(20))  # 0.60 .. 0.98
 EMBED_CHUNK = 128
+BOUNDED_STALENESS_S = 6.0  # Milvus' common.gracefulTime (5 s) and a margin
 CONCURRENCY = 8
 
 
@@ -163,8 +164,12 @@ async def _bounded(items: Sequence[Outcome], work: Any) -> None:
     await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
 
 
-async def run_cases(cache_addr: str, embedder_addr: str, cases: Sequence[Case], threshold: float) -> Results:
-    """Stores each case's first side in its own tenant, then looks the second side up as the gateway does."""
+async def run_cases(cache_addr: str, embedder_addr: str, cases: Sequence[Case], threshold: float,
+                    settle_s: float = 0.0) -> Results:
+    """Stores each case's first side in its own tenant, then looks the second side up as the gateway does.
+
+    `settle_s`: a pause between the two phases, for a Milvus server whose collections use Bounded
+    consistency (a new row becomes searchable within its 5 s staleness bound)."""
     outcomes = [Outcome(case) for case in cases]
     seconds: dict[str, float] = {}
     async with open_channel(embedder_addr) as emb_ch, open_channel(cache_addr) as cache_ch:
@@ -203,6 +208,7 @@ async def run_cases(cache_addr: str, embedder_addr: str, cases: Sequence[Case], 
         t0 = time.perf_counter()
         await _bounded(outcomes, store)
         seconds["store"] = time.perf_counter() - t0
+        await asyncio.sleep(settle_s)
         t0 = time.perf_counter()
         await _bounded(outcomes, lookup)
         seconds["lookup"] = time.perf_counter() - t0
@@ -351,7 +357,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="weir-cache-eval-"))
     try:
         with services(work, args.threshold, args.milvus) as (cache_addr, embedder_addr, live):
-            results = asyncio.run(run_cases(cache_addr, embedder_addr, cases, live))
+            settle = 0.0 if args.milvus == "lite" else BOUNDED_STALENESS_S
+            results = asyncio.run(run_cases(cache_addr, embedder_addr, cases, live, settle))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"cache eval: split={args.split}, milvus={args.milvus}")
