@@ -72,7 +72,8 @@ def receiver() -> Iterator[tuple[Receiver, int]]:
 def traced_mesh(tmp_path_factory: pytest.TempPathFactory, redis_server: LocalRedis, model_dir: Path,
                 receiver: tuple[Receiver, int]) -> Iterator[Mesh]:
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver[1]}", "OTEL_EXPORTER_OTLP_INSECURE": "true",
-           "OTEL_BSP_SCHEDULE_DELAY": "100", "WEIR_CACHE_REDIS_PREFIX": "weir-trace-test:"}
+           "OTEL_BSP_SCHEDULE_DELAY": "100", "WEIR_CACHE_REDIS_PREFIX": "weir-trace-test:",
+           "WEIR_REDIS_PREFIX": "weir-trace-test:"}  # its own keys, limits and jobs queue
     m = start_mesh(tmp_path_factory.mktemp("traced"), redis_server.url, env)
     yield m
     m.stop()
@@ -172,7 +173,7 @@ def test_a_background_job_joins_the_trace_that_submitted_it(traced_mesh: Mesh,
         with rec.lock:
             spans = [s for s in rec.spans if s.trace_id == trace_id]
         names = {(s.service, s.name) for s in spans}
-        if {("weir-worker", "job run"), ("weir-worker", "/weir.reasoner.v1.ReasonerService/StreamComplete"),
+        if {("weir-worker", "job run"), ("weir-worker", "/weir.router.v1.RouterService/Route"),
                 ("weir-reasoner", "chat fake-small")} <= names:
             break
         time.sleep(0.1)
@@ -181,6 +182,8 @@ def test_a_background_job_joins_the_trace_that_submitted_it(traced_mesh: Mesh,
     assert runs, f"no 'job run' span in trace {trace_id}; got {sorted(names)}"
     run = runs[0]
     assert by_id[run.parent_id].name == "POST /v1/jobs", "the worker's run continues the submitting request"
-    stream = next(s for s in spans if s.name == "/weir.reasoner.v1.ReasonerService/StreamComplete"
-                  and s.service == "weir-worker")
-    assert by_id[stream.parent_id].name == "job run"
+    # The run's hops are in the submitting trace: routing from the worker, the reasoner's call to the provider.
+    route = next((s for s in spans if s.service == "weir-worker"
+                  and s.name == "/weir.router.v1.RouterService/Route"), None)
+    assert route is not None and by_id[route.parent_id].name == "job run", sorted(names)
+    assert ("weir-reasoner", "chat fake-small") in names, sorted(names)
