@@ -18,6 +18,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 
+from bench.measure import cpu_seconds, pct
 from weir.devmesh import Mesh, start_mesh
 from weir.kit.redis_local import start_local_redis
 
@@ -29,17 +30,6 @@ COUNTRIES = ["France", "Germany", "Spain", "Italy", "Portugal", "Poland", "Austr
 STORED = "What is the capital of {}?"
 PARAPHRASES = ["What's the capital city of {}?", "Which city is the capital of {}?", "what is the capital of {}",
                "Tell me the capital of {}."]
-CLK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK
-
-
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(q * len(s)))]
 
 
 async def run_load(session: aiohttp.ClientSession, url: str, headers: dict[str, str],

@@ -30,6 +30,7 @@ import httpx
 import orjson
 import redis.asyncio as aioredis
 
+from bench.measure import cpu_seconds, pct
 from services.gateway.auth import KeyStore
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.policy import Policy
@@ -40,19 +41,7 @@ from weir.kit.redis_local import start_local_redis
 from weir.kit.server import install_event_loop
 from weir.mesh_config import load_mesh_config
 
-CLK = os.sysconf("SC_CLK_TCK")
-
 _HOP = re.compile(r"(policy|route);dur=([0-9.]+)")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK
-
-
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(q * len(s)))]
 
 
 async def load(session: aiohttp.ClientSession, url: str, key: str, n: int, concurrency: int, tag: str,
