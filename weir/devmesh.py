@@ -35,10 +35,12 @@ class Mesh:
 
 
 def start_mesh(state: Path, redis_url: str, extra_env: dict[str, str] | None = None, workers: int = 1,
-               milvus: str = "lite") -> Mesh:
+               milvus: str = "lite", gateways: int = 1) -> Mesh:
     """Starts fake-llm, embedder, cache, router, reasoner (in parallel), then the gateway and `workers` job
     workers (`python -m services.gateway.worker`, named "worker", "worker-2", ...). The semantic tier uses
-    Milvus Lite in `state`, or with milvus="server" the bundled Milvus standalone (process "milvus")."""
+    Milvus Lite in `state`, or with milvus="server" the bundled Milvus standalone (process "milvus").
+    `gateways` > 1 starts that many gateway processes sharing the gateway's ports (SO_REUSEPORT), named
+    "gateway", "gateway-2", ..."""
     mesh = Mesh()
     logs = state / "logs"
     env = {"WEIR_STATE_DIR": str(state), "WEIR_REDIS_URL": redis_url, "WEIR_MASTER_KEY": MASTER_KEY,
@@ -61,8 +63,16 @@ def start_mesh(state: Path, redis_url: str, extra_env: dict[str, str] | None = N
                 mesh.procs[n] = fut.result()
         addrs = {f"WEIR_{n.upper()}_ADDR": mesh.procs[n].grpc for n in names}
         mesh.gateway_env, mesh.log_dir = {**env, **addrs, "WEIR_GATEWAY_PORT": "0", "WEIR_GATEWAY_HTTP_PORT": "0"}, logs
+        if gateways > 1:
+            mesh.gateway_env["WEIR_REUSE_PORT"] = "1"
         mesh.procs["gateway"] = supervisor.start(
             "gateway", supervisor.python_module("services.gateway"), mesh.gateway_env, log_dir=logs)
+        if gateways > 1:
+            first = mesh.procs["gateway"]
+            shared = {"WEIR_GATEWAY_PORT": first.grpc.rsplit(":", 1)[1],
+                      "WEIR_GATEWAY_HTTP_PORT": first.http.rsplit(":", 1)[1]}
+            for i in range(2, gateways + 1):
+                add_gateway(mesh, f"gateway-{i}", shared)
         for i in range(workers):
             add_worker(mesh, "worker" if i == 0 else f"worker-{i + 1}")
     except BaseException:

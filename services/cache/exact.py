@@ -8,6 +8,8 @@ Keys (P = WEIR_CACHE_REDIS_PREFIX, default "weir:cache:"):
 - ``P meta:<tenant>``            HASH entry id -> {"x": exact key, "mk": model set key, "c": collection}.
 - ``P model:<hex(model)>:<tenant>``  SET of the entry ids answered by that model.
 - ``P tenants``                  SET of tenants with entries (for all-tenant stats).
+- ``P stats:<tenant>``, ``P stats-tenants``  lookup counts reported by readers outside this service
+  (the gateway's exact fast path; weir/exact_cache.py).
 
 Every write is one Lua script, so the registry never disagrees with the entries: Store prunes expired
 ids, writes the entry and evicts beyond capacity atomically; Invalidate removes in bounded chunks.
@@ -29,6 +31,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from weir import exact_cache
 
 log = logging.getLogger("weir.cache.exact")
 
@@ -196,7 +200,7 @@ class ExactTier:
     # ---- keys ------------------------------------------------------------------------------------
 
     def entry_key(self, tenant: str, exact_key: str) -> str:
-        return f"{self.prefix}x:{tenant}:{exact_key}"
+        return exact_cache.entry_key(self.prefix, tenant, exact_key)
 
     def model_key(self, tenant: str, model: str) -> str:
         return f"{self.prefix}model:{model.encode().hex()}:{tenant}"
@@ -282,6 +286,25 @@ class ExactTier:
             removed.extend(chunk)
             if mode == "id" or not chunk:
                 return removed
+
+    async def reader_counts(self, tenant: str | None) -> dict[str, int]:
+        """Lookup counts (STAT_FIELDS) that readers outside this service reported, for one tenant or all."""
+        if tenant is None:
+            raw = await self._call("stats-tenants",
+                                   self._redis.smembers(exact_cache.stats_tenants_key(self.prefix)))
+            tenants = sorted(_s(t) for t in raw)
+        else:
+            tenants = [tenant]
+        out = dict.fromkeys(exact_cache.STAT_FIELDS, 0)
+        if not tenants:
+            return out
+        pipe = self._redis.pipeline(transaction=False)
+        for t in tenants:
+            pipe.hmget(exact_cache.stats_key(self.prefix, t), list(exact_cache.STAT_FIELDS))
+        for values in await self._call("stats", pipe.execute()):
+            for name, v in zip(exact_cache.STAT_FIELDS, values, strict=True):
+                out[name] += int(v or 0)
+        return out
 
     async def counts(self, tenant: str | None) -> tuple[int, int]:
         """Live (exact, semantic) entries of one tenant, or of all tenants when `tenant` is None."""

@@ -418,16 +418,21 @@ class CacheService(pb_grpc.CacheServiceServicer):
     async def GetStats(self, request: pb.GetStatsRequest, context: grpc.aio.ServicerContext) -> pb.GetStatsResponse:
         if request.tenant:
             _check_tenant(request.tenant)
-            total = self._counters.get(request.tenant, Counters())
+            total = Counters()
+            total.add(self._counters.get(request.tenant, Counters()))  # a copy: readers' counts are added below
         else:
             total = Counters()
             for c in self._counters.values():
                 total.add(c)
         try:
             exact_n, semantic_n = await self.exact.counts(request.tenant or None)
+            readers = await self.exact.reader_counts(request.tenant or None)
         except RedisUnavailable as exc:
             raise WeirError(grpc.StatusCode.UNAVAILABLE, f"cannot count entries: {exc}",
                             reason="REDIS_UNAVAILABLE", retry_after_s=self.settings.redis_retry_after_s) from exc
+        # Lookups the gateway answered from the exact tier without this service (weir/exact_cache.py).
+        total.add(Counters(exact_hits=readers["exact_hits"], misses=readers["misses"],
+                           exact_lookups=readers["exact_lookups"]))
         refusals = {name: total.refusals.get(name, 0) for name in verifier.CHECK_NAMES}
         refusals.update(total.refusals)
         return pb.GetStatsResponse(

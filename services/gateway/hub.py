@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import grpc
 
 from services.gateway.auth import Principal
+from services.gateway.exact_reader import ExactReader
 from services.gateway.openai_wire import ApiError, api_error_from_remote
 from services.gateway.policy import Admission, Policy, Settlement
 from services.gateway.settings import GatewaySettings
@@ -116,10 +117,12 @@ def _degraded(code: grpc.StatusCode) -> str:
 
 
 class Hub:
-    def __init__(self, settings: GatewaySettings, policy: Policy, counter: TokenCounter) -> None:
+    def __init__(self, settings: GatewaySettings, policy: Policy, counter: TokenCounter,
+                 exact: ExactReader | None = None) -> None:
         self.settings = settings
         self.policy = policy
         self.counter = counter
+        self.exact_reader = exact  # reads the exact tier from Redis directly (else LookupExact over gRPC)
         self.deadlines = settings.deadlines
         self._channels = {
             name: open_channel(addr)
@@ -164,6 +167,11 @@ class Hub:
 
     async def _exact(self, tenant: str, req: types_pb2.ChatRequest,
                      timings: Timings) -> cache_pb.LookupExactResponse:
+        if self.exact_reader is not None:
+            since = time.perf_counter()
+            answer, reason = await self.exact_reader.lookup(tenant, req)
+            timings.add("cache", since)
+            return cache_pb.LookupExactResponse(hit=answer is not None, answer=answer, reason=reason)
         try:
             return await self._timed(timings, "cache", self.cache.LookupExact(
                 cache_pb.LookupExactRequest(tenant=tenant, request=req), timeout=self.deadlines.cache_s))
@@ -273,7 +281,10 @@ class Hub:
                     return d
             raise adm.refusal
         text = chat.semantic_text(req)
-        embed_task = asyncio.ensure_future(self._embed(text, timings)) if text.strip() else None
+        # Over gRPC the exact lookup overlaps the embedding; read straight from Redis it is shorter than an
+        # embedding hop, so the embedding waits for a miss (an exact hit then costs the embedder nothing).
+        overlap = text.strip() and not (lookup and self.exact_reader is not None)
+        embed_task = asyncio.ensure_future(self._embed(text, timings)) if overlap else None
         if lookup:
             exact = await self._exact(principal.team, req, timings)
             if exact.hit:
@@ -282,6 +293,8 @@ class Hub:
                 d.cache, d.cache_reason, d.answer = EXACT, exact.reason or "hit", exact.answer
                 return d
             d.cache_reason = exact.reason
+        if embed_task is None and text.strip():
+            embed_task = asyncio.ensure_future(self._embed(text, timings))
         emb, embed_reason = (await embed_task) if embed_task is not None else (None, "")
         d.embedding = emb
         route_task = asyncio.ensure_future(self._route(principal, req, emb, adm.prompt_tokens, timings))

@@ -7,6 +7,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from services.gateway.auth import KeyStore
+from services.gateway.exact_reader import ExactReader
 from services.gateway.grpc_api import GatewayServicer
 from services.gateway.hub import Hub
 from services.gateway.jobs import JobStore
@@ -40,7 +41,13 @@ class GatewayService:
             prefix=settings.redis_prefix, default_max_tokens=settings.default_max_tokens,
             limits_fail_open=settings.limits_fail_open, budgets_fail_open=settings.budgets_fail_open,
             events_kept=settings.ledger_events, usage_retention_days=settings.usage_retention_days)
-        self.hub = Hub(settings, self.policy, TokenCounter(load_cl100k()))
+        self.exact_redis: aioredis.Redis | None = None
+        self.exact: ExactReader | None = None
+        if settings.exact_fast_path:
+            t = settings.cache_redis_timeout_s
+            self.exact_redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=t, socket_connect_timeout=t)
+            self.exact = ExactReader(self.exact_redis, settings.cache_redis_prefix)
+        self.hub = Hub(settings, self.policy, TokenCounter(load_cl100k()), self.exact)
         # Jobs: short commands on a client with a longer timeout; blocking stream reads on one without any.
         self.jobs_redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5.0, socket_connect_timeout=1.0)
         self.blocking_redis = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=1.0)
@@ -59,13 +66,15 @@ class GatewayService:
 
     async def start(self) -> None:
         await self.policy.start()
+        if self.exact is not None:
+            await self.exact.start()
         await self.jobs.ensure_group()
         if self.worker is not None:
             await self.worker.start()
         self._runner = web.AppRunner(self.rest.app(), access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.http_host, self.settings.http_port, backlog=1024,
-                           reuse_address=True)
+                           reuse_address=True, reuse_port=self.settings.server.reuse_port or None)
         await site.start()
         sock = site._server.sockets[0]  # type: ignore[union-attr]
         host, port = sock.getsockname()[:2]
@@ -80,6 +89,10 @@ class GatewayService:
         if self.worker is not None:
             await self.worker.close(self.settings.server.grace_s)
         await self.hub.close()
+        if self.exact is not None:
+            await self.exact.close()
         await self.policy.close()
-        for client in (self.redis, self.policy_redis, self.listener_redis, self.jobs_redis, self.blocking_redis):
-            await client.aclose()
+        for client in (self.redis, self.policy_redis, self.listener_redis, self.jobs_redis, self.blocking_redis,
+                       self.exact_redis):
+            if client is not None:
+                await client.aclose()

@@ -32,6 +32,14 @@ class GatewaySettings:
     ledger_events: int = env("WEIR_GATEWAY_LEDGER_EVENTS", 100_000, help="per-request events kept (a capped stream)")
     usage_retention_days: int = env("WEIR_GATEWAY_USAGE_RETENTION_DAYS", 400, help="daily aggregates kept")
     semantic_cache: bool = env("WEIR_GATEWAY_SEMANTIC_CACHE", True)
+    exact_fast_path: bool = env(
+        "WEIR_GATEWAY_EXACT_FAST_PATH", True,
+        help="read the exact cache tier straight from Redis (same WEIR_REDIS_URL as the cache) instead of "
+             "calling the cache's LookupExact; off: every lookup goes through the cache service")
+    cache_redis_prefix: str = env("WEIR_CACHE_REDIS_PREFIX", "weir:cache:",
+                                  help="the cache's Redis key prefix (for the exact fast path)")
+    cache_redis_timeout_s: float = env("WEIR_CACHE_REDIS_TIMEOUT_S", 0.25,
+                                       help="timeout of one exact-tier read (then the lookup degrades to a miss)")
     max_body_bytes: int = env("WEIR_GATEWAY_MAX_BODY_BYTES", 4 * 1024 * 1024)
     jobs_result_ttl_s: int = env("WEIR_JOBS_RESULT_TTL_S", 86400,
                                  help="seconds a finished job and its events are kept")

@@ -116,6 +116,24 @@ def test_without_milvus_the_exact_tier_serves_and_the_response_says_degraded(mes
     assert until(lambda: reconnected(client))
 
 
+def test_without_the_cache_service_the_gateway_still_serves_exact_hits(mesh: Mesh, client: httpx.Client) -> None:
+    """The gateway reads the exact tier from Redis itself (services/gateway/exact_reader.py)."""
+    question = f"What is the deepest lake in Africa? {uuid.uuid4().hex[:6]}"
+    content = ask(client, question).json()["choices"][0]["message"]["content"]
+    assert until(lambda: ask(client, question).headers["x-weir-cache"] == "exact")
+    mesh.procs["cache"].stop()
+    try:
+        hit = ask(client, question)
+        assert hit.headers["x-weir-cache"] == "exact" and cache_reason(hit) == "hit"
+        assert hit.json()["choices"][0]["message"]["content"] == content
+        other = ask(client, f"Name a deep lake in Asia {uuid.uuid4().hex[:6]}")
+        assert other.headers["x-weir-cache"] == "miss"
+        assert cache_reason(other).startswith("degraded: cache unavailable"), cache_reason(other)
+    finally:
+        restart_cache(mesh)
+    assert until(lambda: reconnected(client))
+
+
 def test_without_the_embedder_the_exact_tier_serves_and_the_response_says_degraded(mesh: Mesh,
                                                                                    client: httpx.Client) -> None:
     first = ask(client, "What is the tallest waterfall in Europe?")

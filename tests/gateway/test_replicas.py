@@ -17,7 +17,7 @@ import aiohttp
 import httpx
 
 from tests.gateway.conftest import NewKey, wait_events
-from weir.devmesh import Mesh
+from weir.devmesh import Mesh, add_gateway
 from weir.kit import supervisor
 
 CLIENTS = 64
@@ -89,3 +89,23 @@ def test_team_budget_holds_across_two_replicas(mesh: Mesh, gateway2: supervisor.
     assert spent <= budget + largest
     assert spent <= budget
     assert counter == spent or abs(counter - spent) < 1e-9 * len(admitted), "the counter holds the real cost"
+
+
+def test_gateway_processes_can_share_one_port(mesh: Mesh, admin: httpx.Client) -> None:
+    """WEIR_REUSE_PORT: several gateway processes serve the same REST and gRPC ports (weir up's
+    WEIR_GATEWAY_PROCESSES); when one stops, the port keeps answering."""
+    first = add_gateway(mesh, "gw-shared-1", {"WEIR_REUSE_PORT": "1"})
+    shared = {"WEIR_REUSE_PORT": "1", "WEIR_GATEWAY_PORT": first.grpc.rsplit(":", 1)[1],
+              "WEIR_GATEWAY_HTTP_PORT": first.http.rsplit(":", 1)[1]}
+    second = add_gateway(mesh, "gw-shared-2", shared)
+    try:
+        assert second.http == first.http and second.grpc == first.grpc
+        body = {"model": "fake-small", "messages": [{"role": "user", "content": "Shared port?"}]}
+        auth = {"Authorization": f"Bearer {mesh.master_key}"}
+        first.stop()
+        for _ in range(5):  # a new connection each time: only the second process is left to take it
+            r = httpx.post(f"http://{first.http}/v1/chat/completions", json=body, headers=auth, timeout=30)
+            assert r.status_code == 200, r.text
+    finally:
+        first.stop()
+        second.stop()

@@ -150,9 +150,15 @@ def up(no_fake: bool = False) -> int:
         # The job worker first: the banner follows the gateway's readiness without waiting for it.
         worker = mesh.start("worker", "services.gateway.worker", gw_env)
         rows.append(("worker", "jobs queue (Redis Streams)", f"pid {worker.popen.pid}", "SERVING"))
+        # WEIR_GATEWAY_PROCESSES > 1: that many gateway processes share its ports (SO_REUSEPORT), one per core.
+        processes = int(os.environ.get("WEIR_GATEWAY_PROCESSES", "1") or 1)
+        if processes > 1:
+            gw_env["WEIR_REUSE_PORT"] = "1"
         gateway = mesh.start("gateway", "services.gateway", gw_env)
+        for i in range(2, processes + 1):
+            mesh.start(f"gateway-{i}", "services.gateway", gw_env)
         for proc in mesh.procs:
-            if proc.name in addrs or proc.name == "gateway":
+            if proc.name in addrs or proc.name.startswith("gateway"):
                 rows.append((proc.name, proc.grpc + (f"  http://{proc.http}" if proc.http else ""),
                              f"pid {proc.popen.pid}", grpc_health(proc.grpc)))
     except (supervisor.StartError, OSError, RuntimeError) as exc:

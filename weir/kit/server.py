@@ -56,6 +56,9 @@ class ServerSettings:
     grace_s: float = env("WEIR_SHUTDOWN_GRACE_S", 5.0, help="seconds in-flight calls get on SIGTERM")
     ready_file: Path | None = env("WEIR_READY_FILE", None, help="written with the bound address once serving")
     metrics_port: int | None = env("WEIR_METRICS_PORT", None, help="Prometheus /metrics port (0 = any free port)")
+    reuse_port: bool = env("WEIR_REUSE_PORT", False,
+                           help="let several processes of this service share its ports (SO_REUSEPORT: the kernel "
+                                "spreads connections over them); off, a taken port is an error")
 
 
 class Service(Protocol):
@@ -153,10 +156,13 @@ def _is_abort(exc: BaseException) -> bool:
     return type(exc).__name__ == "AbortError"
 
 
-async def create_server(service: Service, host: str = "127.0.0.1", port: int = 0) -> tuple[grpc.aio.Server, int]:
-    """Starts `service` on host:port (0 picks a free port) with health and reflection; returns (server, port)."""
+async def create_server(service: Service, host: str = "127.0.0.1", port: int = 0,
+                        reuse_port: bool = False) -> tuple[grpc.aio.Server, int]:
+    """Starts `service` on host:port (0 picks a free port) with health and reflection; returns (server, port).
+    `reuse_port`: other processes may serve the same port (SO_REUSEPORT)."""
     interceptors = [*telemetry.server_interceptors(), _ErrorInterceptor()]
-    server = grpc.aio.server(interceptors=interceptors, options=GRPC_OPTIONS)
+    options = [(k, int(reuse_port) if k == "grpc.so_reuseport" else v) for k, v in GRPC_OPTIONS]
+    server = grpc.aio.server(interceptors=interceptors, options=options)
     service.register(server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -226,7 +232,7 @@ def serve(name: str, factory: Callable[[], Service], settings: ServerSettings, p
 
     async def main() -> None:
         service = factory()
-        server, bound = await create_server(service, settings.host, port)
+        server, bound = await create_server(service, settings.host, port, settings.reuse_port)
         address = f"{settings.host}:{bound}"
         info: dict[str, Any] = getattr(service, "ready_info", dict)()  # e.g. the gateway's HTTP address
         if settings.metrics_port is not None:

@@ -1,0 +1,103 @@
+"""The gateway's read fast path into the exact cache tier: one Redis GET instead of a gRPC hop to the cache.
+
+The cache service owns the tier (it writes entries with their registry, TTL, capacity and invalidation); the
+gateway shares its Redis and keyspace (weir/exact_cache.py) and reads entries directly, so an exact hit costs one
+Redis round trip and a miss goes on to the embedding without waiting for another process. Lookup counts go to
+the tier's stats hash once a second (one pipelined round trip), where the cache's GetStats adds them.
+
+Redis trouble degrades like the cache itself does: the lookup is a miss with a "degraded" reason, a small breaker
+stops further tries for a second, and the request goes on to the semantic tier and the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from weir import chat, exact_cache
+from weir.cache.v1 import cache_service_pb2 as cache_pb
+from weir.common.v1 import types_pb2
+
+log = logging.getLogger("weir.gateway.exact")
+
+FLUSH_S = 1.0
+_HITS, _LOOKUPS, _MISSES = exact_cache.STAT_FIELDS.index("exact_hits"), \
+    exact_cache.STAT_FIELDS.index("exact_lookups"), exact_cache.STAT_FIELDS.index("misses")
+
+
+class ExactReader:
+    def __init__(self, redis: aioredis.Redis, prefix: str, retry_after_s: float = 1.0) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.retry_after_s = retry_after_s
+        self._down_until = 0.0
+        self._counts: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        await self.flush()
+
+    async def lookup(self, tenant: str, req: types_pb2.ChatRequest) -> tuple[cache_pb.CachedAnswer | None, str]:
+        """The tenant's exact-tier answer to `req` (or None) and the reason, as LookupExact gives them."""
+        if time.monotonic() < self._down_until:
+            return None, "degraded: redis unavailable"
+        key = exact_cache.entry_key(self.prefix, tenant, chat.exact_key(tenant, req))
+        try:
+            blob = await self.redis.get(key)
+        except (RedisError, OSError) as exc:
+            if self._down_until == 0.0:
+                log.warning("exact tier unreachable; lookups degrade", extra={"error": type(exc).__name__})
+            self._down_until = time.monotonic() + self.retry_after_s
+            return None, "degraded: redis unavailable"
+        self._down_until = 0.0
+        counts = self._counts[tenant]
+        counts[_LOOKUPS] += 1
+        if blob is None:
+            counts[_MISSES] += 1
+            return None, "miss"
+        try:
+            answer = cache_pb.CachedAnswer.FromString(blob if isinstance(blob, bytes) else blob.encode())
+        except Exception:  # a damaged entry is a miss, never an error for the client
+            log.warning("unreadable exact-tier entry ignored")
+            counts[_MISSES] += 1
+            return None, "miss"
+        counts[_HITS] += 1
+        return answer, "hit"
+
+    async def flush(self) -> None:
+        """Adds the counts gathered since the last flush to the tier's stats (kept for the next try on error)."""
+        if not self._counts:
+            return
+        counts, self._counts = self._counts, defaultdict(lambda: [0, 0, 0])
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for tenant, values in counts.items():
+                    key = exact_cache.stats_key(self.prefix, tenant)
+                    for name, v in zip(exact_cache.STAT_FIELDS, values, strict=True):
+                        if v:
+                            pipe.hincrby(key, name, v)
+                    pipe.sadd(exact_cache.stats_tenants_key(self.prefix), tenant)
+                await pipe.execute()
+        except (RedisError, OSError):
+            for tenant, values in counts.items():
+                mine = self._counts[tenant]
+                for i, v in enumerate(values):
+                    mine[i] += v
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_S)
+            await self.flush()
