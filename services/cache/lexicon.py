@@ -8,6 +8,8 @@ type in lower case. Keys are lower case; multi-word phrases are joined with a sp
 
 from __future__ import annotations
 
+from pathlib import Path
+
 # ---- normalisation ------------------------------------------------------------------------------------
 
 # Contractions and chat shorthand, expanded before anything else looks at the text.
@@ -38,6 +40,15 @@ EXPANSIONS: dict[str, str] = {
     "db": "database", "dbs": "databases", "env": "environment", "vs.": "vs", "versus": "vs",
     "e-mail": "email", "e-mails": "emails", "log-in": "login", "sign-in": "signin", "sign-up": "signup",
     "wi-fi": "wifi", "set-up": "setup", "check-in": "checkin", "carry-on": "carryon", "carry on": "carryon",
+    # common abbreviations of general and technical words (names stay names: "js" is JavaScript)
+    "k8s": "kubernetes", "js": "javascript", "gpu": "graphics card", "gpus": "graphics cards",
+    "cpu": "processor", "cpus": "processors", "ram": "memory", "os": "operating system",
+    "vm": "virtual machine", "vms": "virtual machines", "cert": "certificate", "certs": "certificates",
+    "var": "variable", "vars": "variables", "docs": "documentation", "doc": "document",
+    "auth": "authentication", "govt": "government", "dept": "department", "uni": "university",
+    "prof": "professor", "ppl": "people", "bday": "birthday", "ev": "electric vehicle",
+    "evs": "electric vehicles", "approx": "approximately", "w/out": "without", "pre-owned": "secondhand",
+    "second-hand": "secondhand",
 }
 
 # Phrasal verbs: verb + particle become one word ("turn on" -> "turnon"), so "turn on" and "turn off"
@@ -46,7 +57,7 @@ PHRASAL_VERBS = frozenset({
     "turn", "switch", "log", "sign", "zoom", "opt", "check", "back", "set", "pick", "speed", "shut", "power",
     "plug", "scroll", "roll", "scale", "lock", "look", "clean", "clear", "wake", "start", "boot", "fill",
     "sum", "round", "cut", "wipe", "top", "calm", "cool", "warm", "slow", "break", "mix", "hang", "throw",
-    "blow", "pay", "carry", "sort", "freeze", "dial", "spin", "tune", "print",
+    "blow", "pay", "carry", "sort", "freeze", "dial", "spin", "tune", "print", "free",
 })
 # Light verbs take a particle only when no noun phrase follows it ("take off" / "take on the plane").
 LIGHT_PHRASAL_VERBS = frozenset({"take", "put", "go", "come", "give", "show", "work", "write", "drop", "hand",
@@ -63,6 +74,11 @@ PHRASES: dict[str, str] = {
     "as well": "also", "right now": "now", "at the moment": "now", "kind of": "", "sort of": "",
     "in order to": "to", "so that": "so", "is it possible to": "can", "am i able to": "can i",
     "be able to": "can", "is there a way to": "can",
+    # "what does it mean when X" asks why X; "get more X" is "increase X"
+    "what does it mean when": "why", "what does it mean if": "why", "what does that mean when": "why",
+    "get more": "increase", "get higher": "increase", "get a higher": "increase", "get a bigger": "increase",
+    "get a larger": "increase", "get less": "decrease", "get fewer": "decrease", "get lower": "decrease",
+    "get a lower": "decrease", "get a smaller": "decrease",
 }
 
 # Irregular verb forms, mapped to the base form before stemming.
@@ -203,6 +219,8 @@ _units("fps")
 _units("rpm")
 _units("psi")
 _units("bar")
+# Counted things that are units only after a number ("10 steps"; not "steps to reset a router").
+COUNT_UNITS = frozenset({"step", "rep", "serving", "pixel"})
 # "second" is a unit only next to a number or another time unit; see verifier._analyze.
 TIME_UNITS = frozenset({"ms", "sec", "minute", "hour", "day", "week", "month", "year", "decade", "century"})
 # Unit symbols that are units wherever they appear; unit words ("dollar", "cup") count as units only next
@@ -295,6 +313,13 @@ NEGATIONS = frozenset({
 })
 # Negating prefixes: "incompatible" is "not compatible" when the other text has "compatible".
 NEGATING_PREFIXES = ("un", "in", "im", "il", "ir", "dis", "non", "non-", "de", "anti", "mis")
+# Prefixes that stay joined to their word when written with a hyphen ("non-deductible" = "nondeductible").
+# Not "in-": "in-store", "in-app" are a preposition and a noun.
+HYPHEN_NEGATING_PREFIXES = frozenset({"non", "un", "dis", "anti", "mis", "de", "counter"})
+# Personal pronouns by person (subject and object form alike): their order around a verb gives the roles
+# ("can my landlord sue me" / "can I sue my landlord"); see verifier.check_order.
+PERSONS = {"i": "<i>", "me": "<i>", "we": "<we>", "us": "<we>", "you": "<you>", "he": "<he>", "him": "<he>",
+           "they": "<they>", "them": "<they>"}
 
 # Scope words, canonicalised: words that mean the same scope share one name.
 SCOPE: dict[str, str] = {
@@ -316,6 +341,9 @@ SCOPE: dict[str, str] = {
     "rarely": "rarely", "ever": "ever", "occasionally": "sometimes", "frequently": "often",
     "top": "top", "bottom": "bottom", "cheapest": "least_cost", "priciest": "most_cost",
 }
+# Words after which "last" is the verb ("how long does it last", "last in the fridge", "last longer").
+AFTER_VERB_LAST = frozenset({"", "in", "for", "on", "after", "outside", "without", "longer", "if", "when",
+                             "through", "until", "till", "once", "before", "at"})
 # Scope words a paraphrase may add or drop without changing the question ("list users" / "list all users").
 IMPLICIT_SCOPE = frozenset({"all", "any", "some"})
 
@@ -334,7 +362,7 @@ INTENT_NOUNS = {
     "price": "amount", "cost": "amount", "costs": "amount", "fee": "amount", "fees": "amount",
     "distance": "distance", "speed": "speed", "age": "age", "height": "size", "weight": "weight",
     "temperature": "temperature", "reason": "why", "reasons": "why", "cause": "why", "causes": "why",
-    "duration": "duration",
+    "duration": "duration", "deadline": "when", "deadlines": "when",
 }
 # "what/which" + one of these asks "when" ("what time does it open").
 WHEN_NOUNS = frozenset({"time", "date", "day", "year", "month", "hour"})
@@ -383,7 +411,7 @@ STOPWORDS = frozenset([
     "something", "some", "any", "possible", "able", "allowed", "permitted", "okay", "fine", "thing", "things",
     "stuff", "kind", "sort", "type", "actually", "basically", "mean", "means", "meaning", "meant", "definition",
     "define", "defined", "is", "there", "exist", "exists", "exactly", "correct", "right", "typically", "usually",
-    "generally", "normally", "commonly", "often", "currently",
+    "generally", "normally", "commonly", "often", "currently", "while", "whilst",
 ])
 
 # Light verbs and request words that a paraphrase swaps freely ("how do I ..." / "what's the way to ...").
@@ -394,7 +422,18 @@ FILLER = frozenset({"use", "using", "used", "take", "put", "bring",
                     "learn", "understand", "example", "examples", "expected", "supposed", "required", "require",
                     "necessary", "needed", "work", "works", "happen", "happens", "available", "having",
                     "instructions", "information", "details", "detail", "overview", "summary", "reason",
-                    "question", "problem", "issue", "regarding", "concerning", "about", "related"})
+                    "question", "problem", "issue", "regarding", "concerning", "about", "related",
+                    "obtain", "acquire", "approximately", "roughly"})
+
+# "used" is the adjective (second-hand) after these words unless a preposition follows ("used for", "used to").
+BEFORE_SECONDHAND = DETERMINERS | {"or", "and", "new", "buy", "buying", "sell", "selling", "certified"}
+AFTER_USED_VERB = frozenset({"to", "for", "by", "as", "in", "with", "on", "at", "when", "if"})
+
+# Verbs that only introduce an embedded question: "check which ports are open" = "see which ports are open"
+# = "find out which ports are open"; followed by one of EMBEDDED_QUESTION they add nothing.
+INQUIRY_VERBS = frozenset({"see", "check", "find", "tell", "know", "figure", "determine", "verify", "confirm",
+                           "work", "learn", "ask"})
+EMBEDDED_QUESTION = frozenset({"which", "what", "whether", "if", "how", "who", "where", "when", "why"})
 
 # Operations: a word a paraphrase may not add on one side only ("find a file" / "delete a file").
 ACTIONS = frozenset([
@@ -471,7 +510,7 @@ SYNONYM_GROUPS: tuple[tuple[str, ...], ...] = (
     ("choose", "pick", "select"),
     ("find", "locate"),
     ("allow", "permit", "let"),
-    ("receive", "obtain", "acquire"),
+    ("receive",),
     ("request", "ask"),
     ("speed", "velocity"),
     ("guideline", "rule", "policy"),
@@ -567,3 +606,24 @@ GAZETTEER = frozenset([
     "malaria", "diabetes", "asthma", "einstein", "newton", "darwin", "shakespeare", "mozart", "beethoven",
     "picasso", "jupiter", "saturn", "neptune", "uranus",
 ])
+
+
+# ---- synonym groups of services/cache/synonyms.txt ------------------------------------------------------
+
+SYNONYMS_FILE = Path(__file__).with_name("synonyms.txt")
+
+
+def load_synonym_groups(path: Path = SYNONYMS_FILE) -> tuple[tuple[str, ...], ...]:
+    """The groups of a synonyms file: one per line, comma-separated, `#` starts a comment. A missing file
+    gives none (the verifier then only refuses more)."""
+    if not path.is_file():
+        return ()
+    groups = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        words = tuple(w.strip().lower() for w in line.split("#", 1)[0].split(",") if w.strip())
+        if len(words) >= 2:
+            groups.append(words)
+    return tuple(groups)
+
+
+SYNONYM_GROUPS = SYNONYM_GROUPS + load_synonym_groups()

@@ -17,13 +17,15 @@ Checks, in order (conservative: when in doubt, refuse; a refusal only costs one 
             "all"/"any" may be left implicit on one side ("list users" = "list all users").
 - intent:   the kind of question agrees (who / when / where / why / how much / how long / how old ...).
 - order:    two shared words do not swap sides around a directional word or a shared pivot
-            ("km to miles" vs "miles to km", "A beat B" vs "B beat A"); units keep their order.
+            ("km to miles" vs "miles to km", "A beat B" vs "B beat A", "I sue my landlord" vs "my landlord
+            sues me": personal pronouns take part by person); units keep their order.
 - entities: names and code-like tokens (capitalised words, acronyms, snake_case, file.ext, quoted text,
             well-known names typed in lower case) of either text appear in the other.
-- content:  after stop words, light verbs, inflection, spelling variants, common synonyms and typos are
-            accounted for, no content word of one text is replaced by another in the other text
-            ("cats" vs "dogs", "boil" vs "poach", "enable" vs "disable"), and at most a couple of
-            words are only added on one side.
+- content:  after stop words, light verbs, inflection, spelling variants, abbreviations, synonyms
+            (lexicon.py and synonyms.txt), derivations, names written as one word or several and typos
+            are accounted for, no content word of one text is replaced by another in the other text
+            ("cats" vs "dogs", "boil" vs "poach", "enable" vs "disable"), no verb takes another particle
+            ("take off" vs "take on"), and at most one word is only added on one side.
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ _CURRENCY = {"$": "dollar", "€": "euro", "£": "gbp", "¥": "yen"}
 # Words before an ambiguous date word ("in may", "this fall", "on sat") that make it a date.
 _DATE_CONTEXT = frozenset({"in", "on", "by", "until", "till", "since", "during", "next", "last", "this", "every",
                            "early", "late", "mid", "through", "from", "before", "after", "of"})
+# Prepositions that make an ambiguous date word after "the" a date ("in the fall", "during the spring").
+_DATE_BEFORE_THE = frozenset({"in", "during", "by", "until", "till", "through", "since"})
 # Words before "second" that make it the unit ("a second", "per second"), not the ordinal.
 _RATE_CONTEXT = frozenset({"per", "a", "an", "each", "every", "one", "few", "several", "many", "some"})
 # Words around a unit word that make it a unit without a number ("convert euros to dollars").
@@ -93,7 +97,10 @@ class Facts:
     entities: frozenset[str]
     quoted: tuple[frozenset[str], ...]
     content: tuple[str, ...]  # canonical content words (a sorted multiset)
+    # (canonical word, canonical parts) of 2-3 adjacent words written as one ("null pointer exception")
+    compounds: tuple[tuple[str, tuple[str, ...]], ...]
     sequence: tuple[str, ...]  # salient tokens and connectors (to, than, & for and/vs, @ for in/of), in order
+    particles: frozenset[str]  # verb stem + the particle right after it ("tak off" in "take off my shoes")
 
 
 def stem(word: str) -> str:
@@ -117,7 +124,7 @@ def stem(word: str) -> str:
             break
     else:
         if word.endswith("ly") and len(word) >= 6:
-            word, stripped = word[:-2], True
+            word = word[:-2]  # safely -> safe -> saf, like safe
     if word.endswith("e") and len(word) > 3 and not stripped:
         word = word[:-1]  # place/placed -> plac, agree/agreed -> agre
     if len(word) > 3 and word[-1] == word[-2] and word[-1] not in _VOWELS and word[-1] not in "ls":
@@ -125,9 +132,23 @@ def stem(word: str) -> str:
     return word
 
 
+# Phrasal verbs are recognised by their stem ("scaling up", "scale up" -> "scal" + "up").
+_PHRASAL = frozenset(stem(w) for w in lx.PHRASAL_VERBS)
+_LIGHT_PHRASAL = frozenset(stem(w) for w in lx.LIGHT_PHRASAL_VERBS)
+
+
+def _joined_phrasal(word: str) -> str:
+    """A joined phrasal verb of a word list ("shutdown", "freeup") in the form analyze() builds: stem + particle."""
+    for particle in lx.PARTICLES:
+        verb = word[: -len(particle)]
+        if word.endswith(particle) and (verb in lx.PHRASAL_VERBS or verb in lx.LIGHT_PHRASAL_VERBS):
+            return stem(verb) + ("in" if particle == "into" else particle)
+    return word
+
+
 for _group in lx.SYNONYM_GROUPS:
     for _w in _group:
-        _SYNONYMS.setdefault(stem(_w), stem(_group[0]))
+        _SYNONYMS.setdefault(stem(_joined_phrasal(_w)), stem(_joined_phrasal(_group[0])))
 _SKIP_STEMS = frozenset(stem(w) for w in _SKIP)
 
 
@@ -135,11 +156,12 @@ def canonical(word: str) -> str:
     """The form content words are compared in: spelling, stem and synonym normalised."""
     word = lx.SPELLINGS.get(word, word)
     word = lx.IRREGULAR.get(word, word)
-    s = stem(word)
+    s = stem(_joined_phrasal(word))  # "cleanup" typed as one word = "clean up"
     return _SYNONYMS.get(s, s)
 
 
 _ACTIONS = frozenset(canonical(w) for w in lx.ACTIONS)
+_INQUIRY = frozenset(stem(w) for w in lx.INQUIRY_VERBS)
 
 
 def _decimal(digits: str) -> str:
@@ -207,7 +229,7 @@ def _join_phrases(toks: list[tuple[str, str, bool]]) -> list[tuple[str, str, boo
     out: list[tuple[str, str, bool]] = []
     i = 0
     while i < len(toks):
-        for size in (4, 3, 2):
+        for size in (5, 4, 3, 2):
             phrase = " ".join(t[0] for t in toks[i:i + size])
             if len(toks) - i >= size and phrase in lx.PHRASES:
                 out.extend((w, phrase, toks[i][2]) for w in lx.PHRASES[phrase].split())
@@ -260,6 +282,8 @@ def analyze(text: str) -> Facts:
         parts = (expansion or low).split()
         if expansion is None and "-" in low and not any(c.isdigit() for c in low):
             parts = [p for p in low.split("-") if p]  # two-factor -> two factor, in-store -> in store
+            if len(parts) >= 2 and parts[0] in lx.HYPHEN_NEGATING_PREFIXES:
+                parts[:2] = [parts[0] + parts[1]]  # non-deductible -> nondeductible (see check_negation)
             words.add(low.replace("-", ""))
         for j, part in enumerate(parts):
             toks.append((part, low, opens and j == 0))
@@ -274,6 +298,7 @@ def analyze(text: str) -> Facts:
     intents: set[str] = set()
     content: list[str] = []
     sequence: list[str] = []
+    particles: set[str] = set()
     n = len(toks)
     i = 0
     prev = ""
@@ -314,8 +339,8 @@ def analyze(text: str) -> Facts:
         unit = lx.UNITS.get(word)
         if word in ("second", "seconds") and (prev == "#" or prev in _RATE_CONTEXT or word == "seconds"):
             unit = "sec"
-        if unit is not None and (word in lx.UNIT_SYMBOLS or unit in lx.TIME_UNITS or prev == "#"
-                                 or prev in _CONVERSION or nxt in _CONVERSION):
+        if unit is not None and (word in lx.UNIT_SYMBOLS or unit in lx.TIME_UNITS or prev == "#" or (
+                unit not in lx.COUNT_UNITS and (prev in _CONVERSION or nxt in _CONVERSION))):
             prev = word
             if unit == "degree" and nxt in ("celsius", "fahrenheit", "kelvin", "°c", "°f"):
                 prev = "#"
@@ -324,7 +349,8 @@ def analyze(text: str) -> Facts:
             sequence.append(unit)
             continue
         date = lx.DATE_WORDS.get(word)
-        if date is not None and (word not in lx.AMBIGUOUS_DATE_WORDS or prev in _DATE_CONTEXT or prev == "#"):
+        if date is not None and (word not in lx.AMBIGUOUS_DATE_WORDS or prev in _DATE_CONTEXT or prev == "#"
+                                 or (prev == "the" and i >= 3 and toks[i - 3][0] in _DATE_BEFORE_THE)):
             dates.add(date)
             sequence.append(date)
             prev = word
@@ -334,6 +360,8 @@ def analyze(text: str) -> Facts:
             prev = word
             continue
         canon_scope = lx.SCOPE.get(word)
+        if word == "last" and nxt in lx.AFTER_VERB_LAST and prev not in lx.DETERMINERS and prev not in ("at", "#"):
+            canon_scope = None  # the verb: "how long does a game last", "will it last in the fridge"
         if canon_scope is not None:
             if canon_scope:
                 scope.add(canon_scope)
@@ -364,11 +392,19 @@ def analyze(text: str) -> Facts:
         elif word in lx.ATTACHING:
             sequence.append("@")
         base = stem(lx.IRREGULAR.get(word, word))
-        if nxt in lx.PARTICLES and (base in lx.PHRASAL_VERBS or (
-                base in lx.LIGHT_PHRASAL_VERBS and after not in lx.DETERMINERS)):
+        if base in _INQUIRY and (nxt in lx.EMBEDDED_QUESTION or (nxt == "out" and after in lx.EMBEDDED_QUESTION)):
+            prev = word
+            continue  # "check which ports are open" = "see which ports are open"
+        if nxt in lx.PARTICLES and (base in _PHRASAL or base in _LIGHT_PHRASAL):
+            particles.add(f"{base} {'in' if nxt == 'into' else nxt}")
+        if nxt in lx.PARTICLES and (base in _PHRASAL or (base in _LIGHT_PHRASAL and after not in lx.DETERMINERS)):
             word = base + ("in" if nxt == "into" else nxt)
             i += 1
+        elif word == "used" and prev in lx.BEFORE_SECONDHAND and nxt not in lx.AFTER_USED_VERB:
+            word = "secondhand"  # "a used car", "new or used": the adjective, not the light verb
         prev = word
+        if word in lx.PERSONS:
+            sequence.append(lx.PERSONS[word])  # roles: "can my landlord sue me" / "can I sue my landlord"
         if word in _SKIP or word in lx.INTENT_WORDS:
             continue
         if word in acronyms or word in lx.GAZETTEER:
@@ -396,6 +432,14 @@ def analyze(text: str) -> Facts:
         if b and a + b in lx.GAZETTEER:
             entities.add(a + b)
             words.add(a + b)
+    compounds: list[tuple[str, tuple[str, ...]]] = []
+    for size in (2, 3):
+        for k in range(len(plain) - size + 1):
+            span = plain[k:k + size]
+            if all(w.isalpha() and w not in _SKIP for w in span):
+                joined = "".join(span)
+                words.add(joined)
+                compounds.append((canonical(joined), tuple(sorted(canonical(w) for w in span))))
     quoted = tuple(
         frozenset(w.lower() for w in _TOKEN.findall(next(g for g in m.groups() if g is not None)))
         for m in _QUOTED.finditer(text)
@@ -413,7 +457,9 @@ def analyze(text: str) -> Facts:
         entities=frozenset(entities),
         quoted=quoted,
         content=tuple(sorted(content)),
+        compounds=tuple(compounds),
         sequence=tuple(sequence),
+        particles=frozenset(particles),
     )
 
 
@@ -497,6 +543,7 @@ def check_intent(query: Facts, stored: Facts) -> Verdict:
 
 
 _SALIENT_EXCLUDED = lx.DIRECTIONAL | {"&", "@"}
+_NOT_PIVOTS = frozenset({"&", "@", *lx.PERSONS.values()})  # a pronoun takes a role, it does not relate two
 
 
 def _between(seq: Sequence[str], x: int, y: int) -> list[str]:
@@ -529,7 +576,7 @@ def check_order(query: Facts, stored: Facts) -> Verdict:
             seg_q, seg_s = _between(qs, qp[a], qp[b]), _between(ss, sp[a], sp[b])
             if "&" in seg_q or "&" in seg_s:
                 continue  # a symmetric relation
-            pivots = [p for p in seg_q if p in seg_s and p not in ("&", "@")]
+            pivots = [p for p in seg_q if p in seg_s and p not in _NOT_PIVOTS]
             strong = [p for p in pivots if p in lx.DIRECTIONAL or p in dates]
             attached = seg_q[-1:] == ["@"] or seg_s[-1:] == ["@"] or "@" in seg_q[:1] or "@" in seg_s[:1]
             pivot = strong[0] if strong else (pivots[0] if pivots and not attached else None)
@@ -569,20 +616,51 @@ _DERIVATIONS = ("ment", "ation", "ion", "er", "or", "ance", "ence", "ist", "ure"
 def _derived(a: str, b: str) -> bool:
     """`a` is `b` plus a derivational suffix (treatment / treat, painter / paint), or the reverse."""
     short, long_ = (a, b) if len(a) < len(b) else (b, a)
+    if len(short) >= 5 and short.endswith("nt") and long_ == short[:-1] + "cy":
+        return True  # pregnant / pregnancy, urgent / urgency
     if len(short) < 4 or not long_.startswith(short):
         return False
     suffix = long_[len(short):]
     return suffix in _DERIVATIONS and (suffix != "er" or len(short) >= 5)
 
 
+# Derivational suffixes and what they replace, to find the verb of a noun: verification -> verify.
+_NOUN_SUFFIXES = (("ification", "ify"), ("ation", ""), ("ation", "e"), ("ition", ""), ("ion", ""),
+                  ("ion", "e"), ("ment", ""), ("al", ""), ("ance", ""), ("ence", ""))
+
+
+@lru_cache(maxsize=4096)
+def _base_forms(word: str) -> frozenset[str]:
+    """Canonical forms of the words `word` derives from (verification -> verify -> its synonym group)."""
+    out = set()
+    for suffix, replacement in _NOUN_SUFFIXES:
+        if word.endswith(suffix) and len(word) - len(suffix) + len(replacement) >= 4:
+            out.add(canonical(word[: -len(suffix)] + replacement))
+    return frozenset(out)
+
+
 def _matches(a: str, b: str) -> bool:
-    return _typo(a, b) or _derived(a, b)
+    return _typo(a, b) or _derived(a, b) or b in _base_forms(a) or a in _base_forms(b)
+
+
+def _take_compounds(mine: list[str], theirs: list[str], their_compounds: Sequence[tuple[str, tuple[str, ...]]]) -> None:
+    """Removes a word of `mine` that the other text writes as 2-3 words (NullPointerException / null pointer
+    exception), with those words from `theirs`."""
+    for word in list(mine):
+        for joined, parts in their_compounds:
+            if joined == word and not Counter(parts) - Counter(theirs):
+                mine.remove(word)
+                for part in parts:
+                    theirs.remove(part)
+                break
 
 
 def check_content(query: Facts, stored: Facts) -> Verdict:
     """No content word is replaced by another; at most MAX_ADDED_WORDS appear on one side only."""
     q, s = Counter(query.content), Counter(stored.content)
     only_q, only_s = list((q - s).elements()), list((s - q).elements())
+    _take_compounds(only_q, only_s, stored.compounds)
+    _take_compounds(only_s, only_q, query.compounds)
     names = query.entities | stored.entities
     for a in list(only_q):
         if a in names:
@@ -593,6 +671,12 @@ def check_content(query: Facts, stored: Facts) -> Verdict:
             only_s.remove(match)
     if only_q and only_s:
         return _refuse("content", only_q, only_s)
+    # The same verb with another particle: "take off my shoes" / "take on my shoes" (a particle may be
+    # moved or left out: "take my shoes off").
+    q_verbs = {p.split()[0]: p for p in query.particles - stored.particles}
+    clash = [(q_verbs[p.split()[0]], p) for p in stored.particles - query.particles if p.split()[0] in q_verbs]
+    if clash:
+        return _refuse("content", [clash[0][0]], [clash[0][1]])
     # An added word is tolerated only when nothing else moved: not with a quantifier left implicit ("all
     # images" / "unused images") nor a member of a coordination dropped ("ice or heat" / "heat").
     allowed = MAX_ADDED_WORDS
