@@ -1,5 +1,5 @@
 # Weir developer commands. `make up` and `make test` bootstrap what they need (see scripts/bootstrap.sh).
-.PHONY: up test check lint proto proto-check deploy-check model bench bootstrap clean
+.PHONY: up test check lint proto proto-check deploy-check model bench bench-soak profile bootstrap clean
 
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -46,6 +46,14 @@ bench-cache: bootstrap
 
 bench-router: bootstrap
 	@$(PY) -m bench.router_bench
+
+## 30 minutes of mixed load; RSS of every process must stay flat (<= 5% growth).
+bench-soak: bootstrap
+	@$(PY) -m bench.soak --minutes 30
+
+## Where each service spends its CPU under load (py-spy; `pip install py-spy` into the venv first).
+profile: bootstrap
+	@$(PY) -m bench.profile_mesh
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

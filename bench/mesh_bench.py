@@ -58,11 +58,35 @@ async def run_load(session: aiohttp.ClientSession, url: str, headers: dict[str, 
     return latencies
 
 
+async def run_ttft(session: aiohttp.ClientSession, url: str, headers: dict[str, str],
+                   bodies: Callable[[int], bytes], n: int) -> tuple[list[float], list[float]]:
+    """Streams `n` answers one after another; returns the times to the first content chunk and to the end."""
+    first: list[float] = []
+    whole: list[float] = []
+    for i in range(n):
+        t = time.perf_counter()
+        seen = False
+        async with session.post(url, data=bodies(i), headers=headers) as r:
+            if r.status != 200:
+                raise RuntimeError(f"HTTP {r.status}: {await r.text()}")
+            async for line in r.content:
+                if not seen and line.startswith(b"data: {") and b'"content":"' in line:
+                    first.append((time.perf_counter() - t) * 1000)
+                    seen = True
+        whole.append((time.perf_counter() - t) * 1000)
+    return first, whole
+
+
+def stream_body(model: str, text: str, temperature: float = 0.0) -> bytes:
+    return orjson.dumps({"model": model, "stream": True, "temperature": temperature,
+                         "messages": [{"role": "user", "content": text}]})
+
+
 def body(model: str, text: str) -> bytes:
     return orjson.dumps({"model": model, "messages": [{"role": "user", "content": text}], "temperature": 0})
 
 
-SCENARIOS = ("direct", "miss", "exact", "semantic")
+SCENARIOS = ("direct", "miss", "exact", "semantic", "stream")
 
 
 async def bench(mesh: Mesh, n: int, levels: list[int], wanted: list[str], redis_pid: int) -> None:
@@ -106,6 +130,14 @@ async def bench(mesh: Mesh, n: int, levels: list[int], wanted: list[str], redis_
                 if url == gw:
                     cpu = {k: (after[k] - before[k]) * 1000 / n for k in pids if k != "fake-llm"}
                     cpu_rows.append((conc, name, cpu))
+        ttft_rows = []
+        if "stream" in wanted:
+            m = max(50, n // 4)
+            for name, url, hdrs, temp in (("direct fake-llm", direct, plain, 0.0), ("miss (mesh)", gw, auth, 0.0),
+                                          ("uncached (mesh)", gw, auth, 0.7)):
+                first, whole = await run_ttft(s, url, hdrs, lambda i, nm=name, tp=temp: stream_body(
+                    "fake-small", f"Stream {run_id} {nm} {i}?", tp), m)
+                ttft_rows.append((name, statistics.median(first), pct(first, 0.99), statistics.median(whole)))
         print(f"\nLatency through the REST bridge ({n} requests per row; fake provider latency 0)")
         print(f"{'conc':>4}  {'scenario':<18} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}")
         for conc, name, p50, p99, rps in rows:
@@ -116,6 +148,13 @@ async def bench(mesh: Mesh, n: int, levels: list[int], wanted: list[str], redis_
             m = next((r for r in rows if r[0] == conc and r[1] == "miss (mesh)"), None)
             if d is not None and m is not None:
                 print(f"  conc {conc:>2}: p50 +{m[2] - d[2]:.2f} ms, p99 +{m[3] - d[3]:.2f} ms")
+        if ttft_rows:
+            print("\nStreaming, concurrency 1: time to the first content chunk (and to the end of the stream)")
+            for name, p50, p99, end in ttft_rows:
+                print(f"  {name:<18} TTFT p50 {p50:6.2f} ms  p99 {p99:6.2f} ms   whole stream p50 {end:6.2f} ms")
+            print(f"  mesh - direct: TTFT p50 +{ttft_rows[1][1] - ttft_rows[0][1]:.2f} ms with the cache lookups "
+                  f"(embedding, exact, semantic), +{ttft_rows[2][1] - ttft_rows[0][1]:.2f} ms without them "
+                  "(temperature 0.7: policy, route, reasoner relay)")
         names = [k for k in pids if k != "fake-llm"]
         print("\nCPU-ms per request by process (from /proc utime+stime)")
         infra = ("milvus", "redis", "embedder")

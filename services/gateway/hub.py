@@ -34,6 +34,8 @@ from weir.common.v1 import types_pb2
 from weir.embedder.v1 import embedder_service_pb2 as embedder_pb
 from weir.embedder.v1 import embedder_service_pb2_grpc as embedder_grpc
 from weir.gateway.v1 import gateway_service_pb2 as gateway_pb
+from weir.kit import semconv as sc
+from weir.kit import telemetry
 from weir.kit.clients import open_channel
 from weir.kit.errors import parse_rpc_error
 from weir.reasoner.v1 import reasoner_service_pb2 as reasoner_pb
@@ -169,7 +171,10 @@ class Hub:
                      timings: Timings) -> cache_pb.LookupExactResponse:
         if self.exact_reader is not None:
             since = time.perf_counter()
+            span = telemetry.ClientSpan("cache exact lookup", kind="internal")
             answer, reason = await self.exact_reader.lookup(tenant, req)
+            span.set({sc.WEIR_CACHE_TIER: EXACT if answer is not None else MISS, sc.WEIR_CACHE_REASON: reason})
+            span.end()
             timings.add("cache", since)
             return cache_pb.LookupExactResponse(hit=answer is not None, answer=answer, reason=reason)
         try:
@@ -280,7 +285,10 @@ class Hub:
                     d.cache, d.cache_reason, d.answer = EXACT, exact.reason or "hit", exact.answer
                     return d
             raise adm.refusal
-        text = chat.semantic_text(req)
+        # The embedding serves the semantic tier (lookup or store) and the router's choice for a virtual model;
+        # a request that needs neither (not cacheable, a concrete model) skips it.
+        wanted = ((lookup or d.store) and self.settings.semantic_cache) or req.model in self.policy.pricing.virtual
+        text = chat.semantic_text(req) if wanted else ""
         # Over gRPC the exact lookup overlaps the embedding; read straight from Redis it is shorter than an
         # embedding hop, so the embedding waits for a miss (an exact hit then costs the embedder nothing).
         overlap = text.strip() and not (lookup and self.exact_reader is not None)

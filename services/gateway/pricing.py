@@ -48,6 +48,7 @@ class Pricing:
             for m in members:
                 self._allowing[m.id].add(v.id)
         self.deployments: dict[str, Model] = {m.id: m for m in mesh.models.values() if m.rpm > 0 or m.tpm > 0}
+        self.virtual: frozenset[str] = frozenset(mesh.virtual_models)
 
     def known(self, model: str) -> bool:
         return model in self._rates

@@ -79,13 +79,14 @@ def traced_mesh(tmp_path_factory: pytest.TempPathFactory, redis_server: LocalRed
     m.stop()
 
 
-SERVER, CLIENT = 2, 3  # OTLP SpanKind values
+INTERNAL, SERVER, CLIENT = 1, 2, 3  # OTLP SpanKind values
 
 # One row per hop of a cache miss: (service, span name, kind, (parent service, parent span name) or None for root).
 MISS_HOPS: list[tuple[str, str, int, tuple[str, str] | None]] = [
     ("weir-gateway", "POST /v1/chat/completions", SERVER, None),
-    *[row for svc, method in (("cache", "weir.cache.v1.CacheService/LookupExact"),
-                              ("embedder", "weir.embedder.v1.EmbedderService/Embed"),
+    # The gateway reads the exact tier from Redis itself (services/gateway/exact_reader.py).
+    ("weir-gateway", "cache exact lookup", INTERNAL, ("weir-gateway", "POST /v1/chat/completions")),
+    *[row for svc, method in (("embedder", "weir.embedder.v1.EmbedderService/Embed"),
                               ("cache", "weir.cache.v1.CacheService/LookupSemantic"),
                               ("router", "weir.router.v1.RouterService/Route"),
                               ("reasoner", "weir.reasoner.v1.ReasonerService/Complete"),
