@@ -8,6 +8,8 @@ Keys (P = WEIR_CACHE_REDIS_PREFIX, default "weir:cache:"):
 - ``P meta:<tenant>``            HASH entry id -> {"x": exact key, "mk": model set key, "c": collection}.
 - ``P model:<hex(model)>:<tenant>``  SET of the entry ids answered by that model.
 - ``P tenants``                  SET of tenants with entries (for all-tenant stats).
+- ``P ctx:<tenant>``              ZSET context key -> latest expiry (ms) of its semantic entries (readers skip
+  a semantic search in a context that has none; weir/exact_cache.py).
 - ``P stats:<tenant>``, ``P stats-tenants``  lookup counts reported by readers outside this service
   (the gateway's exact fast path; weir/exact_cache.py).
 
@@ -65,16 +67,22 @@ local function prune(age, exp, sem, meta, now, limit)
 end
 """
 
-# KEYS: age exp sem meta tenants
-# ARGV: tenant id xkey blob ttl_ms expires_ms meta_json model_key semantic(0|1) cap now_ms prune_limit
+# KEYS: age exp sem meta tenants ctx
+# ARGV: tenant id xkey blob ttl_ms expires_ms meta_json model_key semantic(0|1) cap now_ms prune_limit context_key
 # Returns {previous collection of this id or '', evicted id, its collection, ...}.
 _STORE = _LIB + """
-local age, exp, sem, meta, tenants = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local age, exp, sem, meta, tenants, ctx = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local tenant, id, xkey, blob = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local ttl, expires = tonumber(ARGV[5]), tonumber(ARGV[6])
 local meta_json, model_key, semantic = ARGV[7], ARGV[8], ARGV[9]
 local cap, now, limit = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
+local context_key = ARGV[13]
 prune(age, exp, sem, meta, now, limit)
+redis.call('ZREMRANGEBYSCORE', ctx, '-inf', now)
+if semantic == '1' then
+  local latest = redis.call('ZSCORE', ctx, context_key)
+  if not latest or tonumber(latest) < expires then redis.call('ZADD', ctx, expires, context_key) end
+end
 local out = {''}
 local old = redis.call('HGET', meta, id)
 if old then
@@ -134,7 +142,10 @@ for _, id in ipairs(ids) do
     table.insert(out, live)
   end
 end
-if redis.call('ZCARD', age) == 0 then redis.call('SREM', tenants, tenant) end
+if redis.call('ZCARD', age) == 0 then
+  redis.call('SREM', tenants, tenant)
+  redis.call('DEL', KEYS[6])
+end
 return out
 """
 
@@ -207,7 +218,8 @@ class ExactTier:
 
     def _registry(self, tenant: str) -> list[str]:
         p = self.prefix
-        return [f"{p}age:{tenant}", f"{p}exp:{tenant}", f"{p}sem:{tenant}", f"{p}meta:{tenant}", f"{p}tenants"]
+        return [f"{p}age:{tenant}", f"{p}exp:{tenant}", exact_cache.semantic_registry_key(p, tenant),
+                f"{p}meta:{tenant}", f"{p}tenants", exact_cache.context_index_key(p, tenant)]
 
     # ---- calls -----------------------------------------------------------------------------------
 
@@ -252,6 +264,7 @@ class ExactTier:
         collection: str,
         ttl_ms: int,
         cap: int,
+        context_key: str = "",
     ) -> StoreOutcome:
         """Writes the entry and its registry records; evicts the oldest entries beyond `cap`."""
         now = int(time.time() * 1000)
@@ -260,7 +273,7 @@ class ExactTier:
         meta = orjson.dumps({"x": xkey, "mk": mk, "c": collection})
         semantic = "1" if collection else "0"
         args: list[bytes | str | int] = [tenant, entry_id, xkey, blob, ttl_ms, now + ttl_ms, meta, mk, semantic,
-                                         cap, now, PRUNE_LIMIT]
+                                         cap, now, PRUNE_LIMIT, context_key]
         out = await self._call("store", self._store(keys=self._registry(tenant), args=args))
         items = [_s(x) for x in out]
         evicted = [(items[i], items[i + 1]) for i in range(1, len(items) - 1, 2)]

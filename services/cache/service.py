@@ -334,7 +334,8 @@ class CacheService(pb_grpc.CacheServiceServicer):
 
         try:
             outcome = await self.exact.store(tenant, entry_id, key, blob, model, collection, ttl_ms,
-                                             self.settings.max_entries_per_tenant)
+                                             self.settings.max_entries_per_tenant,
+                                             row.context_key if row is not None else "")
         except RedisUnavailable:
             STORES.labels("degraded").inc()
             return pb.StoreResponse(stored=False, reason="degraded: redis unavailable")

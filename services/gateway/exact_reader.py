@@ -16,6 +16,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -27,8 +28,34 @@ from weir.common.v1 import types_pb2
 log = logging.getLogger("weir.gateway.exact")
 
 FLUSH_S = 1.0
+
+# KEYS: entry ctx sem   ARGV: context_key now_ms
+# Returns {entry blob or nil, 1 if a semantic search in this context could find something else 0}. A tenant
+# whose context index does not exist yet (entries stored before it existed) but has semantic entries: 1.
+_LOOKUP = """
+local v = redis.call('GET', KEYS[1])
+local latest = redis.call('ZSCORE', KEYS[2], ARGV[1])
+local now = tonumber(ARGV[2])
+local ctx = 0
+if latest then
+  if tonumber(latest) > now then ctx = 1 end
+elseif redis.call('EXISTS', KEYS[2]) == 0 and redis.call('ZCOUNT', KEYS[3], '(' .. ARGV[2], '+inf') > 0 then
+  ctx = 1
+end
+return {v, ctx}
+"""
 _HITS, _LOOKUPS, _MISSES = exact_cache.STAT_FIELDS.index("exact_hits"), \
     exact_cache.STAT_FIELDS.index("exact_lookups"), exact_cache.STAT_FIELDS.index("misses")
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """An exact-tier lookup: the answer (or None), the reason, and whether a semantic search could find anything
+    in the request's conversation context."""
+
+    answer: cache_pb.CachedAnswer | None
+    reason: str
+    context_has_entries: bool
 
 
 class ExactReader:
@@ -39,6 +66,7 @@ class ExactReader:
         self._down_until = 0.0
         self._counts: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
         self._flusher: asyncio.Task[None] | None = None
+        self._lookup = redis.register_script(_LOOKUP)
 
     async def start(self) -> None:
         self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
@@ -50,19 +78,26 @@ class ExactReader:
                 await self._flusher
         await self.flush()
 
-    async def lookup(self, tenant: str, req: types_pb2.ChatRequest) -> tuple[cache_pb.CachedAnswer | None, str]:
-        """The tenant's exact-tier answer to `req` (or None) and the reason, as LookupExact gives them."""
+    async def lookup(self, tenant: str, req: types_pb2.ChatRequest) -> Lookup:
+        """The tenant's exact-tier answer to `req` (or None) and the reason, as LookupExact gives them, and whether
+        the semantic tier holds anything in the request's conversation context (same round trip)."""
         if time.monotonic() < self._down_until:
-            return None, "degraded: redis unavailable"
-        key = exact_cache.entry_key(self.prefix, tenant, chat.exact_key(tenant, req))
+            return Lookup(None, "degraded: redis unavailable", True)
+        p = self.prefix
+        keys = [exact_cache.entry_key(p, tenant, chat.exact_key(tenant, req)), exact_cache.context_index_key(p, tenant),
+                exact_cache.semantic_registry_key(p, tenant)]
         try:
-            blob = await self.redis.get(key)
+            blob, ctx = await self._lookup(keys=keys, args=[chat.context_key(tenant, req), int(time.time() * 1000)])
         except (RedisError, OSError) as exc:
             if self._down_until == 0.0:
                 log.warning("exact tier unreachable; lookups degrade", extra={"error": type(exc).__name__})
             self._down_until = time.monotonic() + self.retry_after_s
-            return None, "degraded: redis unavailable"
+            return Lookup(None, "degraded: redis unavailable", True)
         self._down_until = 0.0
+        answer, reason = self._answer(tenant, blob)
+        return Lookup(answer, reason, bool(ctx))
+
+    def _answer(self, tenant: str, blob: bytes | str | None) -> tuple[cache_pb.CachedAnswer | None, str]:
         counts = self._counts[tenant]
         counts[_LOOKUPS] += 1
         if blob is None:

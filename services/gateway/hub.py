@@ -49,6 +49,7 @@ T = TypeVar("T")
 MISS, EXACT, SEMANTIC = "miss", "exact", "semantic"
 _TIER = {MISS: types_pb2.CACHE_TIER_MISS, EXACT: types_pb2.CACHE_TIER_EXACT, SEMANTIC: types_pb2.CACHE_TIER_SEMANTIC}
 STORABLE_FINISH = ("stop", "length")
+NO_CONTEXT = "miss: nothing stored in this conversation context"
 _BIG_PROMPT_CHARS = 32_768  # counted in a worker thread above this
 
 
@@ -172,11 +173,14 @@ class Hub:
         if self.exact_reader is not None:
             since = time.perf_counter()
             span = telemetry.ClientSpan("cache exact lookup", kind="internal")
-            answer, reason = await self.exact_reader.lookup(tenant, req)
-            span.set({sc.WEIR_CACHE_TIER: EXACT if answer is not None else MISS, sc.WEIR_CACHE_REASON: reason})
+            found = await self.exact_reader.lookup(tenant, req)
+            span.set({sc.WEIR_CACHE_TIER: EXACT if found.answer is not None else MISS,
+                      sc.WEIR_CACHE_REASON: found.reason})
             span.end()
             timings.add("cache", since)
-            return cache_pb.LookupExactResponse(hit=answer is not None, answer=answer, reason=reason)
+            if found.answer is None and not found.context_has_entries:
+                return cache_pb.LookupExactResponse(hit=False, reason=NO_CONTEXT)
+            return cache_pb.LookupExactResponse(hit=found.answer is not None, answer=found.answer, reason=found.reason)
         try:
             return await self._timed(timings, "cache", self.cache.LookupExact(
                 cache_pb.LookupExactRequest(tenant=tenant, request=req), timeout=self.deadlines.cache_s))
@@ -309,6 +313,8 @@ class Hub:
         if lookup and self.settings.semantic_cache:
             if emb is None:
                 d.cache_reason = embed_reason or "miss: nothing to embed"
+            elif d.cache_reason == NO_CONTEXT:
+                pass  # nothing stored in this conversation context: no search can hit
             else:
                 sem = await self._semantic(principal.team, req, emb, timings, control.preview)
                 if sem.hit:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import grpc
@@ -334,3 +335,28 @@ async def test_semantic_entries_survive_a_restart(start_cache: StartCache) -> No
     second = await start_cache()
     resp = await second.semantic("acme", chat("who wrote dune"), near(v, 0.9))
     assert resp.hit and resp.answer.content == "Frank Herbert."
+
+
+async def test_the_context_index_lists_contexts_with_semantic_entries(cache: Cache, redis_url: str) -> None:
+    """Store keeps ``ctx:<tenant>`` (weir/exact_cache.py) for readers that skip a search in an empty context;
+    invalidating all of a tenant's entries drops it."""
+    import redis.asyncio as aioredis
+
+    from weir import chat as chat_keys
+    from weir import exact_cache
+
+    r = aioredis.Redis.from_url(redis_url)
+    try:
+        key = exact_cache.context_index_key("weir:cache:", "ctx-t")
+        with_vector = chat("Which gate does the Lisbon flight leave from?", system="You are an airport desk.")
+        exact_only = chat("Which gate does the Porto flight leave from?", system="Another desk.")
+        await cache.store("ctx-t", with_vector, "Gate 12.", unit(7), ttl_seconds=600)
+        await cache.store("ctx-t", exact_only, "Gate 14.")  # no embedding: nothing to search for
+        listed = {m.decode(): s for m, s in await r.zrange(key, 0, -1, withscores=True)}
+        assert list(listed) == [chat_keys.context_key("ctx-t", with_vector)]
+        expires = listed[chat_keys.context_key("ctx-t", with_vector)]
+        assert 0 < expires - time.time() * 1000 <= 600_000
+        await cache.stub.Invalidate(pb.InvalidateRequest(tenant="ctx-t", all=True))
+        assert not await r.exists(key)
+    finally:
+        await r.aclose()

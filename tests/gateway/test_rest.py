@@ -173,3 +173,25 @@ def test_models_and_health(mesh: Mesh, client: openai.OpenAI) -> None:
 def test_unknown_route_is_json_404(mesh: Mesh) -> None:
     r = httpx.get(f"{mesh.http}/v1/nope")
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
+def test_a_conversation_never_seen_skips_the_semantic_search(mesh: Mesh, client: openai.OpenAI) -> None:
+    """The gateway learns from the exact lookup's round trip that nothing is stored in a conversation context
+    (weir/exact_cache.py), so it does not ask the semantic tier; once an answer is stored there, it does."""
+    tag = uuid.uuid4().hex[:8]
+    context = [{"role": "system", "content": f"You are a travel agent ({tag})."},
+               {"role": "user", "content": "I am flying to Lisbon in May."},
+               {"role": "assistant", "content": "Lovely: mild weather, long days."}]
+    first = client.chat.completions.with_raw_response.create(
+        model="fake-small", messages=[*context, *ask("What should I pack?")], temperature=0)
+    assert first.headers["x-weir-cache"] == "miss"
+    assert first.headers["x-weir-cache-reason"] == "miss: nothing stored in this conversation context"
+    _wait_stored(client, [*context, *ask("What should I pack?")], "fake-small")
+    same_context = client.chat.completions.with_raw_response.create(
+        model="fake-small", messages=[*context, *ask("what should I pack")], temperature=0)
+    assert same_context.headers["x-weir-cache"] == "semantic", same_context.headers["x-weir-cache-reason"]
+    other = [*context[:2], {"role": "assistant", "content": "Pack for rain."}]
+    elsewhere = client.chat.completions.with_raw_response.create(
+        model="fake-small", messages=[*other, *ask("What should I pack?")], temperature=0)
+    assert elsewhere.headers["x-weir-cache"] == "miss"
+    assert elsewhere.headers["x-weir-cache-reason"] == "miss: nothing stored in this conversation context"
