@@ -117,6 +117,7 @@ class Step:
     min_elapsed_s: float = 0.0  # e.g. a Retry-After that must have been waited for
     reasoning: bool = False  # reasoning deltas expected (passed through as reasoning_content)
     ledger: bool = False  # the gateway's ledger (GET /v1/usage/events) must have charged the answering model
+    #                       (parallel requests that shared one call: charged once, the copies saved it)
 
     def describe(self) -> str:
         kind = "stream" if self.stream else "unary"
@@ -230,8 +231,10 @@ SCENARIOS: tuple[Scenario, ...] = (
         Step(status=503, error="circuit_open", calls={}),
     )),
     Scenario("coalescing", "identical concurrent requests share one upstream call", (
-        Step(parallel=4, temperature=0.0, faults=(Fault("slow_first_token:1200", P, 1),), model=P, calls={P: 1}),
-        Step(parallel=3, stream=True, temperature=0.0, faults=(Fault("pace:60", P, 1),), model=P, calls={P: 1}),
+        Step(parallel=4, temperature=0.0, faults=(Fault("slow_first_token:1200", P, 1),), model=P, calls={P: 1},
+             ledger=True),
+        Step(parallel=3, stream=True, temperature=0.0, faults=(Fault("pace:60", P, 1),), model=P, calls={P: 1},
+             ledger=True),
     )),
     Scenario("reasoning-deltas", "reasoning deltas reach the client separately, as reasoning_content", (
         Step(stream=True, faults=(Fault("reasoning", P, 1),), model=P, reasoning=True, calls={P: 1}),
@@ -390,8 +393,47 @@ class ChaosRunner:
         for a in answers:
             problems += await self.check(step, a)
         if step.ledger and not problems:
-            await self.check_ledger(answers[0], problems, notes)
+            if step.parallel > 1:
+                await self.check_ledger_shared(answers, problems, notes)
+            else:
+                await self.check_ledger(answers[0], problems, notes)
         return StepResult(step, _observed(answers[0], calls, step.stream), sorted(set(problems)), notes)
+
+    async def _events(self, ids: set[str], notes: list[str]) -> dict[str, dict[str, Any]] | None:
+        """The ledger events of these request ids (polled: the gateway settles in the background)."""
+        headers = {"Authorization": f"Bearer {self.api_key}"}
+        found: dict[str, dict[str, Any]] = {}
+        for _ in range(50):
+            async with self.http.get(self.gateway + "/v1/usage/events", params={"limit": "100"},
+                                     headers=headers) as r:
+                if r.status in (401, 403, 404):
+                    notes.append(f"ledger not checked: GET /v1/usage/events answered {r.status}")
+                    return None
+                doc = await r.json()
+            rows = doc.get("data", doc) if isinstance(doc, dict) else doc
+            found = {e["id"]: e for e in rows if isinstance(e, dict) and e.get("id") in ids}
+            if len(found) == len(ids):
+                break
+            await asyncio.sleep(0.05)
+        return found
+
+    async def check_ledger_shared(self, answers: list[Answer], problems: list[str], notes: list[str]) -> None:
+        """Identical concurrent requests that shared one upstream call: the ledger charges that call once; the
+        others cost nothing and record what they saved."""
+        events = await self._events({a.id for a in answers}, notes)
+        if events is None:
+            return
+        if len(events) != len(answers):
+            problems.append(f"{len(answers) - len(events)} of {len(answers)} requests have no ledger event")
+            return
+        charged = [e for e in events.values() if float(e.get("cost_usd") or 0) > 0]
+        if len(charged) != 1:
+            problems.append(f"{len(charged)} of {len(answers)} coalesced requests were charged, expected 1")
+            return
+        cost = float(charged[0]["cost_usd"])
+        for e in events.values():
+            if e is not charged[0] and abs(float(e.get("saved_usd") or 0) - cost) > 1e-9 + cost * 1e-6:
+                problems.append(f"a coalesced copy saved {e.get('saved_usd')} USD, expected {cost:.9f}")
 
     async def check_ledger(self, a: Answer, problems: list[str], notes: list[str]) -> None:
         """The gateway's ledger event of this request names the answering model, its usage and its price."""

@@ -359,7 +359,7 @@ class Hub:
             if isinstance(exc, ApiError):
                 adm.error(exc)
             raise
-        self.policy.settle(adm, Settlement("ok", resp.model, MISS, resp.usage, request_id=d.id), d.timings)
+        self.policy.settle(adm, _answered(resp.model, resp.usage, resp.coalesced, d.id), d.timings)
         if not resp.tool_calls_json:
             self._store(d, req, resp.content, resp.model, resp.usage, resp.finish_reason, control.ttl_seconds)
         return Outcome(d, resp.content, resp.model, resp.usage, resp.finish_reason, resp.tool_calls_json)
@@ -443,11 +443,11 @@ class Hub:
             else:
                 d.timings.add("upstream_stream", since)
                 if end is not None:
-                    usage, model = end.usage, end.model or model
+                    self.policy.settle(adm, _answered(end.model or model, end.usage, end.coalesced, d.id), d.timings)
                 else:
                     usage = types_pb2.Usage(prompt_tokens=adm.prompt_tokens,
                                             completion_tokens=self.counter.text("".join(parts)))
-                self.policy.settle(adm, Settlement(status, model, MISS, usage, request_id=d.id), d.timings)
+                    self.policy.settle(adm, Settlement(status, model, MISS, usage, request_id=d.id), d.timings)
 
     async def _relay(self, d: Decision, req: types_pb2.ChatRequest, control: gateway_pb.CacheControl,
                      call: Any, it: AsyncIterator[reasoner_pb.StreamCompleteResponse],
@@ -475,6 +475,15 @@ class Hub:
             call.cancel()
         raise ApiError(502, "upstream stream ended without completing the answer", type="upstream_error",
                        code="stream_interrupted")
+
+
+def _answered(model: str, usage: types_pb2.Usage, coalesced: bool, request_id: str) -> Settlement:
+    """A complete answer from the reasoner. A coalesced copy (an identical request's in-flight call answered it)
+    spent nothing: the call is charged once, to the request that made it; the copy records what it saved."""
+    if coalesced:
+        return Settlement("ok", model, MISS, types_pb2.Usage(), saved_model=model, saved_usage=usage,
+                          request_id=request_id)
+    return Settlement("ok", model, MISS, usage, request_id=request_id)
 
 
 async def _replay(answer: cache_pb.CachedAnswer) -> AsyncGenerator[StreamEvent, None]:
