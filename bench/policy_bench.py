@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import re
 import statistics
 import tempfile
@@ -45,13 +46,16 @@ _HOP = re.compile(r"(policy|route);dur=([0-9.]+)")
 
 
 async def load(session: aiohttp.ClientSession, url: str, key: str, n: int, concurrency: int, tag: str,
-               hops: dict[str, list[float]]) -> list[float]:
+               hops: dict[str, list[float]], spread_ms: float = 0.0) -> list[float]:
     latencies: list[float] = []
     counter = iter(range(n))
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    rng = random.Random(tag)
 
     async def worker() -> None:
         for i in counter:
+            if spread_ms:  # a random pause (not timed) keeps the clients from arriving in lockstep
+                await asyncio.sleep(rng.uniform(0, spread_ms) / 1000)
             body = orjson.dumps({"model": "fake-small", "temperature": 0, "max_tokens": 64,
                                  "messages": [{"role": "user", "content": f"Unique question {tag} {i}?"}]})
             t = time.perf_counter()
@@ -81,7 +85,7 @@ def make_key(mesh: Mesh) -> str:
     return str(r.json()["key"])
 
 
-async def bench(mesh: Mesh, n: int, concurrency: int, rounds: int, latency_ms: float) -> None:
+async def bench(mesh: Mesh, n: int, concurrency: int, rounds: int, latency_ms: float, spread_ms: float) -> None:
     url = f"{mesh.base_url}/chat/completions"
     key = make_key(mesh)
     run = os.urandom(3).hex()
@@ -100,13 +104,14 @@ async def bench(mesh: Mesh, n: int, concurrency: int, rounds: int, latency_ms: f
                 k = mesh.master_key if name.startswith("master") else key
                 before = cpu_seconds(gateway_pid)
                 lat = await load(s, url, k, size, concurrency, f"{run}-{r}-{name[:6]}",
-                                 hops if k == key else {})
+                                 hops if k == key else {}, spread_ms)
                 await asyncio.sleep(0.2)  # settlements finish in the background
                 cpu[name] += cpu_seconds(gateway_pid) - before
                 results[name].extend(lat)
                 per_round[name].append((statistics.median(lat), pct(lat, 0.99)))
     print(f"\nMiss path through the REST bridge, concurrency {concurrency}, {rounds} interleaved rounds, "
-          f"{size} requests per round and kind (fake provider latency {latency_ms:g} ms)")
+          f"{size} requests per round and kind (fake provider latency {latency_ms:g} ms"
+          + (f"; clients pause 0-{spread_ms:g} ms at random before each request)" if spread_ms else ")"))
     print(f"{'':<27} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8} {'gw CPU-ms/req':>14} {'n':>6}")
     for name, lat in results.items():
         print(f"{name:<27} {statistics.median(lat):>8.2f} {pct(lat, 0.99):>8.2f} {statistics.fmean(lat):>8.2f} "
@@ -165,14 +170,21 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=12, help="alternating rounds per kind")
     parser.add_argument("--provider-latency-ms", type=float, default=0.0,
                         help="the fake provider's answer time; with 0 a 2-core machine saturates at concurrency 16")
+    parser.add_argument("--spread-ms", type=float, default=0.0,
+                        help="each client pauses a random 0..N ms (untimed) before each request, so that clients "
+                             "with a constant-latency provider do not arrive in lockstep")
+    parser.add_argument("--milvus", choices=("server", "lite"), default="server",
+                        help="semantic tier: the bundled Milvus standalone (as `weir up` runs it) or Milvus Lite")
     args = parser.parse_args()
     state = Path(tempfile.mkdtemp(prefix="weir-policy-bench-"))
     redis = start_local_redis(state / "redis")
     print("starting the mesh (fake-llm, embedder, cache, router, reasoner, gateway) ...")
     mesh = start_mesh(state, redis.url, {"WEIR_LOG_LEVEL": "warning",
-                                         "WEIR_FAKE_LLM_LATENCY_MS": str(args.provider_latency_ms)})
+                                         "WEIR_FAKE_LLM_LATENCY_MS": str(args.provider_latency_ms)},
+                      milvus=args.milvus)
     try:
-        asyncio.run(bench(mesh, args.requests, args.concurrency, args.rounds, args.provider_latency_ms))
+        asyncio.run(bench(mesh, args.requests, args.concurrency, args.rounds, args.provider_latency_ms,
+                          args.spread_ms))
         install_event_loop()  # the gateway's own loop (uvloop)
         asyncio.run(admission_alone(redis.url, 4000, (1, args.concurrency)))
     finally:

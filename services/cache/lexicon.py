@@ -627,3 +627,32 @@ def load_synonym_groups(path: Path = SYNONYMS_FILE) -> tuple[tuple[str, ...], ..
 
 
 SYNONYM_GROUPS = SYNONYM_GROUPS + load_synonym_groups()
+
+
+# ---- WordNet synonyms and antonyms of services/cache/wordnet_synonyms.tsv --------------------------------
+
+WORDNET_FILE = Path(__file__).with_name("wordnet_synonyms.tsv")
+
+
+def load_wordnet(path: Path = WORDNET_FILE) -> tuple[tuple[tuple[str, ...], ...], tuple[tuple[str, str], ...]]:
+    """(synonym sets, antonym pairs) of the WordNet data file written by `build_lexicon.py`: lines
+    `s<TAB>pos<TAB>word word ...` and `a<TAB>word<TAB>word`, `#` starts a comment. A missing file gives
+    neither (the verifier then only refuses more)."""
+    if not path.is_file():
+        return (), ()
+    synsets: list[tuple[str, ...]] = []
+    antonyms: list[tuple[str, str]] = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        fields = line.split("\t")
+        if line.startswith("#") or len(fields) != 3:
+            continue
+        if fields[0] == "s":
+            words = tuple(fields[2].split())
+            if len(words) >= 2:
+                synsets.append(words)
+        elif fields[0] == "a":
+            antonyms.append((fields[1], fields[2]))
+    return tuple(synsets), tuple(antonyms)
+
+
+WORDNET_SYNSETS, WORDNET_ANTONYMS = load_wordnet()

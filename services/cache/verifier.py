@@ -22,10 +22,11 @@ Checks, in order (conservative: when in doubt, refuse; a refusal only costs one 
 - entities: names and code-like tokens (capitalised words, acronyms, snake_case, file.ext, quoted text,
             well-known names typed in lower case) of either text appear in the other.
 - content:  after stop words, light verbs, inflection, spelling variants, abbreviations, synonyms
-            (lexicon.py and synonyms.txt), derivations, names written as one word or several and typos
-            are accounted for, no content word of one text is replaced by another in the other text
-            ("cats" vs "dogs", "boil" vs "poach", "enable" vs "disable"), no verb takes another particle
-            ("take off" vs "take on"), and at most one word is only added on one side.
+            (lexicon.py and synonyms.txt; then WordNet's, wordnet_synonyms.tsv, for each word's most
+            frequent sense), derivations, names written as one word or several and typos are accounted
+            for, no content word of one text is replaced by another in the other text ("cats" vs "dogs",
+            "boil" vs "poach", "enable" vs "disable"; a WordNet antonym always refuses), no verb takes
+            another particle ("take off" vs "take on"), and at most one word is only added on one side.
 """
 
 from __future__ import annotations
@@ -162,6 +163,43 @@ def canonical(word: str) -> str:
 
 _ACTIONS = frozenset(canonical(w) for w in lx.ACTIONS)
 _INQUIRY = frozenset(stem(w) for w in lx.INQUIRY_VERBS)
+
+
+def _verb_of(word: str) -> str:
+    """The verb of a joined phrasal verb in canonical form ("checkout" -> "check"), else the word."""
+    for particle in lx.PARTICLES:
+        verb = word[: -len(particle)]
+        if word.endswith(particle) and (verb in _PHRASAL or verb in _LIGHT_PHRASAL):
+            return verb
+    return word
+
+
+def _wordnet_relations() -> tuple[dict[str, frozenset[str]], frozenset[frozenset[str]]]:
+    """WordNet synonyms (canonical word -> canonical words sharing one of its first senses) and antonym
+    pairs, from lexicon.WORDNET_SYNSETS / WORDNET_ANTONYMS (services/cache/wordnet_synonyms.tsv).
+
+    The hand-written lists stay authoritative: words of the same group are already one canonical word,
+    two words of *different* groups (enable / disable, increase / decrease) or two operations of
+    lexicon.ACTIONS (rent / lease, print / publish) are never made synonyms by WordNet, nor a verb and
+    itself with a particle (check / check out / check in: the particle rule of check_content decides), and
+    a group takes WordNet's synonyms of its first word only (the group "lawsuit, suit" does not inherit
+    "fit" from "suit")."""
+    hand = frozenset(_SYNONYMS.values())
+    apart = hand | _ACTIONS
+    links: dict[str, set[str]] = {}
+    for synset in lx.WORDNET_SYNSETS:
+        forms = sorted({c for w in synset
+                        if (c := canonical(w)) not in hand or c == stem(_joined_phrasal(lx.SPELLINGS.get(w, w)))})
+        for a in forms:
+            for b in forms:
+                if a != b and not (a in apart and b in apart) and _verb_of(a) != _verb_of(b):
+                    links.setdefault(a, set()).add(b)
+    antonyms = frozenset(frozenset((ca, cb)) for a, b in lx.WORDNET_ANTONYMS
+                         if (ca := canonical(a)) != (cb := canonical(b)))
+    return {a: frozenset(bs) for a, bs in links.items()}, antonyms
+
+
+_WN_SYNONYMS, _WN_ANTONYMS = _wordnet_relations()
 
 
 def _decimal(digits: str) -> str:
@@ -639,8 +677,13 @@ def _base_forms(word: str) -> frozenset[str]:
     return frozenset(out)
 
 
+def _wordnet_synonyms(a: str, b: str) -> bool:
+    """Synonyms in WordNet under the sense restriction of build_lexicon.py, and not antonyms there."""
+    return b in _WN_SYNONYMS.get(a, ()) and frozenset((a, b)) not in _WN_ANTONYMS
+
+
 def _matches(a: str, b: str) -> bool:
-    return _typo(a, b) or _derived(a, b) or b in _base_forms(a) or a in _base_forms(b)
+    return _typo(a, b) or _derived(a, b) or b in _base_forms(a) or a in _base_forms(b) or _wordnet_synonyms(a, b)
 
 
 def _take_compounds(mine: list[str], theirs: list[str], their_compounds: Sequence[tuple[str, tuple[str, ...]]]) -> None:
@@ -662,6 +705,10 @@ def check_content(query: Facts, stored: Facts) -> Verdict:
     _take_compounds(only_q, only_s, stored.compounds)
     _take_compounds(only_s, only_q, query.compounds)
     names = query.entities | stored.entities
+    # A word replaced by its WordNet antonym refuses whatever else would match them (a typo, a derivation).
+    opposed = next(((a, b) for a in only_q for b in only_s if frozenset((a, b)) in _WN_ANTONYMS), None)
+    if opposed is not None:
+        return _refuse("content", [opposed[0]], [opposed[1]])
     for a in list(only_q):
         if a in names:
             continue

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from services.cache import lexicon
+from services.cache import build_lexicon, lexicon, verifier
 from services.cache.verifier import ACCEPTED, CHECK_NAMES, analyze, canonical, check_numbers, stem, verify
 
 PARAPHRASES = [
@@ -269,3 +269,84 @@ def test_synonym_files_are_parsed_with_comments_and_may_be_missing(tmp_path: Pat
     path.write_text("# a comment\nLawyer, attorney  # trailing\n\nalone\n", encoding="utf-8")
     assert lexicon.load_synonym_groups(path) == (("lawyer", "attorney"),)
     assert lexicon.load_synonym_groups(tmp_path / "missing.txt") == ()
+
+
+# ---- WordNet synonyms and antonyms (services/cache/wordnet_synonyms.tsv, build_lexicon.py) ---------------
+
+
+_WORDNET_PARAPHRASES = [
+    ("How do I get a red wine stain out of a rug?", "How do I get a red wine stain out of a carpet?"),
+    ("Is the metro open on Sunday?", "Is the subway open on Sunday?"),
+    ("How many hours of slumber does an adult need?", "How many hours of sleep does an adult need?"),
+    ("What should I do during a quake?", "What should I do during an earthquake?"),
+]
+
+
+@pytest.mark.parametrize(("query", "stored"), _WORDNET_PARAPHRASES)
+def test_wordnet_synonyms_are_accepted(query: str, stored: str) -> None:
+    assert verify(query, stored).check == ACCEPTED
+
+
+def test_wordnet_synonyms_are_what_accepts_them() -> None:
+    # no word of these pairs is in a hand-written group: without the WordNet file each is refused
+    links, antonyms = verifier._WN_SYNONYMS, verifier._WN_ANTONYMS
+    try:
+        verifier._WN_SYNONYMS, verifier._WN_ANTONYMS = {}, frozenset()
+        verdicts = [verify(query, stored) for query, stored in _WORDNET_PARAPHRASES]
+    finally:
+        verifier._WN_SYNONYMS, verifier._WN_ANTONYMS = links, antonyms
+    assert [str(v) for v in verdicts] == ["content: rug vs carpet", "content: metro vs subway",
+                                          "content: slumber vs sleep", "content: quak vs earthquak"]
+
+
+def test_wordnet_antonyms_refuse_even_where_a_typo_rule_matches() -> None:
+    # "employer" / "employee" are one letter apart: the typo rule alone served this trap
+    assert str(verify("Can my employer read my emails?", "Can my employee read my emails?")) == \
+        "content: employer vs employe"
+    assert frozenset({"hot", "cold"}) in verifier._WN_ANTONYMS
+    assert not verify("Is the oven hot?", "Is the oven cold?").ok
+
+
+@pytest.mark.parametrize(("query", "stored"), [
+    ("How do I fasten a loose shelf?", "How do I fix a loose shelf?"),  # fasten is fix's 2nd sense
+    ("Where can I find a gaudy hotel in Rome?", "Where can I find a cheap hotel in Rome?"),  # cheap's 2nd
+    ("How do I halt the printer queue?", "How do I stop the printer queue?"),  # halt: stop's 3rd sense
+    ("How do I lease a car?", "How do I rent a car?"),  # WordNet synonyms, two operations of ACTIONS
+    ("How do I shut my laptop?", "How do I close my laptop?"),  # "shut" is a hand group with "shut down"
+])
+def test_loose_wordnet_links_are_refused(query: str, stored: str) -> None:
+    assert verify(query, stored).check == "content"
+
+
+def test_wordnet_sense_restriction_and_hand_lists() -> None:
+    syn = verifier._wordnet_synonyms
+    assert not syn(canonical("get"), canonical("become"))  # get's 2nd sense (get sick)
+    assert not syn(canonical("lawsuit"), canonical("fit"))  # "suit" (hand group lawsuit) fits: not inherited
+    # WordNet puts "log in" and "sign up" (register) in one synset; the hand-written groups keep them apart
+    assert any({canonical(w) for w in synset} >= {"login", "signup"} for synset in lexicon.WORDNET_SYNSETS)
+    assert not syn("login", "signup") and verify("How do I sign up?", "How do I log in?").check == "content"
+    assert not syn(canonical("check"), canonical("checkout"))  # the particle rule decides
+
+
+def test_wordnet_file_is_parsed_and_may_be_missing(tmp_path: Path) -> None:
+    path = tmp_path / "wordnet.tsv"
+    path.write_text("# WordNet 3.0 license ...\ns\tn\tlawyer attorney\ns\tv\talone\na\thot\tcold\nbad line\n",
+                    encoding="utf-8")
+    assert lexicon.load_wordnet(path) == ((("lawyer", "attorney"),), (("hot", "cold"),))
+    assert lexicon.load_wordnet(tmp_path / "missing.tsv") == ((), ())
+
+
+def test_the_wordnet_file_is_committed_small_and_keeps_the_license() -> None:
+    path = lexicon.WORDNET_FILE
+    assert path.is_file() and path.stat().st_size < 400_000
+    head = path.read_text(encoding="utf-8")[:4000]
+    assert "WordNet 3.0 Copyright 2006 by Princeton University" in head
+    assert len(lexicon.WORDNET_SYNSETS) > 3000 and len(lexicon.WORDNET_ANTONYMS) > 3000
+
+
+def test_build_lexicon_reproduces_the_committed_file(tmp_path: Path) -> None:
+    assert (build_lexicon.WORDNET_DIR / "data.noun").is_file(), \
+        "WordNet 3.0 is missing: `apt-get install wordnet-base` (scripts/bootstrap.sh does it when root)"
+    out = tmp_path / "wordnet_synonyms.tsv"
+    assert build_lexicon.main(["--out", str(out)]) == 0
+    assert out.read_bytes() == lexicon.WORDNET_FILE.read_bytes()
