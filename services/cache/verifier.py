@@ -32,6 +32,7 @@ Checks, in order (conservative: when in doubt, refuse; a refusal only costs one 
 from __future__ import annotations
 
 import re
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -83,7 +84,7 @@ class Verdict:
         return f"{self.check}: {self.detail}" if self.detail else self.check
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Facts:
     """What the checks look at in one text, computed once per text."""
 
@@ -485,20 +486,33 @@ def analyze(text: str) -> Facts:
     normalized = _SPACES.sub(" ", text.lower()).strip().rstrip("?.!").strip()
     return Facts(
         normalized=normalized,
-        words=frozenset(words),
-        numbers=tuple(sorted(numbers)),
-        units=tuple(units),
-        dates=frozenset(dates),
-        negations=tuple(sorted(negations)),
-        scope=frozenset(scope),
-        intents=frozenset(intents),
-        entities=frozenset(entities),
+        words=_frozen(words),
+        numbers=_tuple(sorted(numbers)),
+        units=_tuple(units),
+        dates=_frozen(dates),
+        negations=_tuple(sorted(negations)),
+        scope=_frozen(scope),
+        intents=_frozen(intents),
+        entities=_frozen(entities),
         quoted=quoted,
-        content=tuple(sorted(content)),
+        content=_tuple(sorted(content)),
         compounds=tuple(compounds),
-        sequence=tuple(sequence),
-        particles=frozenset(particles),
+        sequence=_tuple(sequence),
+        particles=_frozen(particles),
     )
+
+
+# Facts stay in an LRU of thousands of texts: share the empty set and the strings (common words recur).
+_EMPTY: frozenset[str] = frozenset()
+
+
+def _frozen(items: Iterable[str]) -> frozenset[str]:
+    out = frozenset(sys.intern(x) for x in items)
+    return out if out else _EMPTY
+
+
+def _tuple(items: Iterable[str]) -> tuple[str, ...]:
+    return tuple(sys.intern(x) for x in items)
 
 
 def _show(items: Iterable[str]) -> str:
