@@ -195,3 +195,25 @@ def test_a_conversation_never_seen_skips_the_semantic_search(mesh: Mesh, client:
         model="fake-small", messages=[*other, *ask("What should I pack?")], temperature=0)
     assert elsewhere.headers["x-weir-cache"] == "miss"
     assert elsewhere.headers["x-weir-cache-reason"] == "miss: nothing stored in this conversation context"
+
+
+def test_stream_chunks_are_relayed_as_they_arrive_not_buffered(mesh: Mesh) -> None:
+    """The provider paces its tokens 100 ms apart: the client sees them spread the same way (each delta passes
+    through the reasoner and the gateway at once), not in one burst at the end."""
+    import time
+
+    httpx.post(f"{mesh.fake_url}/_fake/faults", json={"fault": "pace:100", "count": 1, "model": "fake-large"})
+    arrivals: list[float] = []
+    with httpx.stream("POST", f"{mesh.base_url}/chat/completions", timeout=60,
+                      headers={"Authorization": f"Bearer {mesh.master_key}"},
+                      json={"model": "fake-large", "temperature": 0.7, "stream": True,
+                            "messages": ask(f"Tell me about rivers {uuid.uuid4()}")}) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line.startswith("data: {") and '"content":"' in line:
+                arrivals.append(time.perf_counter())
+    assert len(arrivals) >= 4
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    # Buffered, the deltas would arrive together (gaps near 0); relayed, most gaps are near the pace.
+    assert sorted(gaps)[len(gaps) // 2] > 0.05, gaps
+    assert arrivals[-1] - arrivals[0] > 0.05 * (len(arrivals) - 1)
