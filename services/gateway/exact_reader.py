@@ -78,9 +78,10 @@ class ExactReader:
                 await self._flusher
         await self.flush()
 
-    async def lookup(self, tenant: str, req: types_pb2.ChatRequest) -> Lookup:
+    async def lookup(self, tenant: str, req: types_pb2.ChatRequest, count: bool = True) -> Lookup:
         """The tenant's exact-tier answer to `req` (or None) and the reason, as LookupExact gives them, and whether
-        the semantic tier holds anything in the request's conversation context (same round trip)."""
+        the semantic tier holds anything in the request's conversation context (same round trip).
+        `count=False`: a speculative lookup, counted in the stats by `counted()` only if it is used."""
         if time.monotonic() < self._down_until:
             return Lookup(None, "degraded: redis unavailable", True)
         p = self.prefix
@@ -94,23 +95,26 @@ class ExactReader:
             self._down_until = time.monotonic() + self.retry_after_s
             return Lookup(None, "degraded: redis unavailable", True)
         self._down_until = 0.0
-        answer, reason = self._answer(tenant, blob)
-        return Lookup(answer, reason, bool(ctx))
+        found = Lookup(*self._answer(blob), bool(ctx))
+        return self.counted(tenant, found) if count else found
 
-    def _answer(self, tenant: str, blob: bytes | str | None) -> tuple[cache_pb.CachedAnswer | None, str]:
-        counts = self._counts[tenant]
-        counts[_LOOKUPS] += 1
+    def counted(self, tenant: str, found: Lookup) -> Lookup:
+        """Adds a lookup that answered (not a degraded one) to the tenant's stats; returns it."""
+        if not found.reason.startswith("degraded"):
+            counts = self._counts[tenant]
+            counts[_LOOKUPS] += 1
+            counts[_HITS if found.answer is not None else _MISSES] += 1
+        return found
+
+    @staticmethod
+    def _answer(blob: bytes | str | None) -> tuple[cache_pb.CachedAnswer | None, str]:
         if blob is None:
-            counts[_MISSES] += 1
             return None, "miss"
         try:
-            answer = cache_pb.CachedAnswer.FromString(blob if isinstance(blob, bytes) else blob.encode())
+            return cache_pb.CachedAnswer.FromString(blob if isinstance(blob, bytes) else blob.encode()), "hit"
         except Exception:  # a damaged entry is a miss, never an error for the client
             log.warning("unreadable exact-tier entry ignored")
-            counts[_MISSES] += 1
             return None, "miss"
-        counts[_HITS] += 1
-        return answer, "hit"
 
     async def flush(self) -> None:
         """Adds the counts gathered since the last flush to the tier's stats (kept for the next try on error)."""

@@ -168,12 +168,22 @@ class Hub:
                         extra={"code": err.code.name, "error": err.message})
             return None, f"degraded: embedder unavailable ({err.code.name.lower()})"
 
-    async def _exact(self, tenant: str, req: types_pb2.ChatRequest,
-                     timings: Timings) -> cache_pb.LookupExactResponse:
+    async def _exact(self, tenant: str, req: types_pb2.ChatRequest, timings: Timings,
+                     adm: Admission | None = None) -> cache_pb.LookupExactResponse:
         if self.exact_reader is not None:
             since = time.perf_counter()
             span = telemetry.ClientSpan("cache exact lookup", kind="internal")
-            found = await self.exact_reader.lookup(tenant, req)
+            prefetch, adm_prefetch = None, adm.prefetch if adm is not None else None
+            if adm_prefetch is not None:
+                adm.prefetch = None  # type: ignore[union-attr]
+                if adm_prefetch[0] == tenant:
+                    prefetch = adm_prefetch[1]
+                else:
+                    adm_prefetch[1].cancel()
+            if prefetch is not None:
+                found = self.exact_reader.counted(tenant, await prefetch)
+            else:
+                found = await self.exact_reader.lookup(tenant, req)
             span.set({sc.WEIR_CACHE_TIER: EXACT if found.answer is not None else MISS,
                       sc.WEIR_CACHE_REASON: found.reason})
             span.end()
@@ -246,8 +256,21 @@ class Hub:
         else:
             prompt_tokens = self.counter.prompt(req)
         cacheable = (chat.is_deterministic(req) or control.allow_nondeterministic) and not control.no_cache
-        return await self.policy.admit(raw_key, req.model, prompt_tokens, self.policy.completion_reservation(req),
-                                       cacheable, timings, digest=digest)
+        # The exact lookup does not wait for the admission: it starts now for the team the key had last time
+        # and is used only if the admission names the same team (every answer is still behind the admission).
+        prefetch: tuple[str, asyncio.Task[Any]] | None = None
+        team = self.policy.known_team(raw_key, digest) if cacheable and self.exact_reader is not None else ""
+        if team and self.exact_reader is not None:
+            prefetch = (team, asyncio.ensure_future(self.exact_reader.lookup(team, req, count=False)))
+        try:
+            adm = await self.policy.admit(raw_key, req.model, prompt_tokens,
+                                          self.policy.completion_reservation(req), cacheable, timings, digest=digest)
+        except BaseException:
+            if prefetch is not None:
+                prefetch[1].cancel()
+            raise
+        adm.prefetch = prefetch
+        return adm
 
     def _settle_hit(self, adm: Admission, d: Decision) -> None:
         a = d.answer
@@ -284,7 +307,7 @@ class Hub:
         if adm.refusal is not None:
             # Over its token window or budget: only an exact cache hit (which costs nothing) may answer.
             if lookup:
-                exact = await self._exact(principal.team, req, timings)
+                exact = await self._exact(principal.team, req, timings, adm)
                 if exact.hit:
                     d.cache, d.cache_reason, d.answer = EXACT, exact.reason or "hit", exact.answer
                     return d
@@ -298,7 +321,7 @@ class Hub:
         overlap = text.strip() and not (lookup and self.exact_reader is not None)
         embed_task = asyncio.ensure_future(self._embed(text, timings)) if overlap else None
         if lookup:
-            exact = await self._exact(principal.team, req, timings)
+            exact = await self._exact(principal.team, req, timings, adm)
             if exact.hit:
                 if embed_task is not None:
                     embed_task.cancel()

@@ -110,6 +110,9 @@ class Admission:
     refusal: ApiError | None = None  # cache-only: raise this unless the exact cache answers
     request_id: str = field(default_factory=lambda: "chatcmpl-" + secrets.token_hex(12))
     settled: bool = False
+    # An exact-tier lookup started with the admission for the team the key belonged to last time (hub.py):
+    # (that team, the task). Used only if the admitted team is the same.
+    prefetch: tuple[str, Any] | None = None
 
     def error(self, err: ApiError) -> ApiError:
         """`err` carrying this admission's rate-limit headers and request id."""
@@ -218,6 +221,15 @@ class Policy:
 
     def completion_reservation(self, req: types_pb2.ChatRequest) -> int:
         return req.sampling.max_tokens if req.sampling.HasField("max_tokens") else self.default_max_tokens
+
+    def known_team(self, raw_key: str, digest: str = "") -> str:
+        """The team of the key as of its last admission in this process ("" if not seen): a guess, for work that
+        may start before the admission answers and is dropped when the admitted team differs."""
+        digest = digest or hash_key(raw_key)
+        if self.keys.is_master(digest):
+            return self.keys.master.team
+        snap = self._snapshots.get(digest)
+        return snap.principal.team if snap is not None else ""
 
     async def admit(self, raw_key: str, model: str, prompt_tokens: int, completion_tokens: int,
                     cacheable: bool, timings: Timings, *, digest: str = "") -> Admission:

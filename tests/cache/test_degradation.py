@@ -98,6 +98,10 @@ def test_without_its_redis_the_cache_still_lets_requests_reach_the_model(mesh: M
 
 def test_without_milvus_the_exact_tier_serves_and_the_response_says_degraded(mesh: Mesh,
                                                                              client: httpx.Client) -> None:
+    # Something in the semantic tier for this context first (else the gateway skips the search altogether).
+    seed = f"Which planet has the most moons? {uuid.uuid4().hex[:6]}"
+    ask(client, seed)
+    assert until(lambda: ask(client, seed).headers["x-weir-cache"] == "exact")
     restart_cache(mesh, WEIR_MILVUS_URI=f"http://127.0.0.1:{free_port()}")
     try:
         assert until(lambda: reconnected(client))

@@ -110,8 +110,16 @@ def _trace(rec: Receiver, trace_id: str, want: int, timeout: float = 15.0) -> li
 
 def test_one_trace_covers_every_hop(traced_mesh: Mesh, receiver: tuple[Receiver, int]) -> None:
     rec, _ = receiver
-    r = httpx.post(f"{traced_mesh.base_url}/chat/completions",
-                   headers={"Authorization": f"Bearer {traced_mesh.master_key}"},
+    auth = {"Authorization": f"Bearer {traced_mesh.master_key}"}
+    # An earlier answer in the same (single-turn) context, so that the traced miss searches the semantic tier
+    # (the gateway skips the search in a context with nothing stored).
+    seed = {"model": "fake-small", "temperature": 0, "messages": [{"role": "user", "content": "Seed the context"}]}
+    deadline = time.monotonic() + 30
+    while httpx.post(f"{traced_mesh.base_url}/chat/completions", headers=auth, json=seed).headers.get(
+            "x-weir-cache") != "exact":
+        assert time.monotonic() < deadline, "the seed answer was never stored"
+        time.sleep(0.2)
+    r = httpx.post(f"{traced_mesh.base_url}/chat/completions", headers=auth,
                    json={"model": "fake-small", "temperature": 0,
                          "messages": [{"role": "user", "content": "Trace me through every hop, please"}]})
     assert r.status_code == 200, r.text
