@@ -20,6 +20,8 @@ Then, for either kind:
 - models the caller's key may not use (`allowed_models`; a virtual model listed there allows its members)
   are dropped;
 - models whose context window is smaller than prompt_tokens + max_tokens are dropped;
+- models whose per-deployment rate window (rpm/tpm in the model table, enforced by the gateway) is nearly full
+  (`full_share`, see usage.py) move behind the models with room, in order; never dropped;
 - models in cooldown (see health.py) move to the back of the plan, soonest available first; they are never
   dropped, so a plan is never empty because of health alone.
 """
@@ -35,6 +37,7 @@ import numpy as np
 
 from services.router.health import HealthBook, ModelHealth
 from services.router.scorer import Scorer, StrongScorer, accepts_model
+from services.router.usage import DeploymentUsage
 from weir.kit.errors import WeirError, invalid_argument
 from weir.mesh_config import MeshConfig, Model, VirtualModel
 
@@ -67,7 +70,8 @@ class Router:
     """Routing policy over one model table; health is shared with ReportOutcome through `health`."""
 
     def __init__(
-        self, mesh: MeshConfig, scorer: StrongScorer, prior: Scorer, health: HealthBook, quality_bias: float = 0.0
+        self, mesh: MeshConfig, scorer: StrongScorer, prior: Scorer, health: HealthBook, quality_bias: float = 0.0,
+        usage: DeploymentUsage | None = None, full_share: float = 0.9,
     ) -> None:
         if not -1.0 <= quality_bias <= 1.0:
             raise ValueError(f"quality_bias must be in [-1, 1], got {quality_bias}")
@@ -76,6 +80,8 @@ class Router:
         self.prior = prior
         self.health = health
         self.quality_bias = quality_bias
+        self.usage = usage
+        self.full_share = full_share
         self._models = mesh.models
         self._virtual = mesh.virtual_models
         self._known = ", ".join([*mesh.virtual_models, *mesh.models])
@@ -166,6 +172,16 @@ class Router:
             raise _context_exceeded(requested_model, need, too_small)
         if plan[0] is not candidates[0]:
             clauses[-1] += f" -> {plan[0].id} first"
+
+        if self.usage is not None and self.usage.limits:
+            full = [(u, m) for m in plan if (u := self.usage.get(m.id)) is not None and u.share >= self.full_share]
+            if full:
+                first = plan[0]
+                full_ids = {m.id for _, m in full}
+                plan = [m for m in plan if m.id not in full_ids] + [m for _, m in full]
+                clauses.append("; ".join(f"{m.id} at {u.describe()}" for u, m in full))
+                if plan[0] is not first:
+                    clauses[-1] += f" -> {plan[0].id} first"
 
         now = self.health.clock()
         cooling: list[tuple[float, Model]] = []

@@ -7,11 +7,13 @@ import time
 from collections.abc import Callable
 
 import grpc
+import redis.asyncio as aioredis
 
 from services.router.health import HealthBook
 from services.router.policy import Router
 from services.router.scorer import Scorer, StrongScorer, load_scorer
 from services.router.settings import RouterSettings
+from services.router.usage import DeploymentUsage
 from weir.common.v1 import types_pb2
 from weir.kit import semconv as sc
 from weir.kit import telemetry
@@ -23,7 +25,8 @@ log = logging.getLogger("weir.router")
 
 
 def build_router(
-    settings: RouterSettings, mesh: MeshConfig, clock: Callable[[], float] = time.monotonic
+    settings: RouterSettings, mesh: MeshConfig, clock: Callable[[], float] = time.monotonic,
+    usage: DeploymentUsage | None = None,
 ) -> Router:
     """The policy for `mesh`: the trained scorer when WEIR_ROUTER_SCORER_PATH names one, else the prior."""
     scorer: StrongScorer
@@ -32,7 +35,8 @@ def build_router(
         prior = Scorer.prior(scorer.dim, settings.prior_midpoint_tokens)
     else:
         scorer = prior = Scorer.prior(settings.embedding_dim, settings.prior_midpoint_tokens)
-    return Router(mesh, scorer, prior, HealthBook(settings.health_policy, clock), settings.quality_bias)
+    return Router(mesh, scorer, prior, HealthBook(settings.health_policy, clock), settings.quality_bias,
+                  usage, settings.full_share)
 
 
 def list_models_response(mesh: MeshConfig) -> pb.ListModelsResponse:
@@ -68,12 +72,16 @@ class RouterService(pb_grpc.RouterServiceServicer):
     def __init__(self, settings: RouterSettings, mesh: MeshConfig | None = None) -> None:
         self.settings = settings
         self.mesh = mesh or load_mesh_config()
-        self.router = build_router(settings, self.mesh)
+        redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5) \
+            if settings.redis_url else None
+        self.usage = DeploymentUsage(self.mesh, redis, settings.redis_prefix, settings.usage_poll_s)
+        self.router = build_router(settings, self.mesh, usage=self.usage)
         self._models = list_models_response(self.mesh)
         self._targets = {m.id: types_pb2.RouteTarget(model=m.id, provider=m.provider)
                          for m in self.mesh.models.values()}
 
     async def start(self) -> None:
+        await self.usage.start()
         scorer = self.router.scorer
         log.info(
             "router ready",
@@ -94,7 +102,8 @@ class RouterService(pb_grpc.RouterServiceServicer):
         pb_grpc.add_RouterServiceServicer_to_server(self, server)
 
     async def close(self) -> None:
-        """Nothing to release: the router holds only in-memory state."""
+        """Stops reading deployment usage; everything else is in-memory state."""
+        await self.usage.close()
 
     async def Route(self, request: pb.RouteRequest, context: grpc.aio.ServicerContext) -> pb.RouteResponse:
         emb = request.embedding

@@ -45,6 +45,13 @@ class RouterSettings:
     cooldown_base_s: float = env("WEIR_ROUTER_COOLDOWN_BASE_S", 5.0, help="first cooldown; doubles per failure")
     cooldown_max_s: float = env("WEIR_ROUTER_COOLDOWN_MAX_S", 300.0, help="longest cooldown (Retry-After aside)")
     latency_alpha: float = env("WEIR_ROUTER_LATENCY_ALPHA", 0.2, help="weight of a new sample in the latency EWMA")
+    redis_url: str = env("WEIR_REDIS_URL", "", secret=True,
+                         help="the gateway's Redis, to read per-deployment rate windows; empty = plans ignore them")
+    redis_prefix: str = env("WEIR_REDIS_PREFIX", "weir:", help="the gateway's Redis key prefix")
+    usage_poll_s: float = env("WEIR_ROUTER_USAGE_POLL_S", 0.5, help="how often deployment windows are read")
+    full_share: float = env(
+        "WEIR_ROUTER_DEPLOYMENT_FULL_SHARE", 0.9,
+        help="share of a deployment's rpm/tpm in use from which it moves behind deployments with room")
     server: ServerSettings = field(default_factory=lambda: load(ServerSettings))
 
     @property
@@ -64,4 +71,8 @@ class RouterSettings:
             problems.append("WEIR_ROUTER_EMBEDDING_DIM must be > 0")
         if self.prior_midpoint_tokens <= 0:
             problems.append("WEIR_ROUTER_PRIOR_MIDPOINT_TOKENS must be > 0")
+        if self.usage_poll_s <= 0:
+            problems.append("WEIR_ROUTER_USAGE_POLL_S must be > 0")
+        if not 0 < self.full_share <= 1:
+            problems.append("WEIR_ROUTER_DEPLOYMENT_FULL_SHARE must be in (0, 1]")
         return problems

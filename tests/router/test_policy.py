@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Sequence
 
@@ -12,6 +13,7 @@ import pytest
 from services.router.health import HealthBook, HealthPolicy
 from services.router.policy import Decision, Router, effective_threshold
 from services.router.scorer import Scorer
+from services.router.usage import DeploymentUsage, Usage
 from weir.kit.errors import WeirError
 from weir.mesh_config import FAKE_CONFIG, MeshConfig, load_mesh_config, parse
 
@@ -372,3 +374,57 @@ def test_bad_input_is_invalid_argument_with_field_violations(
     err = remote(exc)
     assert err.code == grpc.StatusCode.INVALID_ARGUMENT
     assert [f for f, _ in err.field_violations] == list(fields)
+
+
+def limited_mesh() -> MeshConfig:
+    """wide_mesh with per-deployment limits on strong-a (tpm) and strong-b (rpm)."""
+    doc = wide_mesh()
+    models = {m.id: m for m in doc.models.values()}
+    from dataclasses import replace
+
+    models["strong-a"] = replace(models["strong-a"], tpm=10_000)
+    models["strong-b"] = replace(models["strong-b"], rpm=100)
+    return replace(doc, models=models)
+
+
+def test_a_deployment_near_its_rate_limit_moves_behind_those_with_room() -> None:
+    mesh = limited_mesh()
+    usage = DeploymentUsage(mesh, None, "weir:")
+    router = make_router(mesh)
+    router.usage, router.full_share = usage, 0.9
+    assert ids(router.route("strong-a"))[0] == "strong-a"  # nothing known: nothing moves
+    usage.view = {"strong-a": Usage(requests=12, tokens=9_500, rpm=0, tpm=10_000),
+                  "strong-b": Usage(requests=40, tokens=80_000, rpm=100, tpm=0)}
+    d = router.route("strong-a")
+    assert ids(d)[0] != "strong-a" and ids(d)[-1] == "strong-a"
+    assert "strong-a at 95% of its 10,000 TPM used -> " in d.reason
+    usage.view["strong-b"] = Usage(requests=99, tokens=0, rpm=100, tpm=0)
+    d = router.route("strong-a")
+    assert ids(d)[-2:] == ["strong-a", "strong-b"]  # both full: behind the others, in plan order, never dropped
+    assert "strong-b at 99% of its 100 RPM used" in d.reason
+
+
+async def test_deployment_usage_reads_the_gateways_windows(redis_url: str) -> None:
+    """The windows the gateway's scripts write (services/gateway/lua.py), read by one script."""
+    import time
+
+    import redis.asyncio as aioredis
+
+    mesh = limited_mesh()
+    r = aioredis.Redis.from_url(redis_url)
+    now = int(time.time() * 1000)
+    prefix = f"usage-test-{now}:"
+    await r.zadd(f"{prefix}rl:d:strong-a:z", {"t1:4000": now - 1000, "t2:5000": now - 500, "old:9999": now - 61_000})
+    usage = DeploymentUsage(mesh, r, prefix, poll_s=0.05)
+    await usage.start()
+    try:
+        a = usage.get("strong-a")
+        assert a is not None and (a.requests, a.tokens, a.tpm) == (2, 9000, 10_000)
+        assert usage.get("strong-b") == Usage(0, 0, 100, 0)
+        await r.zadd(f"{prefix}rl:d:strong-b:z", {"t3:10": now})
+        await asyncio.sleep(0.3)  # the poll picks it up
+        b = usage.get("strong-b")
+        assert b is not None and b.requests == 1
+    finally:
+        await r.delete(f"{prefix}rl:d:strong-a:z", f"{prefix}rl:d:strong-b:z")
+        await usage.close()
