@@ -43,6 +43,10 @@ GRPC_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.keepalive_permit_without_calls", 1),
+    # Servers accept the clients' keepalive pings on idle channels (every 30 s above); gRPC's default (one per
+    # 5 minutes, then GOAWAY "too_many_pings") would drop every idle channel between services after ~90 s.
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_ping_strikes", 0),
     ("grpc.so_reuseport", 0),
 ]
 
