@@ -7,21 +7,16 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from services.gateway.auth import KeyStore
-from services.gateway.exact_reader import ExactReader
+from services.gateway.core import Core
 from services.gateway.grpc_api import GatewayServicer
-from services.gateway.hub import Hub
 from services.gateway.jobs import JobStore
 from services.gateway.ledger import UsageReader
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.policy import Policy
-from services.gateway.pricing import Pricing
 from services.gateway.rest import RestApi
 from services.gateway.settings import GatewaySettings
-from services.gateway.tokens import TokenCounter, load_cl100k
 from services.gateway.webhooks import Webhooks
 from services.gateway.worker import JobWorker
 from weir.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
-from weir.mesh_config import load_mesh_config
 
 
 class GatewayService:
@@ -30,24 +25,11 @@ class GatewayService:
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
         self.redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
-        timeout = settings.policy_timeout_ms / 1000
-        self.policy_redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=timeout,
-                                                    socket_connect_timeout=timeout)
         self.listener_redis = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=1.0)
         self.keys = KeyStore(self.redis, settings.master_key, settings.redis_prefix)
         self.metrics = GatewayMetrics()
-        self.policy = Policy(
-            self.policy_redis, self.listener_redis, self.keys, Pricing(load_mesh_config()), self.metrics,
-            prefix=settings.redis_prefix, default_max_tokens=settings.default_max_tokens,
-            limits_fail_open=settings.limits_fail_open, budgets_fail_open=settings.budgets_fail_open,
-            events_kept=settings.ledger_events, usage_retention_days=settings.usage_retention_days)
-        self.exact_redis: aioredis.Redis | None = None
-        self.exact: ExactReader | None = None
-        if settings.exact_fast_path:
-            t = settings.cache_redis_timeout_s
-            self.exact_redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=t, socket_connect_timeout=t)
-            self.exact = ExactReader(self.exact_redis, settings.cache_redis_prefix)
-        self.hub = Hub(settings, self.policy, TokenCounter(load_cl100k()), self.exact)
+        self.core = Core(settings, self.keys, self.metrics, self.listener_redis)
+        self.policy, self.hub = self.core.policy, self.core.hub
         # Jobs: short commands on a client with a longer timeout; blocking stream reads on one without any.
         self.jobs_redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5.0, socket_connect_timeout=1.0)
         self.blocking_redis = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=1.0)
@@ -65,9 +47,7 @@ class GatewayService:
                                                              server)
 
     async def start(self) -> None:
-        await self.policy.start()
-        if self.exact is not None:
-            await self.exact.start()
+        await self.core.start()
         await self.jobs.ensure_group()
         if self.worker is not None:
             await self.worker.start()
@@ -88,11 +68,6 @@ class GatewayService:
             await self._runner.cleanup()
         if self.worker is not None:
             await self.worker.close(self.settings.server.grace_s)
-        await self.hub.close()
-        if self.exact is not None:
-            await self.exact.close()
-        await self.policy.close()
-        for client in (self.redis, self.policy_redis, self.listener_redis, self.jobs_redis, self.blocking_redis,
-                       self.exact_redis):
-            if client is not None:
-                await client.aclose()
+        await self.core.close()
+        for client in (self.redis, self.listener_redis, self.jobs_redis, self.blocking_redis):
+            await client.aclose()

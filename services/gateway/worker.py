@@ -27,14 +27,13 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from services.gateway.auth import AuthError, KeyStore, StoreUnavailable
+from services.gateway.core import Core
 from services.gateway.hub import Decision, Hub
 from services.gateway.jobs import GROUP, JobStore
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.openai_wire import ApiError, usage_json
-from services.gateway.policy import Policy
 from services.gateway.pricing import Pricing, usd
 from services.gateway.settings import GatewaySettings
-from services.gateway.tokens import TokenCounter, load_cl100k
 from services.gateway.webhooks import Webhooks
 from weir.common.v1 import types_pb2
 from weir.gateway.v1 import gateway_service_pb2 as gateway_pb
@@ -42,7 +41,6 @@ from weir.kit import semconv as sc
 from weir.kit import telemetry
 from weir.kit.config import load
 from weir.kit.server import run_process, wait_for_stop_signal, write_ready_file
-from weir.mesh_config import load_mesh_config
 from weir.reasoner.v1 import reasoner_service_pb2 as reasoner_pb
 
 log = logging.getLogger("weir.gateway.worker")
@@ -372,30 +370,22 @@ class WorkerProcess:
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
         self.redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5.0, socket_connect_timeout=1.0)
-        timeout = settings.policy_timeout_ms / 1000
-        self.policy_redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=timeout,
-                                                    socket_connect_timeout=timeout)
         self.blocking = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=1.0)
         self.keys = KeyStore(self.redis, settings.master_key, settings.redis_prefix)
-        self.policy = Policy(
-            self.policy_redis, self.blocking, self.keys, Pricing(load_mesh_config()), GatewayMetrics(),
-            prefix=settings.redis_prefix, default_max_tokens=settings.default_max_tokens,
-            limits_fail_open=settings.limits_fail_open, budgets_fail_open=settings.budgets_fail_open,
-            events_kept=settings.ledger_events, usage_retention_days=settings.usage_retention_days)
-        self.hub = Hub(settings, self.policy, TokenCounter(load_cl100k()))
+        self.core = Core(settings, self.keys, GatewayMetrics(), self.blocking)
+        self.policy, self.hub = self.core.policy, self.core.hub
         self.store = JobStore(self.redis, self.blocking, settings.redis_prefix, result_ttl_s=settings.jobs_result_ttl_s)
         self.worker = JobWorker(settings, self.hub, self.keys, self.store, self.blocking,
                                 Webhooks(self.store, self.keys, settings))
 
     async def start(self) -> None:
-        await self.policy.start()
+        await self.core.start()
         await self.worker.start()
 
     async def close(self, grace_s: float) -> None:
         await self.worker.close(grace_s)
-        await self.hub.close()
-        await self.policy.close()
-        for client in (self.redis, self.policy_redis, self.blocking):
+        await self.core.close()
+        for client in (self.redis, self.blocking):
             await client.aclose()
 
 
