@@ -107,16 +107,24 @@ async def bench(mesh: Mesh, n: int, levels: list[int], wanted: list[str], redis_
         rows = []
         cpu_rows = []
         for conc in levels:
+            def direct_body(i: int, c: int = conc) -> bytes:
+                return body("fake-small", f"direct {run_id} {c} {i}")
+
+            def miss_body(i: int, c: int = conc) -> bytes:
+                return body("fake-small", f"Unique question {run_id} {c} {i}?")
+
+            def exact_body(i: int) -> bytes:
+                return body("fake-small", STORED.format(COUNTRIES[i % len(COUNTRIES)]))
+
+            def semantic_body(i: int) -> bytes:
+                para = PARAPHRASES[(i // len(COUNTRIES)) % len(PARAPHRASES)]
+                return body("fake-small", para.format(COUNTRIES[i % len(COUNTRIES)]))
+
             scenarios: list[tuple[str, str, dict[str, str], Callable[[int], bytes], str | None]] = [
-                ("direct fake-llm", direct, plain, lambda i, c=conc: body("fake-small", f"direct {run_id} {c} {i}"),
-                 None),
-                ("miss (mesh)", gw, auth, lambda i, c=conc: body("fake-small", f"Unique question {run_id} {c} {i}?"),
-                 "miss"),
-                ("exact hit", gw, auth, lambda i: body("fake-small", STORED.format(COUNTRIES[i % len(COUNTRIES)])),
-                 "exact"),
-                ("semantic hit", gw, auth,
-                 lambda i: body("fake-small", PARAPHRASES[(i // len(COUNTRIES)) % len(PARAPHRASES)].format(
-                     COUNTRIES[i % len(COUNTRIES)])), "semantic"),
+                ("direct fake-llm", direct, plain, direct_body, None),
+                ("miss (mesh)", gw, auth, miss_body, "miss"),
+                ("exact hit", gw, auth, exact_body, "exact"),
+                ("semantic hit", gw, auth, semantic_body, "semantic"),
             ]
             for name, url, hdrs, make, expect in scenarios:
                 if name.split()[0] not in wanted:
@@ -132,11 +140,13 @@ async def bench(mesh: Mesh, n: int, levels: list[int], wanted: list[str], redis_
                     cpu_rows.append((conc, name, cpu))
         ttft_rows = []
         if "stream" in wanted:
-            m = max(50, n // 4)
+            streams = max(50, n // 4)
             for name, url, hdrs, temp in (("direct fake-llm", direct, plain, 0.0), ("miss (mesh)", gw, auth, 0.0),
                                           ("uncached (mesh)", gw, auth, 0.7)):
-                first, whole = await run_ttft(s, url, hdrs, lambda i, nm=name, tp=temp: stream_body(
-                    "fake-small", f"Stream {run_id} {nm} {i}?", tp), m)
+                def stream_of(i: int, nm: str = name, tp: float = temp) -> bytes:
+                    return stream_body("fake-small", f"Stream {run_id} {nm} {i}?", tp)
+
+                first, whole = await run_ttft(s, url, hdrs, stream_of, streams)
                 ttft_rows.append((name, statistics.median(first), pct(first, 0.99), statistics.median(whole)))
         print(f"\nLatency through the REST bridge ({n} requests per row; fake provider latency 0)")
         print(f"{'conc':>4}  {'scenario':<18} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}")
@@ -145,9 +155,9 @@ async def bench(mesh: Mesh, n: int, levels: list[int], wanted: list[str], redis_
         print("\nMiss-path overhead vs calling the fake provider directly")
         for conc in levels:
             d = next((r for r in rows if r[0] == conc and r[1] == "direct fake-llm"), None)
-            m = next((r for r in rows if r[0] == conc and r[1] == "miss (mesh)"), None)
-            if d is not None and m is not None:
-                print(f"  conc {conc:>2}: p50 +{m[2] - d[2]:.2f} ms, p99 +{m[3] - d[3]:.2f} ms")
+            miss = next((r for r in rows if r[0] == conc and r[1] == "miss (mesh)"), None)
+            if d is not None and miss is not None:
+                print(f"  conc {conc:>2}: p50 +{miss[2] - d[2]:.2f} ms, p99 +{miss[3] - d[3]:.2f} ms")
         if ttft_rows:
             print("\nStreaming, concurrency 1: time to the first content chunk (and to the end of the stream)")
             for name, p50, p99, end in ttft_rows:

@@ -15,6 +15,7 @@ import asyncio
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -89,7 +90,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=12)
     parser.add_argument("--services", nargs="+", default=list(SERVICES))
     args = parser.parse_args()
-    spy = shutil.which("py-spy") or str(Path(os.sys.executable).parent / "py-spy")
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     state = Path(tempfile.mkdtemp(prefix="weir-profile-"))
     redis = start_local_redis(state / "redis")
     mesh = start_mesh(state, redis.url, {"WEIR_LOG_LEVEL": "warning"}, milvus=args.milvus)
