@@ -21,26 +21,10 @@ from pathlib import Path
 import aiohttp
 import orjson
 
+from bench.measure import rss_mb
 from bench.mesh_bench import COUNTRIES, PARAPHRASES, STORED
 from weir.devmesh import start_mesh
 from weir.kit.redis_local import start_local_redis
-
-
-def rss_mb(pid: int) -> float:
-    """Resident set size of a process and its live descendants, MiB."""
-    total = 0
-    todo = [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-            for task in Path(f"/proc/{p}/task").iterdir():
-                todo.extend(int(k) for k in (task / "children").read_text().split())
-        except OSError:
-            continue
-    return total / 1024
 
 
 async def load(url: str, key: str, rate: float, seconds: float, counts: dict[str, int]) -> None:

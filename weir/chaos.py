@@ -437,20 +437,10 @@ class ChaosRunner:
 
     async def check_ledger(self, a: Answer, problems: list[str], notes: list[str]) -> None:
         """The gateway's ledger event of this request names the answering model, its usage and its price."""
-        headers = {"Authorization": f"Bearer {self.api_key}"}
-        event: dict[str, Any] | None = None
-        for _ in range(50):  # the gateway settles in the background
-            async with self.http.get(self.gateway + "/v1/usage/events", params={"limit": "50"},
-                                     headers=headers) as r:
-                if r.status in (401, 403, 404):
-                    notes.append(f"ledger not checked: GET /v1/usage/events answered {r.status}")
-                    return
-                doc = await r.json()
-            rows = doc.get("data", doc) if isinstance(doc, dict) else doc
-            event = next((e for e in rows if isinstance(e, dict) and e.get("id") == a.id), None)
-            if event is not None:
-                break
-            await asyncio.sleep(0.05)
+        events = await self._events({a.id}, notes)
+        if events is None:
+            return
+        event = events.get(a.id)
         if event is None:
             problems.append(f"no ledger event for request {a.id}")
             return

@@ -300,14 +300,15 @@ class ExactTier:
             if mode == "id" or not chunk:
                 return removed
 
+    async def _tenants(self, set_key: str, tenant: str | None) -> list[str]:
+        """[tenant], or every tenant in the set `set_key` when `tenant` is None."""
+        if tenant is not None:
+            return [tenant]
+        return sorted(_s(t) for t in await self._call("tenants", self._redis.smembers(set_key)))
+
     async def reader_counts(self, tenant: str | None) -> dict[str, int]:
         """Lookup counts (STAT_FIELDS) that readers outside this service reported, for one tenant or all."""
-        if tenant is None:
-            raw = await self._call("stats-tenants",
-                                   self._redis.smembers(exact_cache.stats_tenants_key(self.prefix)))
-            tenants = sorted(_s(t) for t in raw)
-        else:
-            tenants = [tenant]
+        tenants = await self._tenants(exact_cache.stats_tenants_key(self.prefix), tenant)
         out = dict.fromkeys(exact_cache.STAT_FIELDS, 0)
         if not tenants:
             return out
@@ -321,11 +322,7 @@ class ExactTier:
 
     async def counts(self, tenant: str | None) -> tuple[int, int]:
         """Live (exact, semantic) entries of one tenant, or of all tenants when `tenant` is None."""
-        if tenant is None:
-            raw = await self._call("tenants", self._redis.smembers(f"{self.prefix}tenants"))
-            tenants = sorted(_s(t) for t in raw)
-        else:
-            tenants = [tenant]
+        tenants = await self._tenants(f"{self.prefix}tenants", tenant)
         if not tenants:
             return 0, 0
         now = int(time.time() * 1000)
