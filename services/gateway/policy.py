@@ -28,7 +28,7 @@ import logging
 import math
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -110,6 +110,10 @@ class Admission:
     refusal: ApiError | None = None  # cache-only: raise this unless the exact cache answers
     request_id: str = field(default_factory=lambda: "chatcmpl-" + secrets.token_hex(12))
     settled: bool = False
+    # A job run holds its settlement until the job's completion is decided (worker.py): a run that lost the race
+    # to complete the job (it was reclaimed while still running) is recorded as "superseded", not as a second "ok".
+    hold: bool = False
+    held: tuple[Settlement, Timings] | None = None
     # An exact-tier lookup started with the admission for the team the key belonged to last time (hub.py):
     # (that team, the task). Used only if the admitted team is the same.
     prefetch: tuple[str, Any] | None = None
@@ -124,7 +128,7 @@ class Admission:
 class Settlement:
     """How a request ended: billable usage (zero for cache hits), what the cache saved, how long it took."""
 
-    status: str  # ok | error | cancelled | refused
+    status: str  # ok | error | cancelled | refused | superseded (a job run whose job another run completed)
     model: str
     cache: str
     usage: types_pb2.Usage = field(default_factory=types_pb2.Usage)
@@ -397,6 +401,10 @@ class Policy:
         """Records how the request ended (metrics now, Redis in the background); idempotent per admission."""
         if adm.settled:
             return
+        if adm.hold:
+            if adm.held is None:
+                adm.held = (s, timings)
+            return
         adm.settled = True
         t = adm.ticket
         usage = s.usage
@@ -436,6 +444,19 @@ class Policy:
         self._pending.append(args)
         if len(self._pending) == 1:
             self._spawn(self._flush())
+
+    def release(self, adm: Admission, *, superseded: bool = False) -> None:
+        """Writes the settlement `adm.hold` kept back. With `superseded` (another run of the job completed it or
+        took it over), a run that completed or was cut for that reason is recorded as "superseded": its tokens
+        were spent all the same, so they are charged."""
+        adm.hold = False
+        if adm.held is None:
+            return
+        s, timings = adm.held
+        adm.held = None
+        if superseded and s.status in ("ok", "cancelled"):
+            s = replace(s, status="superseded")
+        self.settle(adm, s, timings)
 
     async def _flush(self) -> None:
         """Writes the settlements queued so far in one pipelined round trip (they pile up while one is out)."""

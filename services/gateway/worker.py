@@ -32,6 +32,7 @@ from services.gateway.hub import Decision, Hub
 from services.gateway.jobs import GROUP, JobStore
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.openai_wire import ApiError, usage_json
+from services.gateway.policy import Admission
 from services.gateway.pricing import Pricing, usd
 from services.gateway.settings import GatewaySettings
 from services.gateway.webhooks import Webhooks
@@ -305,6 +306,20 @@ class JobWorker:
         control.preview = control.preview or key_preview
         adm = await self.hub.admit("", req, control, digest=digest)
         adm.request_id = job_id
+        adm.hold = True  # settled below, once it is known whether this run completes the job
+        superseded = False
+        try:
+            if not await self._answer(job_id, adm, req, control):
+                raise _Superseded()
+        except _Superseded:
+            superseded = True
+            raise
+        finally:
+            self.hub.policy.release(adm, superseded=superseded)
+
+    async def _answer(self, job_id: str, adm: Admission, req: types_pb2.ChatRequest,
+                      control: gateway_pb.CacheControl) -> bool:
+        """Runs the request and completes the job with its answer; False if another run completed it first."""
         async def decided(d: Decision) -> None:
             await self._emit(job_id, "cache", {"tier": d.cache, "reason": d.cache_reason})
             if d.preview is not None and d.answer is None:
@@ -355,8 +370,9 @@ class JobWorker:
                   "cache": d.cache, "cache_reason": d.cache_reason, "route_reason": d.route_reason,
                   "hops_ms": {k: round(v, 2) for k, v in d.timings.hops.items()}}
         if not await self.store.finish(job_id, "succeeded", {"result": result}, result=result):
-            raise _Superseded()
+            return False
         await self.store.record_hops(d.timings.hops)
+        return True
 
     async def _notify(self, job_id: str) -> None:
         doc = await self.store.load(job_id)

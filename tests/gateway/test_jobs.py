@@ -13,6 +13,7 @@ import grpc
 import httpx
 import orjson
 import pytest
+import redis
 from aiohttp import web
 
 from tests.gateway.conftest import NewKey, unique_question, wait_events
@@ -21,6 +22,7 @@ from weir.common.v1 import types_pb2
 from weir.devmesh import Mesh, add_gateway
 from weir.gateway.v1 import gateway_service_pb2 as pb
 from weir.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
+from weir.kit.redis_local import LocalRedis
 
 FINAL_EVENTS = {"done", "failed", "cancelled", "dead_letter"}
 
@@ -135,6 +137,30 @@ def test_cancel_stops_a_running_job(mesh: Mesh, new_key: NewKey) -> None:
     assert log[-1][1] == "cancelled" and "done" not in [t for _, t, _ in log]
     deltas = [t for _, t, _ in log if t == "delta"]
     assert len(deltas) < 40  # the stream was cut, not run to its end (64 tokens at 100 ms each)
+
+
+def test_a_run_that_loses_the_completion_is_charged_as_superseded(mesh: Mesh, new_key: NewKey,
+                                                                    admin: httpx.Client,
+                                                                    redis_server: LocalRedis) -> None:
+    """A run reclaimed while still alive (a worker stalled past the visibility timeout) runs twice; the run that
+    does not complete the job (cut when it notices, as here, or finishing second) still spent its tokens, so it
+    is charged, as "superseded", never as a second "ok" (the 1,000-job chaos test meets the second case)."""
+    key, view = new_key()
+    httpx.post(f"{mesh.fake_url}/_fake/faults", json={"fault": "pace:50", "count": 1, "model": "fake-small"})
+    job = submit(mesh, key, max_tokens=12)
+    seen = events(mesh, key, job["id"], stop_after="delta")
+    assert seen[-1][1] == "delta"
+    # Another run completes the job first (what the completion script does for the winner of the race).
+    r = redis.Redis.from_url(redis_server.url)
+    try:
+        assert r.hset(f"weir:job:{job['id']}", "status", "succeeded") == 0
+    finally:
+        r.close()
+    ledger = wait_events(admin, 1, key=view["id"])
+    assert [(e["id"], e["status"]) for e in ledger] == [(job["id"], "superseded")]
+    assert ledger[0]["completion_tokens"] > 0 and ledger[0]["cost_usd"] > 0
+    time.sleep(0.3)  # nothing else arrives for it: no "ok" after the fact
+    assert len(wait_events(admin, 1, key=view["id"])) == 1
 
 
 def test_cancelled_queued_job_never_runs(mesh: Mesh, new_key: NewKey) -> None:

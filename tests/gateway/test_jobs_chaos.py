@@ -110,26 +110,31 @@ def test_thousand_jobs_survive_a_killed_worker(tmp_path: Path, model_dir: object
         # but (at most) the ones whose settlement died with the worker.
         job_ids = set(ids)
         charged: dict[str, int] = {}
+        superseded = 0  # runs reclaimed while still alive (a worker stalled past the 2 s visibility timeout)
         deadline = time.monotonic() + 15
         while True:
             charged.clear()
+            superseded = 0
             entries: list[tuple[bytes, dict[bytes, bytes]]] = r.xrange(f"{PREFIX}ledger")  # type: ignore[assignment]
             for _, fields in entries:
                 event = orjson.loads(fields[b"e"])
                 if event["id"] in job_ids and event["status"] == "ok":
                     charged[event["id"]] = charged.get(event["id"], 0) + 1
+                superseded += event["id"] in job_ids and event["status"] == "superseded"
             if len(charged) >= JOBS - in_flight or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
         assert max(charged.values()) == 1 and len(charged) >= JOBS - in_flight
         retried = sum(int(a) > 1 for _, _, a in docs)
         assert status_count == {"succeeded": JOBS}, status_count
-        assert 1 <= retried <= in_flight  # the killed worker's jobs (only those) were taken over and run again
+        # The killed worker's jobs were taken over and run again; so, on a busy box, may be a live run that
+        # missed its heartbeat (then one of its two runs is charged as superseded, above).
+        assert 1 <= retried <= in_flight + superseded
         print(f"\n1,000-job proof: {JOBS} submitted, worker {victim.info['worker']} SIGKILLed holding {in_flight} "
               f"unacknowledged jobs after {killed_at_done} had succeeded; {retried} jobs run again after being "
               f"reclaimed; "
               f"final: {status_count}; every job completed exactly once; ledger: {len(charged)} jobs charged, "
-              f"none twice; {elapsed:.1f}s in all")
+              f"none twice; {superseded} superseded runs; {elapsed:.1f}s in all")
     finally:
         r.close()
         mesh.stop()
