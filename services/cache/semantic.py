@@ -32,11 +32,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
 from services.cache.settings import CacheSettings
+from weir.kit import metrics
 
 log = logging.getLogger("weir.cache.semantic")
 
@@ -47,6 +48,10 @@ _QUERY_LIMIT = 16384  # Milvus' largest query window
 IDLE_FLUSH_S = 1.0  # Milvus Lite: pending writes are flushed once writes pause this long
 POOL_SIZE = 4  # threads running pymilvus calls
 WRITE_BATCH = 256  # rows written in one Milvus call at most
+SEARCH_BATCH = 64  # query vectors in one Milvus search at most
+
+SEARCHES = metrics.counter("weir_cache_milvus_searches", "Search calls sent to Milvus (one may carry many lookups)")
+SEARCHED = metrics.counter("weir_cache_milvus_searched_vectors", "Query vectors searched in Milvus")
 _SLUG = re.compile(r"[^A-Za-z0-9]+")
 
 
@@ -76,6 +81,15 @@ class Row:
     created_ms: int
     expires_ms: int
     vector: np.ndarray
+
+
+class _Scope(NamedTuple):
+    """What one Milvus search is restricted to: searches with the same scope can share a call."""
+
+    model_id: str
+    tenant: str
+    context_key: str
+    dim: int
 
 
 @dataclass(frozen=True)
@@ -108,7 +122,8 @@ class SemanticTier:
     def __init__(self, settings: CacheSettings) -> None:
         self.settings = settings
         self.uri = settings.resolved_milvus_uri
-        self._pool = ThreadPoolExecutor(max_workers=POOL_SIZE, thread_name_prefix="weir-milvus")
+        self._pool = ThreadPoolExecutor(max_workers=max(POOL_SIZE, settings.milvus_search_slots + 1),
+                                        thread_name_prefix="weir-milvus")
         self._client: Any = None
         self._rt = settings.milvus_timeout_s  # reads: a stalled search degrades quickly
         self._wt = settings.milvus_write_timeout_s  # writes, flushes, invalidations: they must land
@@ -124,6 +139,11 @@ class SemanticTier:
         self._last_error_log = 0.0
         self._queue: list[tuple[Row, str, asyncio.Future[str]]] = []  # rows waiting for the next write
         self._writer: asyncio.Task[None] | None = None
+        # Searches waiting for a slot, by scope (model, tenant, context, dimension), oldest scope first.
+        self._waiting: dict[_Scope, list[tuple[np.ndarray, asyncio.Future[list[Candidate]]]]] = {}
+        self._free_slots = settings.milvus_search_slots  # searches that may go out now
+        self._busy: set[_Scope] = set()  # scopes with a search out
+        self._searches: set[asyncio.Task[None]] = set()
 
     # ---- connection ------------------------------------------------------------------------------
 
@@ -278,28 +298,76 @@ class SemanticTier:
     # ---- search ----------------------------------------------------------------------------------
 
     async def search(self, tenant: str, context_key: str, model_id: str, vector: np.ndarray) -> list[Candidate]:
-        """The caller's nearest live entries in the same context, best first (at most top_k)."""
-        client = self._require()
-        return await self._run(self._search, client, tenant, context_key, model_id, vector)
+        """The caller's nearest live entries in the same context, best first (at most top_k).
 
-    def _search(self, client: Any, tenant: str, context_key: str, model_id: str,
-                vector: np.ndarray) -> list[Candidate]:
-        name = self.collection_name(model_id)
+        A search goes out at once unless one of the same scope (tenant, context, model) is out, or all slots
+        are taken. Lookups that wait go out together as one multi-vector search when it returns: Milvus 2.3
+        spends ~4 CPU-ms per search call whatever it carries (one vector or sixteen), pymilvus ~1.3."""
+        self._require()
+        fut: asyncio.Future[list[Candidate]] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(_Scope(model_id, tenant, context_key, int(vector.shape[0])), []).append(
+            (vector, fut))
+        self._dispatch()
+        return await fut
+
+    def _dispatch(self) -> None:
+        loop = asyncio.get_running_loop()
+        for scope in list(self._waiting):
+            if not self._free_slots:
+                return
+            if scope in self._busy:  # its lookups wait for the search out, then go together
+                continue
+            waiting = self._waiting.pop(scope)
+            if len(waiting) > SEARCH_BATCH:
+                self._waiting[scope] = waiting[SEARCH_BATCH:]
+            batch = [(v, f) for v, f in waiting[:SEARCH_BATCH] if not f.done()]  # done: the caller gave up
+            if not batch:
+                continue
+            self._free_slots -= 1
+            self._busy.add(scope)
+            task = loop.create_task(self._search_batch(scope, batch))
+            self._searches.add(task)
+            task.add_done_callback(self._searches.discard)
+
+    async def _search_batch(self, scope: _Scope,
+                            batch: list[tuple[np.ndarray, asyncio.Future[list[Candidate]]]]) -> None:
+        try:
+            client = self._require()
+            results = await self._run(self._search, client, scope, [v for v, _ in batch])
+        except Exception as exc:  # every search of the batch fails alike
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+        else:
+            for (_, fut), found in zip(batch, results, strict=True):
+                if not fut.done():
+                    fut.set_result(found)
+        finally:
+            self._free_slots += 1
+            self._busy.discard(scope)
+            self._dispatch()
+
+    def _search(self, client: Any, scope: _Scope, vectors: list[np.ndarray]) -> list[list[Candidate]]:
+        """One Milvus search for the vectors of one scope; each one's candidates, best first."""
+        name = self.collection_name(scope.model_id)
         dim = self._known_dim(client, name)
         if dim is None:
-            return []
-        if dim != vector.shape[0]:
-            raise DimensionMismatch(model_id, dim, int(vector.shape[0]))
+            return [[] for _ in vectors]
+        if dim != scope.dim:
+            raise DimensionMismatch(scope.model_id, dim, scope.dim)
+        tenant, context_key = scope.tenant, scope.context_key
         partition = self.partition_name(tenant)
         if (name, partition) not in self._partitions:
             if not client.has_partition(name, partition, timeout=self._rt):
-                return []
+                return [[] for _ in vectors]
             self._partitions.add((name, partition))
         now = int(time.time() * 1000)
         expr = f"tenant == {quote(tenant)} and context_key == {quote(context_key)} and expires > {now}"
+        SEARCHES.inc()
+        SEARCHED.inc(len(vectors))
         result = client.search(
             name,
-            data=[vector],
+            data=vectors,
             limit=self.settings.top_k,
             partition_names=[partition],
             filter=expr,
@@ -307,22 +375,25 @@ class SemanticTier:
             search_params={"metric_type": "COSINE", "params": {"ef": self.settings.hnsw_ef}},
             timeout=self._rt,
         )
-        out: list[Candidate] = []
-        for hit in result[0] if result else ():
-            entity = hit["entity"]
-            # Defence in depth: the partition and the filter already scope the search.
-            if entity["tenant"] != tenant or entity["context_key"] != context_key or entity["expires"] <= now:
-                log.error("milvus returned a row outside the search scope; dropped",
-                          extra={"collection": name, "entry_id": hit["id"]})
-                continue
-            out.append(Candidate(
-                entry_id=str(hit["id"]),
-                similarity=float(hit["distance"]),
-                question=str(entity["question"]),
-                answer=base64.b64decode(entity["answer"]),
-            ))
-        out.sort(key=lambda c: c.similarity, reverse=True)
-        return out
+        found: list[list[Candidate]] = []
+        for i in range(len(vectors)):
+            out: list[Candidate] = []
+            for hit in result[i] if result and i < len(result) else ():
+                entity = hit["entity"]
+                # Defence in depth: the partition and the filter already scope the search.
+                if entity["tenant"] != tenant or entity["context_key"] != context_key or entity["expires"] <= now:
+                    log.error("milvus returned a row outside the search scope; dropped",
+                              extra={"collection": name, "entry_id": hit["id"]})
+                    continue
+                out.append(Candidate(
+                    entry_id=str(hit["id"]),
+                    similarity=float(hit["distance"]),
+                    question=str(entity["question"]),
+                    answer=base64.b64decode(entity["answer"]),
+                ))
+            out.sort(key=lambda c: c.similarity, reverse=True)
+            found.append(out)
+        return found
 
     # ---- writes ----------------------------------------------------------------------------------
 

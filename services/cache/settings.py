@@ -51,6 +51,12 @@ class CacheSettings:
         help="flush a collection after this many writes; unset = 128 for Milvus Lite (whose unflushed rows "
              "are searched slowly), 0 (never) for a server",
     )
+    milvus_search_slots: int = env(
+        "WEIR_CACHE_MILVUS_SEARCH_SLOTS", 8,
+        help="Milvus searches out at once, at most one per tenant and conversation context: lookups that "
+             "find their scope's search out (or no slot) wait for it and go out together as one "
+             "multi-vector search (cheaper per lookup under load; no wait when idle)",
+    )
     purge_interval_s: float = env("WEIR_CACHE_PURGE_INTERVAL_S", 60.0,
                                   help="how often expired semantic rows are deleted (they are never served)")
     sim_threshold: float = env("WEIR_CACHE_SIM_THRESHOLD", 0.70,
@@ -101,6 +107,8 @@ class CacheSettings:
             problems.append(f"WEIR_CACHE_MILVUS_CONSISTENCY must be one of {', '.join(_CONSISTENCY)}")
         if self.milvus_flush_rows is not None and self.milvus_flush_rows < 0:
             problems.append("WEIR_CACHE_MILVUS_FLUSH_ROWS must be >= 0")
+        if not 1 <= self.milvus_search_slots <= 64:
+            problems.append("WEIR_CACHE_MILVUS_SEARCH_SLOTS must be in [1, 64]")
         if self.purge_interval_s <= 0:
             problems.append("WEIR_CACHE_PURGE_INTERVAL_S must be > 0")
         return problems

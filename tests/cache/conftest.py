@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import grpc
+import httpx
 import numpy as np
 import pytest
 
@@ -138,3 +140,30 @@ def server_env(milvus_server: supervisor.Process, request: pytest.FixtureRequest
     return {"WEIR_MILVUS_URI": str(milvus_server.info["uri"]), "WEIR_CACHE_MILVUS_COLLECTION_PREFIX": prefix,
             # Session: a search waits for this process' own writes, so a test reads what it just stored.
             "WEIR_CACHE_MILVUS_CONSISTENCY": "Session"}
+
+
+async def check_concurrent_lookups(cache: Cache) -> None:
+    """Under load, waiting lookups of one tenant go to Milvus as one multi-vector search; every lookup still
+    gets its own nearest entry and only its own tenant's."""
+    questions = {tenant: [(f"What is the status of project {tenant}-{i}?", unit(100 + 50 * t + i))
+                          for i in range(24)] for t, tenant in enumerate(("acme", "globex"))}
+    for tenant, items in questions.items():
+        for q, v in items:
+            await cache.store(tenant, chat(q), f"{q} -> answer for {tenant}", v)
+    before = _searches(cache)
+    lookups = [(tenant, q, v) for tenant, items in questions.items() for q, v in items]
+    found = await asyncio.gather(*(cache.semantic(tenant, chat(q.lower()), near(v, 0.96))
+                                   for tenant, q, v in lookups))
+    for (tenant, q, _), resp in zip(lookups, found, strict=True):
+        assert resp.hit, (q, resp.reason)
+        assert resp.answer.content == f"{q} -> answer for {tenant}"
+    calls, vectors = (a - b for a, b in zip(_searches(cache), before, strict=True))
+    assert vectors == len(lookups)
+    assert calls < len(lookups)  # some lookups shared a search
+
+
+def _searches(cache: Cache) -> tuple[float, float]:
+    """(Milvus search calls, query vectors searched) from the cache's Prometheus metrics."""
+    text = httpx.get(f"http://{cache.proc.info['metrics']}/metrics").text
+    values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith("weir_cache_")}
+    return values["weir_cache_milvus_searches_total"], values["weir_cache_milvus_searched_vectors_total"]

@@ -3,7 +3,7 @@ HNSW index, one partition per tenant. The server starts once per session."""
 
 from __future__ import annotations
 
-from tests.cache.conftest import StartCache, chat, near, unit
+from tests.cache.conftest import StartCache, chat, check_concurrent_lookups, near, unit
 from weir.cache.v1 import cache_service_pb2 as pb
 
 
@@ -44,3 +44,9 @@ async def test_verification_and_invalidation_on_the_server(start_cache: StartCac
     assert (await cache.exact("acme", chat("Cancel my order 48213"))).hit
     assert (await cache.stub.Invalidate(pb.InvalidateRequest(tenant="acme", all=True))).removed == 1
     assert (await cache.semantic("acme", chat("Cancel my order 48213"), v)).reason == "miss: no candidate"
+
+
+
+async def test_concurrent_lookups_share_searches_and_each_gets_its_own_answer(
+        start_cache: StartCache, server_env: dict[str, str]) -> None:
+    await check_concurrent_lookups(await start_cache({**server_env, "WEIR_METRICS_PORT": "0"}))

@@ -8,7 +8,17 @@ from pathlib import Path
 
 import grpc
 
-from tests.cache.conftest import Cache, StartCache, answer, call_error, chat, embedding, near, unit
+from tests.cache.conftest import (
+    Cache,
+    StartCache,
+    answer,
+    call_error,
+    chat,
+    check_concurrent_lookups,
+    embedding,
+    near,
+    unit,
+)
 from weir.cache.v1 import cache_service_pb2 as pb
 from weir.kit.redis_local import free_port, start_local_redis
 
@@ -360,3 +370,7 @@ async def test_the_context_index_lists_contexts_with_semantic_entries(cache: Cac
         assert not await r.exists(key)
     finally:
         await r.aclose()
+
+
+async def test_concurrent_lookups_share_searches_and_each_gets_its_own_answer(start_cache: StartCache) -> None:
+    await check_concurrent_lookups(await start_cache({"WEIR_METRICS_PORT": "0"}))
