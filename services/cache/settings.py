@@ -51,6 +51,11 @@ class CacheSettings:
         help="flush a collection after this many writes; unset = 128 for Milvus Lite (whose unflushed rows "
              "are searched slowly), 0 (never) for a server",
     )
+    milvus_write_interval_ms: float = env(
+        "WEIR_CACHE_MILVUS_WRITE_INTERVAL_MS", 20.0,
+        help="at most one Milvus write call per interval: rows stored meanwhile go out together (an entry "
+             "becomes semantically visible up to this much later; the exact tier serves it at once)",
+    )
     milvus_search_slots: int = env(
         "WEIR_CACHE_MILVUS_SEARCH_SLOTS", 8,
         help="Milvus searches out at once, at most one per tenant and conversation context: lookups that "
@@ -107,6 +112,8 @@ class CacheSettings:
             problems.append(f"WEIR_CACHE_MILVUS_CONSISTENCY must be one of {', '.join(_CONSISTENCY)}")
         if self.milvus_flush_rows is not None and self.milvus_flush_rows < 0:
             problems.append("WEIR_CACHE_MILVUS_FLUSH_ROWS must be >= 0")
+        if not 0 <= self.milvus_write_interval_ms <= 5000:
+            problems.append("WEIR_CACHE_MILVUS_WRITE_INTERVAL_MS must be in [0, 5000]")
         if not 1 <= self.milvus_search_slots <= 64:
             problems.append("WEIR_CACHE_MILVUS_SEARCH_SLOTS must be in [1, 64]")
         if self.purge_interval_s <= 0:
