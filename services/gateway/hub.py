@@ -370,8 +370,8 @@ class Hub:
             upstream = True
             try:
                 resp = await self.reasoner.Complete(
-                    reasoner_pb.CompleteRequest(request=req, plan=d.plan, tenant=adm.principal.team, coalesce_key=(
-                        chat.exact_key(adm.principal.team, req) if d.store or chat.is_deterministic(req) else "")),
+                    reasoner_pb.CompleteRequest(request=req, plan=d.plan, tenant=adm.principal.team,
+                                                coalesce_key=_coalesce_key(d, req)),
                     timeout=self.deadlines.reason_s)
             except grpc.RpcError as exc:
                 raise api_error_from_remote(parse_rpc_error(exc), "reasoner") from exc
@@ -402,8 +402,8 @@ class Hub:
             since = time.perf_counter()
             upstream = True
             call = self.reasoner.StreamComplete(
-                reasoner_pb.StreamCompleteRequest(request=req, plan=d.plan, tenant=adm.principal.team, coalesce_key=(
-                    chat.exact_key(adm.principal.team, req) if d.store or chat.is_deterministic(req) else "")),
+                reasoner_pb.StreamCompleteRequest(request=req, plan=d.plan, tenant=adm.principal.team,
+                                                  coalesce_key=_coalesce_key(d, req)),
                 timeout=self.deadlines.reason_s)
             it = call.__aiter__()
             try:
@@ -498,6 +498,12 @@ class Hub:
             call.cancel()
         raise ApiError(502, "upstream stream ended without completing the answer", type="upstream_error",
                        code="stream_interrupted")
+
+
+def _coalesce_key(d: Decision, req: types_pb2.ChatRequest) -> str:
+    """Identical concurrent requests share one upstream call (the reasoner coalesces on this key): those whose
+    answer would be cached, or is deterministic anyway; "" for the rest."""
+    return chat.exact_key(d.tenant, req) if d.store or chat.is_deterministic(req) else ""
 
 
 def _answered(model: str, usage: types_pb2.Usage, coalesced: bool, request_id: str) -> Settlement:

@@ -41,7 +41,10 @@ def test_shipped_artefact_fits_the_embedder_model(shipped: GainScorer, model_dir
     manifest = read_manifest(model_dir, verify_checksum=False)
     assert shipped.embedding_model_id == manifest.name  # any export of the model (name@checksum) is accepted
     assert accepts_model(shipped.embedding_model_id, manifest.model_id)
-    assert json.loads(shipped.metadata)["embedding_export"] == manifest.model_id
+    # The export it was trained on is recorded; this machine's export may differ in bytes (another torch/onnx
+    # build serialises the same graph differently), not in what it computes: the holdout test below embeds
+    # with this machine's export and still needs the trained quality.
+    assert json.loads(shipped.metadata)["embedding_export"].split("@")[0] == manifest.name
     meta = json.loads(shipped.metadata)
     assert meta["operating_point"]["threshold"] == 0.5
     assert 0.05 <= meta["operating_point"]["strong_share"] <= 0.95
