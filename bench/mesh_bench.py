@@ -1,4 +1,5 @@
-"""Mesh benchmark: latency through the REST bridge for exact hits, semantic hits and misses, against calling
+"""Mesh benchmark: latency through the REST bridge for exact hits, semantic hits, misses and uncached requests
+(temperature 0.7: no embedding, lookup or store), against calling
 the fake provider directly, at several concurrencies; plus CPU-ms per request per process (from /proc).
 
     make bench            # or: .venv/bin/python -m bench.mesh_bench [--requests 400]
@@ -82,11 +83,12 @@ def stream_body(model: str, text: str, temperature: float = 0.0) -> bytes:
                          "messages": [{"role": "user", "content": text}]})
 
 
-def body(model: str, text: str) -> bytes:
-    return orjson.dumps({"model": model, "messages": [{"role": "user", "content": text}], "temperature": 0})
+def body(model: str, text: str, temperature: float = 0.0) -> bytes:
+    return orjson.dumps({"model": model, "messages": [{"role": "user", "content": text}],
+                         "temperature": temperature})
 
 
-SCENARIOS = ("direct", "miss", "exact", "semantic", "stream")
+SCENARIOS = ("direct", "miss", "uncached", "exact", "semantic", "stream")
 
 
 async def bench(mesh: Mesh, n: int, levels: list[int], wanted: list[str], redis_pid: int) -> None:
@@ -113,6 +115,9 @@ async def bench(mesh: Mesh, n: int, levels: list[int], wanted: list[str], redis_
             def miss_body(i: int, c: int = conc) -> bytes:
                 return body("fake-small", f"Unique question {run_id} {c} {i}?")
 
+            def uncached_body(i: int, c: int = conc) -> bytes:  # not cacheable: no embedding, no lookup, no store
+                return body("fake-small", f"Uncached question {run_id} {c} {i}?", 0.7)
+
             def exact_body(i: int) -> bytes:
                 return body("fake-small", STORED.format(COUNTRIES[i % len(COUNTRIES)]))
 
@@ -123,6 +128,7 @@ async def bench(mesh: Mesh, n: int, levels: list[int], wanted: list[str], redis_
             scenarios: list[tuple[str, str, dict[str, str], Callable[[int], bytes], str | None]] = [
                 ("direct fake-llm", direct, plain, direct_body, None),
                 ("miss (mesh)", gw, auth, miss_body, "miss"),
+                ("uncached (mesh)", gw, auth, uncached_body, "miss"),
                 ("exact hit", gw, auth, exact_body, "exact"),
                 ("semantic hit", gw, auth, semantic_body, "semantic"),
             ]
@@ -155,9 +161,10 @@ async def bench(mesh: Mesh, n: int, levels: list[int], wanted: list[str], redis_
         print("\nMiss-path overhead vs calling the fake provider directly")
         for conc in levels:
             d = next((r for r in rows if r[0] == conc and r[1] == "direct fake-llm"), None)
-            miss = next((r for r in rows if r[0] == conc and r[1] == "miss (mesh)"), None)
-            if d is not None and miss is not None:
-                print(f"  conc {conc:>2}: p50 +{miss[2] - d[2]:.2f} ms, p99 +{miss[3] - d[3]:.2f} ms")
+            for path in ("miss (mesh)", "uncached (mesh)"):
+                miss = next((r for r in rows if r[0] == conc and r[1] == path), None)
+                if d is not None and miss is not None:
+                    print(f"  conc {conc:>2} {path:<16}: p50 +{miss[2] - d[2]:.2f} ms, p99 +{miss[3] - d[3]:.2f} ms")
         if ttft_rows:
             print("\nStreaming, concurrency 1: time to the first content chunk (and to the end of the stream)")
             for name, p50, p99, end in ttft_rows:
