@@ -28,7 +28,7 @@ from weir import chat
 from weir.cache.v1 import cache_service_pb2 as pb
 from weir.cache.v1 import cache_service_pb2_grpc as pb_grpc
 from weir.common.v1 import types_pb2
-from weir.kit import metrics, telemetry
+from weir.kit import metrics, tasks, telemetry
 from weir.kit import semconv as sc
 from weir.kit.config import describe
 from weir.kit.errors import WeirError, invalid_argument
@@ -147,10 +147,7 @@ class CacheService(pb_grpc.CacheServiceServicer):
                                        "milvus": self.semantic.available, "milvus_uri": self.semantic.safe_uri()})
 
     async def close(self) -> None:
-        if self._maintenance is not None:
-            self._maintenance.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._maintenance
+        await tasks.stop(self._maintenance)
         await self.semantic.close()
         await self.exact.close()
 

@@ -12,7 +12,6 @@ stops further tries for a second, and the request goes on to the semantic tier a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -24,6 +23,7 @@ from redis.exceptions import RedisError
 from weir import chat, exact_cache
 from weir.cache.v1 import cache_service_pb2 as cache_pb
 from weir.common.v1 import types_pb2
+from weir.kit import tasks
 
 log = logging.getLogger("weir.gateway.exact")
 
@@ -69,13 +69,10 @@ class ExactReader:
         self._lookup = redis.register_script(_LOOKUP)
 
     async def start(self) -> None:
-        self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+        self._flusher = tasks.every(FLUSH_S, self.flush, "exact-tier stats flush")
 
     async def close(self) -> None:
-        if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+        await tasks.stop(self._flusher)
         await self.flush()
 
     async def lookup(self, tenant: str, req: types_pb2.ChatRequest, count: bool = True) -> Lookup:
@@ -136,7 +133,3 @@ class ExactReader:
                 for i, v in enumerate(values):
                     mine[i] += v
 
-    async def _flush_loop(self) -> None:
-        while True:
-            await asyncio.sleep(FLUSH_S)
-            await self.flush()

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import calendar
-import contextlib
 import logging
 import math
 import secrets
@@ -44,6 +43,7 @@ from services.gateway.openai_wire import ApiError
 from services.gateway.pricing import Pricing, usd
 from services.gateway.timings import Timings
 from weir.common.v1 import types_pb2
+from weir.kit import tasks
 
 log = logging.getLogger("weir.gateway.policy")
 
@@ -180,10 +180,7 @@ class Policy:
     async def close(self) -> None:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+        await tasks.stop(self._listener)
 
     async def _listen(self) -> None:
         """Drops local snapshots of keys an admin changed (any replica), so a revoked key stays refused even

@@ -13,7 +13,6 @@ run `max_attempts` times is dead-lettered.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
@@ -39,7 +38,7 @@ from services.gateway.webhooks import Webhooks
 from weir.common.v1 import types_pb2
 from weir.gateway.v1 import gateway_service_pb2 as gateway_pb
 from weir.kit import semconv as sc
-from weir.kit import telemetry
+from weir.kit import tasks, telemetry
 from weir.kit.config import load
 from weir.kit.server import run_process, wait_for_stop_signal, write_ready_file
 from weir.reasoner.v1 import reasoner_service_pb2 as reasoner_pb
@@ -110,20 +109,14 @@ class JobWorker:
         """Stops taking jobs and lets running ones finish within `grace_s`; the rest stay pending for another
         worker to take over."""
         self._stopping = True
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+        await tasks.stop(self._loop_task)
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=grace_s)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=1.0)
-        if self._beat_task is not None:
-            self._beat_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._beat_task
+        await tasks.stop(self._beat_task)
         await self.webhooks.close()
 
     # ---- taking messages -------------------------------------------------------------------------

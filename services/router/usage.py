@@ -10,7 +10,6 @@ still enforces the limit exactly. Redis trouble leaves the view empty (after `st
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from weir.kit import tasks
 from weir.mesh_config import MeshConfig
 
 log = logging.getLogger("weir.router.usage")
@@ -100,17 +100,10 @@ class DeploymentUsage:
     async def start(self) -> None:
         if self._read is not None and self.limits:
             await self.refresh()
-            self._task = asyncio.get_running_loop().create_task(self._loop())
+            self._task = tasks.every(self.poll_s, self.refresh, "deployment usage poll")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await tasks.stop(self._task)
         if self.redis is not None:
             await self.redis.aclose()
 
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.poll_s)
-            await self.refresh()
