@@ -73,7 +73,7 @@ PHRASES: dict[str, str] = {
     "e mail": "email", "sign in": "signin", "log in": "login", "set up": "setup", "carry on": "carryon",
     "as well": "also", "right now": "now", "at the moment": "now", "kind of": "", "sort of": "",
     "in order to": "to", "so that": "so", "is it possible to": "can", "am i able to": "can i",
-    "be able to": "can", "is there a way to": "can",
+    "be able to": "can", "is there a way to": "can", "quick question": "", "real quick": "", "in advance": "ahead",
     # "what does it mean when X" asks why X; "get more X" is "increase X"
     "what does it mean when": "why", "what does it mean if": "why", "what does that mean when": "why",
     "get more": "increase", "get higher": "increase", "get a higher": "increase", "get a bigger": "increase",
@@ -271,7 +271,9 @@ _dates("autumn", "fall")
 _dates("winter", "wintertime", "winters")
 _dates("am", "a.m.")
 _dates("pm", "p.m.")
-_dates("christmas", "xmas")
+_dates("christmas", "xmas", "christmas day", "xmas day")
+_dates("christmas eve", "xmas eve")
+_dates("new year eve", "nye")  # "new year's eve": the new year pair, then "eve" (verifier)
 _dates("thanksgiving")
 _dates("easter")
 _dates("halloween")
@@ -295,6 +297,8 @@ _dates("q1")
 _dates("q2")
 _dates("q3")
 _dates("q4")
+# Holidays: "<holiday> eve" is the day before, "<holiday> day" the holiday itself.
+HOLIDAYS = frozenset({"christmas", "new year", "thanksgiving", "easter", "halloween", "hanukkah", "diwali"})
 # "fall", "march", "may" and "sun" double as other words; they count as dates only in date-like context.
 AMBIGUOUS_DATE_WORDS = frozenset({"fall", "march", "mar", "may", "sun", "sat", "wed", "am", "dec", "jan",
                                   "second"})
@@ -348,6 +352,15 @@ AFTER_VERB_LAST = frozenset({"", "in", "for", "on", "after", "outside", "without
                              "through", "until", "till", "once", "before", "at"})
 # Scope words a paraphrase may add or drop without changing the question ("list users" / "list all users").
 IMPLICIT_SCOPE = frozenset({"all", "any", "some"})
+
+# People a question can be about instead of the asker ("do I need" / "does the recipient need").
+ROLE_NOUNS = frozenset({
+    "recipient", "sender", "buyer", "seller", "customer", "client", "employee", "employer", "boss", "landlord",
+    "tenant", "renter", "owner", "driver", "passenger", "patient", "doctor", "child", "kid", "son", "daughter",
+    "parent", "spouse", "wife", "husband", "partner", "student", "teacher", "manager", "agent", "guest", "member",
+    "vendor", "supplier", "applicant", "beneficiary", "borrower", "lender", "payee", "payer", "cosigner", "friend",
+    "neighbor", "neighbour", "roommate", "contractor", "candidate", "visitor", "user", "admin", "administrator",
+})
 
 # ---- question intent ------------------------------------------------------------------------------------
 

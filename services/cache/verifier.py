@@ -96,6 +96,10 @@ class Facts:
     negations: tuple[str, ...]
     scope: frozenset[str]
     intents: frozenset[str]
+    # What kind of question it opens with: "definition" (what is a X), "method" (how do I X), "" otherwise.
+    kind: str
+    # The modal of a yes/no question: "can" (can / could / may I ...), "should" (should I ...), "" otherwise.
+    modal: str
     entities: frozenset[str]
     quoted: tuple[frozenset[str], ...]
     content: tuple[str, ...]  # canonical content words (a sorted multiset)
@@ -263,14 +267,67 @@ def _asks_when(toks: Sequence[tuple[str, str, bool]], i: int) -> bool:
     return False
 
 
+_EXCHANGE = frozenset(stem(w) for w in ("exchange", "swap", "trade", "substitute", "replace"))
+_DEFINITION_NEXT = frozenset({"a", "an"})
+_EVALUATIVE = frozenset({"good", "best", "better", "great", "nice", "normal", "typical", "common", "reasonable",
+                         "realistic", "cheap", "safe", "easy", "quick", "fast", "recommended", "ideal", "right"})
+_METHOD_SUBJECTS = frozenset({"i", "we", "you", "one", "someone", "people"})
+
+
+def _kind(words: Sequence[str]) -> str:
+    """"definition" for "what is a X" / "what are X" / "what does X mean" / "define X", "method" for "how do I X"
+    / "how to X", "" otherwise (only these two are told apart: "what is X" and "how do I use X" differ)."""
+    if not words:
+        return ""
+    first, second = words[0], words[1] if len(words) > 1 else ""
+    third = words[2] if len(words) > 2 else ""
+    if first == "define" or (first == "what" and second in ("does", "do") and words[-1] == "mean"):
+        return "definition"
+    if first == "what" and second in ("is", "are"):
+        named = words[3:] if third in _DEFINITION_NEXT else words[2:] if second == "are" else []
+        if 0 < len(named) <= 3 and third not in lx.DETERMINERS - _DEFINITION_NEXT and not any(
+                w in _EVALUATIVE for w in named):
+            return "definition"  # "what is a Schlenk line", "what are index funds"; not "what is a good ..."
+    if first == "how" and (second == "to" or (second in ("do", "does", "can", "could", "should", "would")
+                                              and third in _METHOD_SUBJECTS)):
+        return "method"
+    return ""
+
+
+def _modal(words: Sequence[str]) -> str:
+    """The modal a yes/no question opens with: "can" (can / could / may) or "should" (should / shall)."""
+    first = words[0] if words else ""
+    return "can" if first in ("can", "could", "may") else "should" if first in ("should", "shall") else ""
+
+
+_PHRASE_VERBS = frozenset({"get", "set", "sign", "log", "carry"})  # verbs that head a fixed phrase
+
+
+def _heads(word: str) -> tuple[str, ...]:
+    """`word`, and its base form when that is a verb heading a fixed phrase ("gets more" / "got more" /
+    "getting more" are "get more"; "kinds of" stays apart from the filler "kind of")."""
+    forms = [lx.IRREGULAR.get(word, word)]
+    if word.endswith("ies"):
+        forms.append(word[:-3] + "y")  # carries -> carry
+    if word.endswith("s"):
+        forms.append(word[:-1])
+    if word.endswith("ing"):
+        forms += [word[:-3], word[:-4]]  # signing -> sign, getting -> get
+    return (word, *(f for f in forms if f != word and f in _PHRASE_VERBS))
+
+
 def _join_phrases(toks: list[tuple[str, str, bool]]) -> list[tuple[str, str, bool]]:
-    """Replaces fixed phrases ("money back" -> "refund") by their one-word meaning."""
+    """Replaces fixed phrases ("money back" -> "refund") by their one-word meaning; the phrase's first word
+    may be inflected ("gets more" is "get more")."""
     out: list[tuple[str, str, bool]] = []
     i = 0
     while i < len(toks):
         for size in (5, 4, 3, 2):
-            phrase = " ".join(t[0] for t in toks[i:i + size])
-            if len(toks) - i >= size and phrase in lx.PHRASES:
+            if len(toks) - i < size:
+                continue
+            rest = " ".join(t[0] for t in toks[i + 1:i + size])
+            phrase = next((f"{h} {rest}" for h in _heads(toks[i][0]) if f"{h} {rest}" in lx.PHRASES), None)
+            if phrase is not None:
                 out.extend((w, phrase, toks[i][2]) for w in lx.PHRASES[phrase].split())
                 i += size
                 break
@@ -335,6 +392,8 @@ def analyze(text: str) -> Facts:
     negations: list[str] = []
     scope: set[str] = set()
     intents: set[str] = set()
+    noun_intents: set[str] = set()  # asked by a noun ("the cost of"): count only when no wh-word asks
+    exchanging = False  # an exchange verb was seen: "for" / "with" then relate two things in order
     content: list[str] = []
     sequence: list[str] = []
     particles: set[str] = set()
@@ -358,9 +417,13 @@ def analyze(text: str) -> Facts:
             continue
         pair = f"{word} {nxt}"
         if pair in lx.DATE_WORDS:  # two-word dates: new year, black friday
-            dates.add(lx.DATE_WORDS[pair])
-            sequence.append(lx.DATE_WORDS[pair])
+            date = lx.DATE_WORDS[pair]
             i += 1
+            if after in ("eve", "day") and date in lx.HOLIDAYS:  # new year's eve / new year's day
+                date += " eve" if after == "eve" else ""
+                i += 1
+            dates.add(date)
+            sequence.append(date)
             prev = nxt
             continue
         if word in lx.RELATIVE and nxt in lx.PERIODS:
@@ -376,6 +439,8 @@ def analyze(text: str) -> Facts:
             prev = "#"
             continue
         unit = lx.UNITS.get(word)
+        if word in ("min", "max") and prev != "#":
+            unit, word = None, "minimum" if word == "min" else "maximum"  # "min visibility", not minutes
         if word in ("second", "seconds") and (prev == "#" or prev in _RATE_CONTEXT or word == "seconds"):
             unit = "sec"
         if unit is not None and (word in lx.UNIT_SYMBOLS or unit in lx.TIME_UNITS or prev == "#" or (
@@ -407,11 +472,18 @@ def analyze(text: str) -> Facts:
                 sequence.append(canon_scope)
             prev = word
             continue
-        asks = opens or prev in lx.QUESTION_OPENERS
+        asks = opens or prev in lx.QUESTION_OPENERS or i == n  # i == n: a trailing "... on my iphone why"
         if word in lx.INTENT_WORDS and asks:
             intents.add(lx.INTENT_WORDS[word])
         elif word == "how" and nxt in lx.HOW_INTENTS:
-            intents.add(lx.HOW_INTENTS[nxt])
+            intent = lx.HOW_INTENTS[nxt]
+            third = toks[i + 2][0] if i + 2 < n else ""
+            if nxt == "many" and after == "times" and third in ("a", "per", "each", "every"):
+                intent = "frequency"  # "how many times a day" asks "how often"
+            elif (nxt == "many" and lx.UNITS.get(after) in lx.TIME_UNITS and third != "of") or (
+                    nxt == "far" and after == "ahead"):
+                intent = "duration"  # "how many days" / "how far ahead (in advance)" ask "how long"
+            intents.add(intent)
             i += 1
             prev = nxt
             continue
@@ -423,14 +495,17 @@ def analyze(text: str) -> Facts:
             prev = nxt
             continue
         elif word in lx.INTENT_NOUNS and (prev in lx.DETERMINERS or prev == "#" or nxt == "of"):
-            intents.add(lx.INTENT_NOUNS[word])
-        if word in lx.DIRECTIONAL and not (word == "to" and prev in lx.INFINITIVE_BEFORE):
+            noun_intents.add(lx.INTENT_NOUNS[word])
+        if exchanging and word in ("for", "with"):
+            sequence.append("to")  # "exchange a gift card for cash" / "exchange cash for a gift card"
+        elif word in lx.DIRECTIONAL and not (word == "to" and prev in lx.INFINITIVE_BEFORE):
             sequence.append(word)
         elif word in lx.SYMMETRIC:
             sequence.append("&")
         elif word in lx.ATTACHING:
             sequence.append("@")
         base = stem(lx.IRREGULAR.get(word, word))
+        exchanging = exchanging or base in _EXCHANGE
         if base in _INQUIRY and (nxt in lx.EMBEDDED_QUESTION or (nxt == "out" and after in lx.EMBEDDED_QUESTION)):
             prev = word
             continue  # "check which ports are open" = "see which ports are open"
@@ -492,7 +567,9 @@ def analyze(text: str) -> Facts:
         dates=_frozen(dates),
         negations=_tuple(sorted(negations)),
         scope=_frozen(scope),
-        intents=_frozen(intents),
+        intents=_frozen(intents or noun_intents),
+        kind=_kind(plain),
+        modal=_modal(plain),
         entities=_frozen(entities),
         quoted=quoted,
         content=_tuple(sorted(content)),
@@ -589,6 +666,10 @@ def check_scope(query: Facts, stored: Facts) -> Verdict:
 
 def check_intent(query: Facts, stored: Facts) -> Verdict:
     """The kind of question agrees: who, when, where, why, how much, how long, how old, ..."""
+    if {query.kind, stored.kind} == {"definition", "method"}:
+        return _refuse("intent", [query.kind], [stored.kind])
+    if {query.modal, stored.modal} == {"can", "should"}:
+        return _refuse("intent", [query.modal], [stored.modal])
     if query.intents == stored.intents:
         return _ok("intent")
     return _refuse("intent", query.intents - stored.intents, stored.intents - query.intents)
@@ -712,6 +793,14 @@ def _take_compounds(mine: list[str], theirs: list[str], their_compounds: Sequenc
                 break
 
 
+def _persons(f: Facts) -> frozenset[str]:
+    return frozenset(w for w in f.sequence if w in _PERSON_ROLES)
+
+
+_PERSON_ROLES = frozenset(lx.PERSONS.values())
+_ROLES = frozenset(canonical(w) for w in lx.ROLE_NOUNS)
+
+
 def check_content(query: Facts, stored: Facts) -> Verdict:
     """No content word is replaced by another; at most MAX_ADDED_WORDS appear on one side only."""
     q, s = Counter(query.content), Counter(stored.content)
@@ -743,6 +832,8 @@ def check_content(query: Facts, stored: Facts) -> Verdict:
     allowed = MAX_ADDED_WORDS
     if query.scope != stored.scope or ("&" in query.sequence) != ("&" in stored.sequence):
         allowed = 0
+    if _persons(query) != _persons(stored) and any(w in _ROLES for w in only_q + only_s):
+        allowed = 0  # "what forms do I need" / "what forms does the recipient need": someone else asks
     if len(only_q) + len(only_s) > allowed or any(w in _ACTIONS for w in only_q + only_s):
         return _refuse("content", only_q, only_s)
     return _ok("content")

@@ -1,12 +1,13 @@
 """`weir cache eval`: the labelled evaluation set through the real embedder and cache services.
 
-    weir cache eval [--split dev|test|holdout|blind2|blind3|blind4|all] [--threshold T] [--milvus lite|server|URI] [--failures]
+    weir cache eval [--split dev|test|holdout|blind2|blind3|blind4|all] [--threshold T]
+                    [--milvus lite|server|URI] [--failures]
 
 The set (services/cache/eval/*.jsonl, written for this project) holds single-turn question pairs and
 multi-turn conversation pairs, each labelled ``should_hit`` (a paraphrase or near-repeat: serving the
 stored answer is right) or ``trap`` with a category (negation, numbers, dates, ...: serving it is wrong).
-Splits: ``dev`` (the verifier is tuned on it) and ``test``, ``holdout``, ``blind2``, ``blind3``, ``blind4`` (each held out when
-written; a split's first run is its unseen estimate, see docs/cache.md).
+Splits: ``dev`` (the verifier is tuned on it) and ``test``, ``holdout``, ``blind2``, ``blind3``, ``blind4`` (each
+held out when written; a split's first run is its unseen estimate, see docs/cache.md).
 
 For every pair the runner stores the first side through ``Store`` (with its embedding from ``EmbedBatch``)
 in a tenant of its own, then asks for the second side the way the gateway does: ``LookupExact``, then
