@@ -74,6 +74,7 @@ PHRASES: dict[str, str] = {
     "as well": "also", "right now": "now", "at the moment": "now", "kind of": "", "sort of": "",
     "in order to": "to", "so that": "so", "is it possible to": "can", "am i able to": "can i",
     "be able to": "can", "is there a way to": "can", "quick question": "", "real quick": "", "in advance": "ahead",
+    "stop getting": "prevent", "stop having": "prevent",
     # "what does it mean when X" asks why X; "get more X" is "increase X"
     "what does it mean when": "why", "what does it mean if": "why", "what does that mean when": "why",
     "get more": "increase", "get higher": "increase", "get a higher": "increase", "get a bigger": "increase",

@@ -267,6 +267,8 @@ def _asks_when(toks: Sequence[tuple[str, str, bool]], i: int) -> bool:
     return False
 
 
+_ONCE_CLAUSE = frozenset({"the", "it", "i", "you", "we", "they", "he", "she", "my", "your", "our", "their",
+                          "its", "this", "that", "everything", "someone"})
 _EXCHANGE = frozenset(stem(w) for w in ("exchange", "swap", "trade", "substitute", "replace"))
 _DEFINITION_NEXT = frozenset({"a", "an"})
 _EVALUATIVE = frozenset({"good", "best", "better", "great", "nice", "normal", "typical", "common", "reasonable",
@@ -464,6 +466,9 @@ def analyze(text: str) -> Facts:
             prev = word
             continue
         canon_scope = lx.SCOPE.get(word)
+        if word == "once" and (nxt in _ONCE_CLAUSE or (nxt in ("a", "an") and lx.UNITS.get(after) not in
+                                                        lx.TIME_UNITS and after not in ("while", "day", "week"))):
+            canon_scope = "after"  # "once an offer's accepted" = "after an offer is accepted"; not "once a week"
         if word == "last" and nxt in lx.AFTER_VERB_LAST and prev not in lx.DETERMINERS and prev not in ("at", "#"):
             canon_scope = None  # the verb: "how long does a game last", "will it last in the fridge"
         if canon_scope is not None:

@@ -75,10 +75,30 @@ PARAPHRASES = [
     # a pronoun moved with its clause is no role swap
     ("My subscription renewed but I wanted to cancel, can I get a refund?",
      "Can I get a refund? My subscription renewed but I wanted to cancel"),
+    # an inflected phrase head, a trailing wh-word, temporal "once", "how many days" = "how long"
+    ("How do I get more followers?", "how does my account gets more followers"),
+    ("my laptop keeps freezing when i open chrome why", "Why does my laptop keep freezing when I open Chrome?"),
+    ("Once the package ships, can I change the address?", "Can I change the address after the package ships?"),
+    ("How many days does a passport renewal take?", "How long does a passport renewal take?"),
+    ("How many times a week should I water a cactus?", "How often should I water a cactus?"),
+    ("how far in advance should i book a flight to japan", "how many months ahead should i book a flight to japan"),
+    ("quick question: what's the min order for free delivery?", "What's the minimum order for free delivery?"),
+    ("How do I stop getting spam calls?", "How can I prevent spam calls?"),
+    ("What's a good stretch before running?", "How should I stretch before running?"),
 ]
 
 # (query, stored, check that must refuse, detail it must give)
 DIFFERENT = [
+    # holiday eves, definition vs method, can vs should, exchange order, another person
+    ("Is the post office open on Christmas Eve?", "Is the post office open on Christmas Day?", "dates",
+     "christmas eve vs christmas"),
+    ("Are banks open on New Year's Eve?", "Are banks open on New Year's Day?", "dates", "new year eve vs new year"),
+    ("How do I use a French press?", "What is a French press?", "intent", "method vs definition"),
+    ("Should I refinance my mortgage now?", "Can I refinance my mortgage now?", "intent", "should vs can"),
+    ("Can I trade my bitcoin for ethereum?", "Can I trade my ethereum for bitcoin?", "order",
+     "bitcoin to ethereum vs ethereum to bitcoin"),
+    ("What documents does my landlord need for the deposit?", "What documents do I need for the deposit?",
+     "content", "landlord vs none"),
     # numbers, IDs, amounts, versions
     ("Don't cancel order 48231", "Cancel my order 48213", "numbers", "48231 vs 48213"),
     ("Give me 3 examples", "Give me two examples", "numbers", "3 vs 2"),
