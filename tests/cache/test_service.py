@@ -378,7 +378,7 @@ async def test_concurrent_lookups_share_searches_and_each_gets_its_own_answer(st
 
 
 async def test_rows_stored_within_the_write_interval_go_to_milvus_together(start_cache: StartCache) -> None:
-    cache = await start_cache({"WEIR_METRICS_PORT": "0", "WEIR_CACHE_MILVUS_WRITE_INTERVAL_MS": "300"})
+    cache = await start_cache({"WEIR_METRICS_PORT": "0", "WEIR_CACHE_MILVUS_WRITE_INTERVAL_MS": "1000"})
     await cache.store("acme", chat("Warm-up question"), "warm", unit(500))  # creates the collection
     before = cache_metrics(cache)
 
