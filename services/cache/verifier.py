@@ -419,13 +419,13 @@ def analyze(text: str) -> Facts:
             continue
         pair = f"{word} {nxt}"
         if pair in lx.DATE_WORDS:  # two-word dates: new year, black friday
-            date = lx.DATE_WORDS[pair]
+            named = lx.DATE_WORDS[pair]
             i += 1
-            if after in ("eve", "day") and date in lx.HOLIDAYS:  # new year's eve / new year's day
-                date += " eve" if after == "eve" else ""
+            if after in ("eve", "day") and named in lx.HOLIDAYS:  # new year's eve / new year's day
+                named += " eve" if after == "eve" else ""
                 i += 1
-            dates.add(date)
-            sequence.append(date)
+            dates.add(named)
+            sequence.append(named)
             prev = nxt
             continue
         if word in lx.RELATIVE and nxt in lx.PERIODS:
