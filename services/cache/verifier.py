@@ -721,6 +721,13 @@ def check_order(query: Facts, stored: Facts) -> Verdict:
             if pivot is not None:
                 first, second = (a, b) if qp[a] < qp[b] else (b, a)
                 return Verdict(False, "order", f"{first} {pivot} {second} vs {second} {pivot} {first}")
+    # The same directional words on both sides, and a word right after one on one side and right after
+    # another on the other: "from my sister's account to mine" / "from mine to my sister's account".
+    if Counter(t for t in qs if t in lx.DIRECTIONAL) == Counter(t for t in ss if t in lx.DIRECTIONAL):
+        for t in anchors:
+            before_q, before_s = qs[qp[t] - 1] if qp[t] else "", ss[sp[t] - 1] if sp[t] else ""
+            if before_q in lx.DIRECTIONAL and before_s in lx.DIRECTIONAL and before_q != before_s:
+                return Verdict(False, "order", f"{before_q} {t} vs {before_s} {t}")
     return _ok("order")
 
 
@@ -748,7 +755,7 @@ def _typo(a: str, b: str) -> bool:
     return short[i:] == long_[i + 1:]
 
 
-_DERIVATIONS = ("ment", "ation", "ion", "er", "or", "ance", "ence", "ist", "ure", "al")
+_DERIVATIONS = ("ment", "ation", "ion", "er", "or", "ance", "ence", "anc", "enc", "ist", "ure", "al", "ibl")
 
 
 def _derived(a: str, b: str) -> bool:
@@ -815,6 +822,10 @@ def check_content(query: Facts, stored: Facts) -> Verdict:
     names = query.entities | stored.entities
     # A word replaced by its WordNet antonym refuses whatever else would match them (a typo, a derivation).
     opposed = next(((a, b) for a in only_q for b in only_s if frozenset((a, b)) in _WN_ANTONYMS), None)
+    if opposed is None:  # a word opposed to one the other text has as filler: "slowly thaw" / "quickly thaw"
+        opposed = next(((a, w) for a in only_q for w in stored.words if frozenset((a, canonical(w))) in _WN_ANTONYMS),
+                       None) or next(((w, b) for b in only_s for w in query.words
+                                      if frozenset((b, canonical(w))) in _WN_ANTONYMS), None)
     if opposed is not None:
         return _refuse("content", [opposed[0]], [opposed[1]])
     for a in list(only_q):

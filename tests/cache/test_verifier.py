@@ -85,6 +85,10 @@ PARAPHRASES = [
     ("quick question: what's the min order for free delivery?", "What's the minimum order for free delivery?"),
     ("How do I stop getting spam calls?", "How can I prevent spam calls?"),
     ("What's a good stretch before running?", "How should I stretch before running?"),
+    # derived forms: -ence / -ance nouns, -ible adjectives
+    ("How does a Roth IRA differ from a traditional IRA?", "What's the difference between a Roth IRA and a "
+     "traditional IRA?"),
+    ("Is my home office tax deductible?", "Can I deduct my home office on my taxes?"),
 ]
 
 # (query, stored, check that must refuse, detail it must give)
@@ -99,6 +103,10 @@ DIFFERENT = [
      "bitcoin to ethereum vs ethereum to bitcoin"),
     ("What documents does my landlord need for the deposit?", "What documents do I need for the deposit?",
      "content", "landlord vs none"),
+    # an adverb opposed to one the other side has as filler; a word moved from one direction to the other
+    ("How do I slowly cool a cheesecake?", "How do I quickly cool a cheesecake?", "content", "slow vs quickly"),
+    ("Can I move my points from my wife's card to my card?", "Can I move my points from my card to my wife's card?",
+     "order", "from wif vs to wif"),
     # numbers, IDs, amounts, versions
     ("Don't cancel order 48231", "Cancel my order 48213", "numbers", "48231 vs 48213"),
     ("Give me 3 examples", "Give me two examples", "numbers", "3 vs 2"),
