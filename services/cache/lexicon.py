@@ -483,7 +483,7 @@ SYNONYM_GROUPS: tuple[tuple[str, ...], ...] = (
     ("fast", "quick", "rapid", "speedy"),
     ("faster", "quicker", "speedup"),
     ("cheap", "inexpensive", "affordable", "budget"),
-    ("expensive", "costly", "pricey"),
+    ("expensive", "pricey"),  # not "costly": its stem is "cost", which belongs with price
     ("car", "vehicle", "automobile"),
     ("phone", "smartphone", "cellphone", "mobile"),
     ("computer", "pc"),

@@ -89,6 +89,7 @@ PARAPHRASES = [
     ("How does a Roth IRA differ from a traditional IRA?", "What's the difference between a Roth IRA and a "
      "traditional IRA?"),
     ("Is my home office tax deductible?", "Can I deduct my home office on my taxes?"),
+    ("How much does a new roof cost?", "What is the price of a new roof?"),  # cost = price, not "expensive"
 ]
 
 # (query, stored, check that must refuse, detail it must give)
