@@ -382,3 +382,10 @@ def test_build_lexicon_reproduces_the_committed_file(tmp_path: Path) -> None:
     out = tmp_path / "wordnet_synonyms.tsv"
     assert build_lexicon.main(["--out", str(out)]) == 0
     assert out.read_bytes() == lexicon.WORDNET_FILE.read_bytes()
+
+
+def test_every_synonym_group_has_one_canonical_form() -> None:
+    """A word whose stem another group claimed first splits its group ("costly" once took "cost" away from
+    price/charge/fee): every word of a group must compare equal."""
+    split = [g for g in lexicon.SYNONYM_GROUPS if len({canonical(w) for w in g}) > 1]
+    assert split == []
