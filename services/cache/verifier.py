@@ -267,6 +267,25 @@ def _asks_when(toks: Sequence[tuple[str, str, bool]], i: int) -> bool:
     return False
 
 
+_BE = frozenset({"is", "are", "was", "were", "be", "been", "being", "am", "get", "gets", "got", "gotten"})
+_PHRASE_ENDS = lx.DIRECTIONAL | {"&", "@"}
+
+
+def _active(sequence: list[str], verb: int, not_agents: set[str]) -> list[str]:
+    """ "X is paid by Y" in the active voice, "Y pays X", when the agent is named (the roles the order check
+    compares; "is the landlord paid by the tenant" is "does the tenant pay the landlord"). A date or number
+    after "by" is a deadline, not an agent ("delivered by Friday")."""
+    by = next((k for k in range(verb + 1, len(sequence)) if sequence[k] == "by"), None)
+    if by is None:
+        return sequence
+    start = max((k + 1 for k in range(verb) if sequence[k] in _PHRASE_ENDS), default=0)
+    end = next((k for k in range(by + 1, len(sequence)) if sequence[k] in _PHRASE_ENDS), len(sequence))
+    subject, agent = sequence[start:verb], sequence[by + 1:end]
+    if not subject or not agent or any(t in not_agents for t in agent):
+        return sequence
+    return sequence[:start] + agent + [sequence[verb]] + subject + sequence[verb + 1:by] + sequence[end:]
+
+
 _ONCE_CLAUSE = frozenset({"the", "it", "i", "you", "we", "they", "he", "she", "my", "your", "our", "their",
                           "its", "this", "that", "everything", "someone"})
 _EXCHANGE = frozenset(stem(w) for w in ("exchange", "swap", "trade", "substitute", "replace"))
@@ -402,11 +421,15 @@ def analyze(text: str) -> Facts:
     n = len(toks)
     i = 0
     prev = ""
+    participles: list[int] = []  # where verbs that may be passive ("is X paid by Y") are in `sequence`
+    be_seen = False
     while i < n:
         word, written, opens = toks[i]
         nxt = toks[i + 1][0] if i + 1 < n else ""
         after = toks[i + 2][0] if i + 2 < n else ""
         i += 1
+        participle = be_seen and (word.endswith(("ed", "en")) or word in lx.IRREGULAR)
+        be_seen = be_seen or word in _BE
         if any(c.isdigit() for c in word) and word not in lx.DATE_WORDS:
             number, u, d = _number_token(word)
             if number is not None:
@@ -539,8 +562,14 @@ def analyze(text: str) -> Facts:
                 continue
             content.append(c)
             sequence.append(c)
+            if participle:
+                participles.append(len(sequence) - 1)
         words.update(parts)
         words.add("".join(parts))
+    by = next((k for k, t in enumerate(sequence) if t == "by"), None)
+    verb = max((k for k in participles if by is not None and k < by), default=None)
+    if verb is not None:
+        sequence = _active(sequence, verb, dates | set(numbers) | set(units))
 
     # Names typed in lower case ("france", "new york" -> "newyork") count as entities.
     plain = [t[0] for t in toks]

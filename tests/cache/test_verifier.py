@@ -90,6 +90,9 @@ PARAPHRASES = [
      "traditional IRA?"),
     ("Is my home office tax deductible?", "Can I deduct my home office on my taxes?"),
     ("How much does a new roof cost?", "What is the price of a new roof?"),  # cost = price, not "expensive"
+    # the passive voice with its agent named is the active voice ("by Friday" is a deadline, not an agent)
+    ("Was the invoice approved by my manager?", "Did my manager approve the invoice?"),
+    ("Can the package be delivered by Friday?", "Can you deliver the package by Friday?"),
 ]
 
 # (query, stored, check that must refuse, detail it must give)
@@ -104,6 +107,9 @@ DIFFERENT = [
      "bitcoin to ethereum vs ethereum to bitcoin"),
     ("What documents does my landlord need for the deposit?", "What documents do I need for the deposit?",
      "content", "landlord vs none"),
+    # the passive voice: who does what to whom
+    ("Is the landlord paid by the tenant?", "Does the landlord pay the tenant?", "order",
+     "tenant salary landlord vs landlord salary tenant"),
     # an adverb opposed to one the other side has as filler; a word moved from one direction to the other
     ("How do I slowly cool a cheesecake?", "How do I quickly cool a cheesecake?", "content", "slow vs quickly"),
     ("Can I move my points from my wife's card to my card?", "Can I move my points from my card to my wife's card?",
