@@ -757,7 +757,17 @@ def check_order(query: Facts, stored: Facts) -> Verdict:
             before_q, before_s = qs[qp[t] - 1] if qp[t] else "", ss[sp[t] - 1] if sp[t] else ""
             if before_q in lx.DIRECTIONAL and before_s in lx.DIRECTIONAL and before_q != before_s:
                 return Verdict(False, "order", f"{before_q} {t} vs {before_s} {t}")
+    # The doer on one side, the one a person does it to on the other: "was the email sent by my manager" (my
+    # manager sends) / "did I send the email to my manager".
+    for t in anchors:
+        before_q, before_s = qs[qp[t] - 1] if qp[t] else "", ss[sp[t] - 1] if sp[t] else ""
+        if (before_q in _ROLE_MARKS and qs[0] in _PERSON_ROLES and sp[t] == 0) or (
+                before_s in _ROLE_MARKS and ss[0] in _PERSON_ROLES and qp[t] == 0):
+            return Verdict(False, "order", f"{before_q or 'subject'} {t} vs {before_s or 'subject'} {t}")
     return _ok("order")
+
+
+_ROLE_MARKS = frozenset({"to", "from", "into"})
 
 
 def check_entities(query: Facts, stored: Facts) -> Verdict:

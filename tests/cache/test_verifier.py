@@ -110,6 +110,10 @@ DIFFERENT = [
     # the passive voice: who does what to whom
     ("Is the landlord paid by the tenant?", "Does the landlord pay the tenant?", "order",
      "tenant salary landlord vs landlord salary tenant"),
+    ("Was the email sent by my manager?", "Did I send the email to my manager?", "order",
+     "subject boss vs to boss"),
+    ("Did my landlord send the notice?", "Did I send the notice to my landlord?", "order",
+     "subject landlord vs to landlord"),
     # an adverb opposed to one the other side has as filler; a word moved from one direction to the other
     ("How do I slowly cool a cheesecake?", "How do I quickly cool a cheesecake?", "content", "slow vs quickly"),
     ("Can I move my points from my wife's card to my card?", "Can I move my points from my card to my wife's card?",
