@@ -268,7 +268,8 @@ def _asks_when(toks: Sequence[tuple[str, str, bool]], i: int) -> bool:
 
 
 _BE = frozenset({"is", "are", "was", "were", "be", "been", "being", "am", "get", "gets", "got", "gotten"})
-_PHRASE_ENDS = lx.DIRECTIONAL | {"&", "@"}
+_CONNECTORS = lx.DIRECTIONAL | {"&", "@"}  # the connectors of Facts.sequence (relations, not words)
+_PERSON_ROLES = frozenset(lx.PERSONS.values())  # the pronouns of Facts.sequence, as roles: <i>, <he>, ...
 
 
 def _active(sequence: list[str], verb: int, not_agents: set[str]) -> list[str]:
@@ -278,8 +279,8 @@ def _active(sequence: list[str], verb: int, not_agents: set[str]) -> list[str]:
     by = next((k for k in range(verb + 1, len(sequence)) if sequence[k] == "by"), None)
     if by is None:
         return sequence
-    start = max((k + 1 for k in range(verb) if sequence[k] in _PHRASE_ENDS), default=0)
-    end = next((k for k in range(by + 1, len(sequence)) if sequence[k] in _PHRASE_ENDS), len(sequence))
+    start = max((k + 1 for k in range(verb) if sequence[k] in _CONNECTORS), default=0)
+    end = next((k for k in range(by + 1, len(sequence)) if sequence[k] in _CONNECTORS), len(sequence))
     subject, agent = sequence[start:verb], sequence[by + 1:end]
     if not subject or not agent or any(t in not_agents for t in agent):
         return sequence
@@ -709,8 +710,7 @@ def check_intent(query: Facts, stored: Facts) -> Verdict:
     return _refuse("intent", query.intents - stored.intents, stored.intents - query.intents)
 
 
-_SALIENT_EXCLUDED = lx.DIRECTIONAL | {"&", "@"}
-_NOT_PIVOTS = frozenset({"&", "@", *lx.PERSONS.values()})  # a pronoun takes a role, it does not relate two
+_NOT_PIVOTS = frozenset({"&", "@"}) | _PERSON_ROLES  # a pronoun takes a role, it does not relate two
 
 
 def _between(seq: Sequence[str], x: int, y: int) -> list[str]:
@@ -732,8 +732,8 @@ def check_order(query: Facts, stored: Facts) -> Verdict:
     ways = ("to", "into", "from")
     if any(qc[d] for d in ways) and any(sc[d] for d in ways) and (qc["from"] > 0) != (sc["from"] > 0):
         return _refuse("order", [d for d in ways if qc[d]], [d for d in ways if sc[d]])  # email to / from John
-    qp = {t: i for i, t in enumerate(qs) if qc[t] == 1 and t not in _SALIENT_EXCLUDED}
-    sp = {t: i for i, t in enumerate(ss) if sc[t] == 1 and t not in _SALIENT_EXCLUDED}
+    qp = {t: i for i, t in enumerate(qs) if qc[t] == 1 and t not in _CONNECTORS}
+    sp = {t: i for i, t in enumerate(ss) if sc[t] == 1 and t not in _CONNECTORS}
     anchors = [t for t in qp if t in sp]
     dates = query.dates | stored.dates
     for i, a in enumerate(anchors):
@@ -754,13 +754,13 @@ def check_order(query: Facts, stored: Facts) -> Verdict:
     # another on the other: "from my sister's account to mine" / "from mine to my sister's account".
     if Counter(t for t in qs if t in lx.DIRECTIONAL) == Counter(t for t in ss if t in lx.DIRECTIONAL):
         for t in anchors:
-            before_q, before_s = qs[qp[t] - 1] if qp[t] else "", ss[sp[t] - 1] if sp[t] else ""
+            before_q, before_s = _before(qs, qp[t]), _before(ss, sp[t])
             if before_q in lx.DIRECTIONAL and before_s in lx.DIRECTIONAL and before_q != before_s:
                 return Verdict(False, "order", f"{before_q} {t} vs {before_s} {t}")
     # The doer on one side, the one a person does it to on the other: "was the email sent by my manager" (my
     # manager sends) / "did I send the email to my manager".
     for t in anchors:
-        before_q, before_s = qs[qp[t] - 1] if qp[t] else "", ss[sp[t] - 1] if sp[t] else ""
+        before_q, before_s = _before(qs, qp[t]), _before(ss, sp[t])
         if (before_q in _ROLE_MARKS and qs[0] in _PERSON_ROLES and sp[t] == 0) or (
                 before_s in _ROLE_MARKS and ss[0] in _PERSON_ROLES and qp[t] == 0):
             return Verdict(False, "order", f"{before_q or 'subject'} {t} vs {before_s or 'subject'} {t}")
@@ -768,6 +768,11 @@ def check_order(query: Facts, stored: Facts) -> Verdict:
 
 
 _ROLE_MARKS = frozenset({"to", "from", "into"})
+
+
+def _before(seq: Sequence[str], at: int) -> str:
+    """The token right before position `at` of `seq` ("" at the start)."""
+    return seq[at - 1] if at else ""
 
 
 def check_entities(query: Facts, stored: Facts) -> Verdict:
@@ -848,7 +853,6 @@ def _persons(f: Facts) -> frozenset[str]:
     return frozenset(w for w in f.sequence if w in _PERSON_ROLES)
 
 
-_PERSON_ROLES = frozenset(lx.PERSONS.values())
 _ROLES = frozenset(canonical(w) for w in lx.ROLE_NOUNS)
 
 
