@@ -173,13 +173,7 @@ class Hub:
         if self.exact_reader is not None:
             since = time.perf_counter()
             span = telemetry.ClientSpan("cache exact lookup", kind="internal")
-            prefetch, adm_prefetch = None, adm.prefetch if adm is not None else None
-            if adm_prefetch is not None:
-                adm.prefetch = None  # type: ignore[union-attr]
-                if adm_prefetch[0] == tenant:
-                    prefetch = adm_prefetch[1]
-                else:
-                    adm_prefetch[1].cancel()
+            prefetch = adm.take_prefetch(tenant) if adm is not None else None
             if prefetch is not None:
                 found = self.exact_reader.counted(tenant, await prefetch)
             else:

@@ -118,6 +118,16 @@ class Admission:
     # (that team, the task). Used only if the admitted team is the same.
     prefetch: tuple[str, Any] | None = None
 
+    def take_prefetch(self, team: str) -> Any:
+        """The exact-tier lookup started with the admission, if it was for `team` (else it is cancelled); once."""
+        started, self.prefetch = self.prefetch, None
+        if started is None:
+            return None
+        if started[0] == team:
+            return started[1]
+        started[1].cancel()
+        return None
+
     def error(self, err: ApiError) -> ApiError:
         """`err` carrying this admission's rate-limit headers and request id."""
         err.headers = {**self.headers, "x-request-id": self.request_id, **(err.headers or {})}
