@@ -1,5 +1,6 @@
-"""Mesh benchmark: latency through the REST bridge for exact hits, semantic hits, misses and uncached requests
-(temperature 0.7: no embedding, lookup or store), against calling
+"""Mesh benchmark: latency through the REST bridge for exact hits, semantic hits, misses, uncached requests
+(temperature 0.7: no embedding, lookup or store) and later turns of conversations never seen (a cacheable miss
+whose context holds no entry: no semantic search, the embedding only for the store), against calling
 the fake provider directly, at several concurrencies; plus CPU-ms per request per process (from /proc).
 
     make bench            # or: .venv/bin/python -m bench.mesh_bench [--requests 400]
@@ -59,6 +60,19 @@ async def run_load(session: aiohttp.ClientSession, url: str, headers: dict[str, 
     return latencies
 
 
+async def quiesce(pids: dict[str, int], idle_cpu_s: float = 0.02, step_s: float = 0.2, limit_s: float = 15.0) -> None:
+    """Waits until the mesh is idle again (all processes together use less than `idle_cpu_s` of CPU in `step_s`),
+    so work a request left running in the background (its store, its embedding) is counted with it."""
+    deadline = time.monotonic() + limit_s
+    last = sum(cpu_seconds(p) for p in pids.values())
+    while time.monotonic() < deadline:
+        await asyncio.sleep(step_s)
+        now = sum(cpu_seconds(p) for p in pids.values())
+        if now - last < idle_cpu_s:
+            return
+        last = now
+
+
 async def run_ttft(session: aiohttp.ClientSession, url: str, headers: dict[str, str],
                    bodies: Callable[[int], bytes], n: int) -> tuple[list[float], list[float]]:
     """Streams `n` answers one after another; returns the times to the first content chunk and to the end."""
@@ -88,7 +102,17 @@ def body(model: str, text: str, temperature: float = 0.0) -> bytes:
                          "temperature": temperature})
 
 
-SCENARIOS = ("direct", "miss", "uncached", "exact", "semantic", "stream")
+def turn_messages(opening: str) -> list[dict[str, str]]:
+    """A later turn of a conversation: its context (the earlier turns) and its question differ per `opening`."""
+    return [{"role": "user", "content": opening}, {"role": "assistant", "content": "Happy to help with that."},
+            {"role": "user", "content": f"What should I pack for it ({opening})?"}]
+
+
+def turn_body(model: str, opening: str, stream: bool = False) -> bytes:
+    return orjson.dumps({"model": model, "messages": turn_messages(opening), "temperature": 0.0, "stream": stream})
+
+
+SCENARIOS = ("direct", "miss", "uncached", "turn", "exact", "semantic", "stream")
 
 
 async def bench(mesh: Mesh, n: int, levels: list[int], wanted: list[str], redis_pid: int) -> None:
@@ -118,6 +142,9 @@ async def bench(mesh: Mesh, n: int, levels: list[int], wanted: list[str], redis_
             def uncached_body(i: int, c: int = conc) -> bytes:  # not cacheable: no embedding, no lookup, no store
                 return body("fake-small", f"Uncached question {run_id} {c} {i}?", 0.7)
 
+            def turn_of(i: int, c: int = conc) -> bytes:  # cacheable, in a conversation context never seen
+                return turn_body("fake-small", f"Plan a trip {run_id} {c} {i}")
+
             def exact_body(i: int) -> bytes:
                 return body("fake-small", STORED.format(COUNTRIES[i % len(COUNTRIES)]))
 
@@ -129,6 +156,7 @@ async def bench(mesh: Mesh, n: int, levels: list[int], wanted: list[str], redis_
                 ("direct fake-llm", direct, plain, direct_body, None),
                 ("miss (mesh)", gw, auth, miss_body, "miss"),
                 ("uncached (mesh)", gw, auth, uncached_body, "miss"),
+                ("turn (mesh)", gw, auth, turn_of, "miss"),
                 ("exact hit", gw, auth, exact_body, "exact"),
                 ("semantic hit", gw, auth, semantic_body, "semantic"),
             ]
@@ -139,6 +167,7 @@ async def bench(mesh: Mesh, n: int, levels: list[int], wanted: list[str], redis_
                 t0 = time.perf_counter()
                 lat = await run_load(s, url, hdrs, make, n, conc, expect)
                 wall = time.perf_counter() - t0
+                await quiesce(pids)
                 after = {k: cpu_seconds(p) for k, p in pids.items()}
                 rows.append((conc, name, statistics.median(lat), pct(lat, 0.99), n / wall))
                 if url == gw:
@@ -154,6 +183,12 @@ async def bench(mesh: Mesh, n: int, levels: list[int], wanted: list[str], redis_
 
                 first, whole = await run_ttft(s, url, hdrs, stream_of, streams)
                 ttft_rows.append((name, statistics.median(first), pct(first, 0.99), statistics.median(whole)))
+
+            def turn_stream(i: int) -> bytes:
+                return turn_body("fake-small", f"Stream a trip {run_id} {i}", stream=True)
+
+            first, whole = await run_ttft(s, gw, auth, turn_stream, streams)
+            ttft_rows.append(("turn (mesh)", statistics.median(first), pct(first, 0.99), statistics.median(whole)))
         print(f"\nLatency through the REST bridge ({n} requests per row; fake provider latency 0)")
         print(f"{'conc':>4}  {'scenario':<18} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}")
         for conc, name, p50, p99, rps in rows:
@@ -161,7 +196,7 @@ async def bench(mesh: Mesh, n: int, levels: list[int], wanted: list[str], redis_
         print("\nMiss-path overhead vs calling the fake provider directly")
         for conc in levels:
             d = next((r for r in rows if r[0] == conc and r[1] == "direct fake-llm"), None)
-            for path in ("miss (mesh)", "uncached (mesh)"):
+            for path in ("miss (mesh)", "uncached (mesh)", "turn (mesh)"):
                 miss = next((r for r in rows if r[0] == conc and r[1] == path), None)
                 if d is not None and miss is not None:
                     print(f"  conc {conc:>2} {path:<16}: p50 +{miss[2] - d[2]:.2f} ms, p99 +{miss[3] - d[3]:.2f} ms")
@@ -171,7 +206,9 @@ async def bench(mesh: Mesh, n: int, levels: list[int], wanted: list[str], redis_
                 print(f"  {name:<18} TTFT p50 {p50:6.2f} ms  p99 {p99:6.2f} ms   whole stream p50 {end:6.2f} ms")
             print(f"  mesh - direct: TTFT p50 +{ttft_rows[1][1] - ttft_rows[0][1]:.2f} ms with the cache lookups "
                   f"(embedding, exact, semantic), +{ttft_rows[2][1] - ttft_rows[0][1]:.2f} ms without them "
-                  "(temperature 0.7: policy, route, reasoner relay)")
+                  "(temperature 0.7: policy, route, reasoner relay), "
+                  f"+{ttft_rows[3][1] - ttft_rows[0][1]:.2f} ms for a cacheable later turn of a conversation never "
+                  "seen (exact lookup only; the store embeds after the answer)")
         names = [k for k in pids if k != "fake-llm"]
         print("\nCPU-ms per request by process (from /proc utime+stime)")
         infra = ("milvus", "redis", "embedder")

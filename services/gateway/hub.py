@@ -68,7 +68,17 @@ class Decision:
     plan: list[types_pb2.RouteTarget] = field(default_factory=list)
     route_reason: str = ""
     embedding: types_pb2.Embedding | None = None
+    #: Where no decision needed the embedding (only the store will): the one already being computed, or the text
+    #: the store embeds once the answer is complete. The answer waits for neither.
+    pending_embedding: asyncio.Future[tuple[types_pb2.Embedding | None, str]] | None = None
+    embed_text: str = ""
     preview: cache_pb.CachedAnswer | None = None  # a near neighbour that failed verification (when asked for)
+
+    def drop_embedding(self) -> None:
+        """Nothing will be stored: stop computing an embedding nobody waits for."""
+        if self.pending_embedding is not None:
+            self.pending_embedding.cancel()
+            self.pending_embedding = None
 
     @property
     def tier(self) -> types_pb2.CacheTier.ValueType:
@@ -221,14 +231,23 @@ class Hub:
                usage: types_pb2.Usage, finish_reason: str, ttl_s: int) -> None:
         """Stores a complete answer in the background (never delays the response)."""
         if not d.store or finish_reason not in STORABLE_FINISH or not content:
+            d.drop_embedding()
             return
         answer = cache_pb.CachedAnswer(content=content, model=model, usage=usage, finish_reason=finish_reason,
                                        created_unix=d.created, question=chat.semantic_text(req))
         sr = cache_pb.StoreRequest(tenant=d.tenant, request=req, answer=answer, ttl_seconds=ttl_s)
-        if d.embedding is not None and self.settings.semantic_cache:
-            sr.embedding.CopyFrom(d.embedding)
+        pending, d.pending_embedding = d.pending_embedding, None
+        text = d.embed_text if self.settings.semantic_cache else ""
 
         async def run() -> None:
+            emb = d.embedding
+            # _embed never raises: a failed embedding stores the exact tier only.
+            if emb is None and pending is not None:
+                emb, _ = await pending
+            elif emb is None and text.strip():
+                emb, _ = await self._embed(text, d.timings)
+            if emb is not None and self.settings.semantic_cache:
+                sr.embedding.CopyFrom(emb)
             try:
                 await self.cache.Store(sr, timeout=self.deadlines.cache_s)
             except grpc.RpcError as exc:
@@ -285,6 +304,8 @@ class Hub:
             s = Settlement("cancelled", "", MISS)
         s.request_id = adm.request_id
         self.policy.settle(adm, s, adm.timings)
+        if d is not None:
+            d.drop_embedding()
 
     # ---- lookup phase ---------------------------------------------------------------------------
 
@@ -308,7 +329,8 @@ class Hub:
             raise adm.refusal
         # The embedding serves the semantic tier (lookup or store) and the router's choice for a virtual model;
         # a request that needs neither (not cacheable, a concrete model) skips it.
-        wanted = ((lookup or d.store) and self.settings.semantic_cache) or req.model in self.policy.pricing.virtual
+        virtual = req.model in self.policy.pricing.virtual
+        wanted = ((lookup or d.store) and self.settings.semantic_cache) or virtual
         text = chat.semantic_text(req) if wanted else ""
         # Over gRPC the exact lookup overlaps the embedding; read straight from Redis it is shorter than an
         # embedding hop, so the embedding waits for a miss (an exact hit then costs the embedder nothing).
@@ -322,16 +344,27 @@ class Hub:
                 d.cache, d.cache_reason, d.answer = EXACT, exact.reason or "hit", exact.answer
                 return d
             d.cache_reason = exact.reason
-        if embed_task is None and text.strip():
-            embed_task = asyncio.ensure_future(self._embed(text, timings))
-        emb, embed_reason = (await embed_task) if embed_task is not None else (None, "")
+        # A concrete model is routed without the embedding. Where no semantic search will run either (nothing is
+        # stored in this conversation context, or no lookup was asked for), only the store needs the embedding:
+        # it is computed once the answer is complete, in the background store, off the request's path (and not
+        # at all when nothing is stored).
+        search = lookup and self.settings.semantic_cache and d.cache_reason != NO_CONTEXT
+        route_task = None if virtual else asyncio.ensure_future(
+            self._route(principal, req, None, adm.prompt_tokens, timings))
+        emb, embed_reason = None, ""
+        if not (virtual or search):
+            d.pending_embedding, d.embed_text = embed_task, text if embed_task is None else ""
+        else:
+            if embed_task is None and text.strip():
+                embed_task = asyncio.ensure_future(self._embed(text, timings))
+            if embed_task is not None:
+                emb, embed_reason = await embed_task
         d.embedding = emb
-        route_task = asyncio.ensure_future(self._route(principal, req, emb, adm.prompt_tokens, timings))
-        if lookup and self.settings.semantic_cache:
+        if route_task is None:
+            route_task = asyncio.ensure_future(self._route(principal, req, emb, adm.prompt_tokens, timings))
+        if search:
             if emb is None:
                 d.cache_reason = embed_reason or "miss: nothing to embed"
-            elif d.cache_reason == NO_CONTEXT:
-                pass  # nothing stored in this conversation context: no search can hit
             else:
                 sem = await self._semantic(principal.team, req, emb, timings, control.preview)
                 if sem.hit:
@@ -341,11 +374,16 @@ class Hub:
                 d.cache_reason = sem.reason
                 if sem.HasField("preview"):
                     d.preview = sem.preview
-        route = await route_task
-        d.plan, d.route_reason = list(route.plan), route.reason
-        if not d.plan:
-            raise ApiError(503, f"no model available for {req.model!r}: {route.reason}", type="service_unavailable")
-        d.plan = await self.policy.pick_deployment(adm, d.plan)
+        try:
+            route = await route_task
+            d.plan, d.route_reason = list(route.plan), route.reason
+            if not d.plan:
+                raise ApiError(503, f"no model available for {req.model!r}: {route.reason}",
+                               type="service_unavailable")
+            d.plan = await self.policy.pick_deployment(adm, d.plan)
+        except BaseException:
+            d.drop_embedding()
+            raise
         return d
 
     # ---- answers ---------------------------------------------------------------------------------
@@ -377,7 +415,9 @@ class Hub:
                 adm.error(exc)
             raise
         self.policy.settle(adm, _answered(resp.model, resp.usage, resp.coalesced, d.id), d.timings)
-        if not resp.tool_calls_json:
+        if resp.tool_calls_json:
+            d.drop_embedding()
+        else:
             self._store(d, req, resp.content, resp.model, resp.usage, resp.finish_reason, control.ttl_seconds)
         return Outcome(d, resp.content, resp.model, resp.usage, resp.finish_reason, resp.tool_calls_json)
 
@@ -455,6 +495,7 @@ class Hub:
             raise
         finally:
             await inner.aclose()
+            d.drop_embedding()  # the stream ended without a store (the store took it otherwise)
             if d.answer is not None:
                 self._settle_hit(adm, d)
             else:

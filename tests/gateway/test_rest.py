@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import itertools
+import time
 import uuid
 
+import grpc
 import httpx
 import openai
 import orjson
 import pytest
 
 from weir.devmesh import Mesh
+from weir.embedder.v1 import embedder_service_pb2 as embedder_pb
+from weir.embedder.v1 import embedder_service_pb2_grpc as embedder_grpc
 
 
 @pytest.fixture
@@ -23,8 +27,11 @@ def ask(text: str) -> list[dict[str, str]]:
 
 
 def test_answer_carries_weir_headers(client: openai.OpenAI) -> None:
+    # A conversation context that holds an entry, so the answer waits for the embedding and the semantic search.
+    context = [{"role": "system", "content": f"You answer in one line ({uuid.uuid4().hex[:8]})."}]
+    _wait_stored(client, [*context, *ask("Name a colour")], "fake-small")
     raw = client.chat.completions.with_raw_response.create(
-        model="fake-small", messages=ask(f"Name a prime number {uuid.uuid4()}"), temperature=0)
+        model="fake-small", messages=[*context, *ask(f"Name a prime number {uuid.uuid4()}")], temperature=0)
     resp = raw.parse()
     assert resp.choices[0].message.content
     assert resp.choices[0].finish_reason == "stop"
@@ -187,9 +194,18 @@ def test_a_conversation_never_seen_skips_the_semantic_search(mesh: Mesh, client:
         model="fake-small", messages=[*context, *ask("What should I pack?")], temperature=0)
     assert first.headers["x-weir-cache"] == "miss"
     assert first.headers["x-weir-cache-reason"] == "miss: nothing stored in this conversation context"
+    # No decision needed the embedding (no search, a concrete model): the answer did not wait for it ...
+    assert "embed;dur=" not in first.headers["server-timing"], first.headers["server-timing"]
+    assert "upstream;dur=" in first.headers["server-timing"]
     _wait_stored(client, [*context, *ask("What should I pack?")], "fake-small")
-    same_context = client.chat.completions.with_raw_response.create(
-        model="fake-small", messages=[*context, *ask("what should I pack")], temperature=0)
+    # ... but the store did: a paraphrase in the same context is a semantic hit (Milvus may take a moment).
+    for _ in range(50):
+        same_context = client.chat.completions.with_raw_response.create(
+            model="fake-small", messages=[*context, *ask("what should I pack")], temperature=0,
+            extra_headers={"Cache-Control": "no-store"})  # a miss must not store this wording
+        if same_context.headers["x-weir-cache"] == "semantic":
+            break
+        time.sleep(0.1)
     assert same_context.headers["x-weir-cache"] == "semantic", same_context.headers["x-weir-cache-reason"]
     other = [*context[:2], {"role": "assistant", "content": "Pack for rain."}]
     elsewhere = client.chat.completions.with_raw_response.create(
@@ -198,10 +214,31 @@ def test_a_conversation_never_seen_skips_the_semantic_search(mesh: Mesh, client:
     assert elsewhere.headers["x-weir-cache-reason"] == "miss: nothing stored in this conversation context"
 
 
+def test_a_conversation_never_seen_is_embedded_only_to_store_its_answer(mesh: Mesh, client: openai.OpenAI) -> None:
+    """Where nothing is stored in the context and the model is concrete, no decision needs the embedding: the
+    store computes it after the answer, and an answer that is not stored (an error) is never embedded."""
+    tag = uuid.uuid4().hex[:8]
+    context = [{"role": "user", "content": f"I am planning a garden party ({tag})."},
+               {"role": "assistant", "content": "How lovely."}]
+    refused, answered = f"How many chairs do I need ({tag})?", f"What food should I order ({tag})?"
+    httpx.post(f"{mesh.fake_url}/_fake/faults", json={"fault": "content_filter", "count": 1, "model": "fake-small"})
+    with pytest.raises(openai.APIStatusError):
+        client.chat.completions.create(model="fake-small", messages=[*context, *ask(refused)], temperature=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model="fake-small", messages=[*context, *ask(answered)], temperature=0)
+    assert raw.headers["x-weir-cache-reason"] == "miss: nothing stored in this conversation context"
+    assert "embed;dur=" not in raw.headers["server-timing"]
+    _wait_stored(client, [*context, *ask(answered)], "fake-small")  # the store embeds before it writes
+    with grpc.insecure_channel(mesh.procs["embedder"].grpc) as ch:
+        embedder = embedder_grpc.EmbedderServiceStub(ch)
+        # `cached`: the embedder's recent-text LRU already held the text, i.e. the mesh had embedded it.
+        assert embedder.Embed(embedder_pb.EmbedRequest(text=answered)).cached
+        assert not embedder.Embed(embedder_pb.EmbedRequest(text=refused)).cached
+
+
 def test_stream_chunks_are_relayed_as_they_arrive_not_buffered(mesh: Mesh) -> None:
     """The provider paces its tokens 100 ms apart: the client sees them spread the same way (each delta passes
     through the reasoner and the gateway at once), not in one burst at the end."""
-    import time
 
     httpx.post(f"{mesh.fake_url}/_fake/faults", json={"fault": "pace:100", "count": 1, "model": "fake-large"})
     arrivals: list[float] = []
