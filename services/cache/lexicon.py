@@ -116,6 +116,8 @@ SPELLINGS: dict[str, str] = {
     "organisation": "organization", "recognise": "recognize", "realise": "realize", "apologise": "apologize",
     "customise": "customize", "optimise": "optimize", "prioritise": "prioritize", "summarise": "summarize",
     "minimise": "minimize", "maximise": "maximize", "authorise": "authorize", "synchronise": "synchronize",
+    # Not spellings, but words whose stem would collide with another word's ("site" -> "sit").
+    "site": "website", "sites": "websites",
 }
 
 # ---- numbers ------------------------------------------------------------------------------------------
@@ -505,7 +507,7 @@ SYNONYM_GROUPS: tuple[tuple[str, ...], ...] = (
     ("medicine", "medication", "drug", "med", "meds"),
     ("kid", "child", "children"),
     ("house", "home"),
-    ("apartment", "flat"),
+    ("apartment",),  # not "flat": a flat tyre, a flat rate, a flat screen
     ("movie", "film"),
     ("happen", "occur"),
     ("calculate", "compute", "workout"),
@@ -521,7 +523,7 @@ SYNONYM_GROUPS: tuple[tuple[str, ...], ...] = (
     ("vacation", "holiday", "pto", "timeoff"),
     ("folder", "directory"),
     ("program", "app", "application", "software"),
-    ("website", "site", "webpage"),
+    ("website", "webpage"),  # "site" is a spelling of it (SPELLINGS): its stem would be "sit"
     ("password", "passcode", "passphrase"),
     ("choose", "pick", "select"),
     ("find", "locate"),

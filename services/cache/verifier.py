@@ -56,6 +56,11 @@ _DIGIT_GROUP_COMMA = re.compile(r"(?<=\d),(?=\d{3}(?:\D|$))")
 _NUMBER_WITH_SUFFIX = re.compile(r"([$€£¥]?)(\d+(?:\.\d+)?)(%|[a-zµ°/]+)?")
 _ORDINAL = re.compile(r"(st|nd|rd|th)")
 _SPACES = re.compile(r"\s+")
+# "my sister's friend" (owner sister, owned friend); "the friend of my sister" says the same.
+_POSSESSIVE = re.compile(r"\b([a-z]+)'s\s+([a-z]+)")
+_OF_OWNER = re.compile(r"\b([a-z]+)\s+of\s+(?:my|your|his|her|our|their|the|a|an)\s+([a-z]+)")
+_NOT_OWNERS = frozenset({"it", "that", "what", "there", "here", "who", "he", "she", "let", "where", "how", "when",
+                         "why", "which", "everyone", "everybody", "nobody", "somebody", "someone", "today"})
 _VOWELS = frozenset("aeiou")
 
 _CURRENCY = {"$": "dollar", "€": "euro", "£": "gbp", "¥": "yen"}
@@ -757,6 +762,12 @@ def check_order(query: Facts, stored: Facts) -> Verdict:
             before_q, before_s = _before(qs, qp[t]), _before(ss, sp[t])
             if before_q in lx.DIRECTIONAL and before_s in lx.DIRECTIONAL and before_q != before_s:
                 return Verdict(False, "order", f"{before_q} {t} vs {before_s} {t}")
+    # Owner and owned swapped: "my sister's friend" / "my friend's sister" (or "the sister of my friend").
+    q_owns, s_owns = _possessions(query.normalized), _possessions(stored.normalized)
+    swapped = next(((a, b) for a, b in q_owns if (b, a) in s_owns and (a, b) not in s_owns), None)
+    if swapped is not None:
+        a, b = swapped
+        return Verdict(False, "order", f"{a}'s {b} vs {b}'s {a}")
     # The doer on one side, the one a person does it to on the other: "was the email sent by my manager" (my
     # manager sends) / "did I send the email to my manager".
     for t in anchors:
@@ -768,6 +779,13 @@ def check_order(query: Facts, stored: Facts) -> Verdict:
 
 
 _ROLE_MARKS = frozenset({"to", "from", "into"})
+
+
+def _possessions(normalized: str) -> set[tuple[str, str]]:
+    """(owner, owned) pairs in canonical form: "X's Y" and "Y of my X"."""
+    pairs = {(canonical(m[1]), canonical(m[2])) for m in _POSSESSIVE.finditer(normalized) if m[1] not in _NOT_OWNERS}
+    pairs |= {(canonical(m[2]), canonical(m[1])) for m in _OF_OWNER.finditer(normalized)}
+    return pairs
 
 
 def _before(seq: Sequence[str], at: int) -> str:
