@@ -117,7 +117,8 @@ SPELLINGS: dict[str, str] = {
     "customise": "customize", "optimise": "optimize", "prioritise": "prioritize", "summarise": "summarize",
     "minimise": "minimize", "maximise": "maximize", "authorise": "authorize", "synchronise": "synchronize",
     # Not spellings, but words whose stem would collide with another word's ("site" -> "sit").
-    "site": "website", "sites": "websites",
+    "site": "website", "sites": "websites", "plane": "airplane", "planes": "airplanes", "huge": "large",
+    "wage": "salary", "wages": "salary",
 }
 
 # ---- numbers ------------------------------------------------------------------------------------------
@@ -318,7 +319,7 @@ PERIODS = frozenset({"week", "weekend", "month", "year", "quarter", "day", "nigh
 NEGATIONS = frozenset({
     "not", "no", "never", "without", "nor", "neither", "nothing", "nobody", "nowhere", "none",
     "avoid", "avoiding", "prevent", "preventing", "except", "excluding", "exclude", "lack", "lacking",
-    "unable", "impossible", "refuse",
+    "unable", "impossible", "refuse", "refuses", "refused", "refusing",
 })
 # Negating prefixes: "incompatible" is "not compatible" when the other text has "compatible".
 NEGATING_PREFIXES = ("un", "in", "im", "il", "ir", "dis", "non", "non-", "de", "anti", "mis")
@@ -337,7 +338,7 @@ SCOPE: dict[str, str] = {
     "only": "only", "solely": "only", "exclusively": "only", "just": "",
     "some": "some", "several": "some", "certain": "some", "part": "part", "partial": "part",
     "partially": "part", "partly": "part", "most": "most", "mostly": "most", "majority": "most",
-    "few": "few", "fewer": "less", "fewest": "least",
+    "few": "few", "couple": "few", "fewer": "less", "fewest": "least",
     "first": "first", "earliest": "first", "oldest": "first", "initial": "first",
     "last": "last", "latest": "last", "newest": "last", "final": "last", "recent": "last", "newer": "later",
     "older": "earlier",
@@ -373,7 +374,7 @@ HOW_INTENTS = {
     "much": "amount", "many": "amount", "long": "duration", "old": "age", "big": "size", "large": "size",
     "small": "size", "tall": "size", "high": "size", "far": "distance", "fast": "speed", "quickly": "speed",
     "quick": "speed", "slow": "speed", "often": "frequency", "frequently": "frequency", "heavy": "weight",
-    "hot": "temperature", "cold": "temperature", "deep": "size", "wide": "size",
+    "hot": "temperature", "cold": "temperature", "deep": "size", "wide": "size", "soon": "when",
 }
 # Nouns that ask the same as an intent word: "what is the price" asks "how much".
 INTENT_NOUNS = {
@@ -385,7 +386,9 @@ INTENT_NOUNS = {
 # "what/which" + one of these asks "when" ("what time does it open").
 WHEN_NOUNS = frozenset({"time", "date", "day", "year", "month", "hour"})
 # "what makes/causes X" asks "why".
-WHY_VERBS = frozenset({"makes", "causes", "caused", "make", "cause"})
+WHY_VERBS = frozenset({"makes", "causes", "caused", "make", "cause", "causing"})
+# May stand between "what" and a why-verb: "what could be causing it" asks why.
+WHY_AUXILIARIES = frozenset({"could", "might", "would", "may", "can", "is", "be", "was", "has", "have", "been"})
 
 # Order-sensitive connectors: two shared words swapping sides around one of these swap roles
 # ("km to miles" / "miles to km", "A faster than B" / "B faster than A").
@@ -394,6 +397,9 @@ DIRECTIONAL = frozenset({"to", "into", "from", "than", "by", "minus", "towards",
 SYMMETRIC = frozenset({"and", "or", "vs", "between", "&", "versus", "compared", "comparing"})
 # Attaching prepositions: "the 404 status code in HTTP" moves HTTP without swapping roles.
 ATTACHING = frozenset({"in", "on", "for", "of", "at", "with", "using", "via", "within", "inside", "about"})
+# The attaching words of a place or a part: two things swapping sides around one of these swap roles ("a Tesla at
+# a CCS station" / "a CCS car at a Tesla station"); around "with" or "for" they may not ("A with B" / "B with A").
+PLACING = frozenset({"in", "on", "of", "at", "within", "inside"})
 # Auxiliaries and modals: "where is", "who should", "when does" (question inversion).
 AUXILIARIES = frozenset({"is", "are", "was", "were", "do", "does", "did", "can", "could", "should", "would",
                          "will", "may", "might", "must", "has", "have", "had", "shall", "am"})
@@ -480,7 +486,7 @@ SYNONYM_GROUPS: tuple[tuple[str, ...], ...] = (
     ("start", "begin", "launch", "commence"),
     ("exit", "quit"),
     ("different", "another", "other"),
-    ("big", "large", "huge"),
+    ("big", "large"),  # "huge" is spelled large (SPELLINGS): its stem would be "hug"
     ("small", "little", "tiny"),
     ("fast", "quick", "rapid", "speedy"),
     ("faster", "quicker", "speedup"),
@@ -519,7 +525,7 @@ SYNONYM_GROUPS: tuple[tuple[str, ...], ...] = (
     ("shop", "store"),
     ("customer", "client"),
     ("job", "position", "role"),
-    ("salary", "pay", "wage", "wages", "paycheck", "payday", "paid"),
+    ("salary", "pay", "paycheck", "payday", "paid"),  # "wage(s)": SPELLINGS (stem "wag")
     ("vacation", "holiday", "pto", "timeoff"),
     ("folder", "directory"),
     ("program", "app", "application", "software"),

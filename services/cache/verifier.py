@@ -56,6 +56,9 @@ _DIGIT_GROUP_COMMA = re.compile(r"(?<=\d),(?=\d{3}(?:\D|$))")
 _NUMBER_WITH_SUFFIX = re.compile(r"([$€£¥]?)(\d+(?:\.\d+)?)(%|[a-zµ°/]+)?")
 _ORDINAL = re.compile(r"(st|nd|rd|th)")
 _SPACES = re.compile(r"\s+")
+# A participle negated by "un" (unopened, unused, unauthorized) reads as "not" + the participle; not "under-".
+_UN_PARTICIPLE = re.compile(r"un(?!der)[a-z]{2,}ed")
+_NOT_UN_PARTICIPLES = frozenset({"united", "unified", "unleaded"})
 # "my sister's friend" (owner sister, owned friend); "the friend of my sister" says the same.
 _POSSESSIVE = re.compile(r"\b([a-z]+)'s\s+([a-z]+)")
 _OF_OWNER = re.compile(r"\b([a-z]+)\s+of\s+(?:my|your|his|her|our|their|the|a|an)\s+([a-z]+)")
@@ -273,7 +276,9 @@ def _asks_when(toks: Sequence[tuple[str, str, bool]], i: int) -> bool:
 
 
 _BE = frozenset({"is", "are", "was", "were", "be", "been", "being", "am", "get", "gets", "got", "gotten"})
-_CONNECTORS = lx.DIRECTIONAL | {"&", "@"}  # the connectors of Facts.sequence (relations, not words)
+# The connectors of Facts.sequence (relations, not words): "@" attaches by in/on/of/at, "@~" by for/with/...
+_ATTACH = frozenset({"@", "@~"})
+_CONNECTORS = lx.DIRECTIONAL | {"&"} | _ATTACH
 _PERSON_ROLES = frozenset(lx.PERSONS.values())  # the pronouns of Facts.sequence, as roles: <i>, <he>, ...
 
 
@@ -400,6 +405,8 @@ def analyze(text: str) -> Facts:
         expansion = lx.EXPANSIONS.get(low)
         if expansion is None and low.endswith("n't"):
             expansion = low[:-3] + " not"
+        elif expansion is None and _UN_PARTICIPLE.fullmatch(low) and low not in _NOT_UN_PARTICIPLES:
+            expansion = "not " + low[2:]  # "unopened pens" = "pens I haven't opened": a cue and the verb
         elif expansion is None:
             low = _fold(low)  # Kindle's -> kindle
         parts = (expansion or low).split()
@@ -514,6 +521,8 @@ def analyze(text: str) -> Facts:
             third = toks[i + 2][0] if i + 2 < n else ""
             if nxt == "many" and after == "times" and third in ("a", "per", "each", "every"):
                 intent = "frequency"  # "how many times a day" asks "how often"
+            elif nxt == "much" and after == "time":
+                intent = "duration"  # "how much time should I set aside" asks "how long"
             elif (nxt == "many" and lx.UNITS.get(after) in lx.TIME_UNITS and third != "of") or (
                     nxt == "far" and after == "ahead"):
                 intent = "duration"  # "how many days" / "how far ahead (in advance)" ask "how long"
@@ -523,21 +532,23 @@ def analyze(text: str) -> Facts:
             continue
         elif word in ("what", "which") and asks and _asks_when(toks, i):
             intents.add("when")
-        elif word in ("what", "which") and nxt in lx.WHY_VERBS:
+        elif word in ("what", "which") and (skip := _why_verb_after(toks, i)):
             intents.add("why")
-            i += 1
-            prev = nxt
+            i += skip
+            prev = toks[i - 1][0]
             continue
-        elif word in lx.INTENT_NOUNS and (prev in lx.DETERMINERS or prev == "#" or nxt == "of"):
+        elif word in lx.INTENT_NOUNS and (prev in lx.DETERMINERS or prev == "#" or nxt == "of" or (
+                i >= 3 and toks[i - 3][0] in lx.DETERMINERS and prev not in _SKIP)):  # "the typical price"
             noun_intents.add(lx.INTENT_NOUNS[word])
         if exchanging and word in ("for", "with"):
             sequence.append("to")  # "exchange a gift card for cash" / "exchange cash for a gift card"
-        elif word in lx.DIRECTIONAL and not (word == "to" and prev in lx.INFINITIVE_BEFORE):
+        elif word in lx.DIRECTIONAL and not (word == "to" and prev in lx.INFINITIVE_BEFORE
+                                              and nxt not in lx.DETERMINERS):  # "plan to the flat rate"
             sequence.append(word)
         elif word in lx.SYMMETRIC:
             sequence.append("&")
         elif word in lx.ATTACHING:
-            sequence.append("@")
+            sequence.append("@" if word in lx.PLACING else "@~")
         base = stem(lx.IRREGULAR.get(word, word))
         exchanging = exchanging or base in _EXCHANGE
         if base in _INQUIRY and (nxt in lx.EMBEDDED_QUESTION or (nxt == "out" and after in lx.EMBEDDED_QUESTION)):
@@ -710,12 +721,14 @@ def check_intent(query: Facts, stored: Facts) -> Verdict:
         return _refuse("intent", [query.kind], [stored.kind])
     if {query.modal, stored.modal} == {"can", "should"}:
         return _refuse("intent", [query.modal], [stored.modal])
+    if (query.kind, stored.modal) == ("method", "should") or (query.modal, stored.kind) == ("should", "method"):
+        return _refuse("intent", [query.kind or query.modal], [stored.kind or stored.modal])  # how do I / should I
     if query.intents == stored.intents:
         return _ok("intent")
     return _refuse("intent", query.intents - stored.intents, stored.intents - query.intents)
 
 
-_NOT_PIVOTS = frozenset({"&", "@"}) | _PERSON_ROLES  # a pronoun takes a role, it does not relate two
+_NOT_PIVOTS = frozenset({"&"}) | _ATTACH | _PERSON_ROLES  # a pronoun takes a role, it does not relate two
 
 
 def _between(seq: Sequence[str], x: int, y: int) -> list[str]:
@@ -750,10 +763,15 @@ def check_order(query: Facts, stored: Facts) -> Verdict:
                 continue  # a symmetric relation
             pivots = [p for p in seg_q if p in seg_s and p not in _NOT_PIVOTS]
             strong = [p for p in pivots if p in lx.DIRECTIONAL or p in dates]
-            attached = seg_q[-1:] == ["@"] or seg_s[-1:] == ["@"] or "@" in seg_q[:1] or "@" in seg_s[:1]
-            pivot = strong[0] if strong else (pivots[0] if pivots and not attached else None)
+            # A phrase attached by in/of/at that moved ("the 404 code in HTTP" / "HTTP 404 code") keeps its role;
+            # the two swapping around the same in/of/at on both sides do not ("a Tesla at a CCS station" /
+            # "a CCS car at a Tesla station").
+            both = "@" in seg_q and "@" in seg_s  # in/on/of/at on both sides (not with/for: "A with B")
+            attached = not both and bool(_ATTACH & {*seg_q[-1:], *seg_s[-1:], *seg_q[:1], *seg_s[:1]})
+            pivot = strong[0] if strong else (pivots[0] if pivots and not attached else ("@" if both else None))
             if pivot is not None:
                 first, second = (a, b) if qp[a] < qp[b] else (b, a)
+                pivot = "at/in/of" if pivot == "@" else pivot
                 return Verdict(False, "order", f"{first} {pivot} {second} vs {second} {pivot} {first}")
     # The same directional words on both sides, and a word right after one on one side and right after
     # another on the other: "from my sister's account to mine" / "from mine to my sister's account".
@@ -779,6 +797,17 @@ def check_order(query: Facts, stored: Facts) -> Verdict:
 
 
 _ROLE_MARKS = frozenset({"to", "from", "into"})
+
+
+def _why_verb_after(toks: Sequence[tuple[str, str, bool]], i: int) -> int:
+    """After the what/which at toks[i - 1]: how many tokens up to and including a why-verb, maybe behind
+    auxiliaries ("what could be causing it"); 0 when none follows."""
+    for k, (word, _, _) in enumerate(toks[i:i + 4]):
+        if word in lx.WHY_VERBS:
+            return k + 1
+        if word not in lx.WHY_AUXILIARIES:
+            return 0
+    return 0
 
 
 def _possessions(normalized: str) -> set[tuple[str, str]]:
