@@ -364,6 +364,8 @@ ROLE_NOUNS = frozenset({
     "parent", "spouse", "wife", "husband", "partner", "student", "teacher", "manager", "agent", "guest", "member",
     "vendor", "supplier", "applicant", "beneficiary", "borrower", "lender", "payee", "payer", "cosigner", "friend",
     "neighbor", "neighbour", "roommate", "contractor", "candidate", "visitor", "user", "admin", "administrator",
+    "assistant", "secretary", "colleague", "coworker", "brother", "sister", "mother", "father", "mom", "dad",
+    "grandparent", "grandmother", "grandfather", "toddler", "baby", "teammate", "subordinate", "intern",
 })
 
 # ---- question intent ------------------------------------------------------------------------------------

@@ -786,6 +786,15 @@ def check_order(query: Facts, stored: Facts) -> Verdict:
     if swapped is not None:
         a, b = swapped
         return Verdict(False, "order", f"{a}'s {b} vs {b}'s {a}")
+    # The owned one acting on one side, the owner acting on it on the other: "for my toddler's brother to bite
+    # him" / "for my toddler to bite his brother".
+    for owning, other_side in ((query, stored), (stored, query)):
+        acting = _owned_acts(owning, other_side)
+        if acting is not None:
+            x, y, v = acting
+            forms = [f"{x}'s {y} {v}", f"{x} {v} {y}"]
+            q_form, s_form = forms if owning is query else forms[::-1]
+            return Verdict(False, "order", f"{q_form} vs {s_form}")
     # The doer on one side, the one a person does it to on the other: "was the email sent by my manager" (my
     # manager sends) / "did I send the email to my manager".
     for t in anchors:
@@ -808,6 +817,21 @@ def _why_verb_after(toks: Sequence[tuple[str, str, bool]], i: int) -> int:
         if word not in lx.WHY_AUXILIARIES:
             return 0
     return 0
+
+
+def _owned_acts(a: Facts, b: Facts) -> tuple[str, str, str] | None:
+    """(owner, owned, verb) where `a` reads "X's Y <verb>" and `b` reads "X <verb> ... Y" (each word once)."""
+    seq_a, seq_b = a.sequence, b.sequence
+    for x, y in _possessions(a.normalized):
+        if seq_a.count(x) != 1 or seq_a.count(y) != 1 or seq_b.count(x) != 1 or seq_b.count(y) != 1:
+            continue
+        at = seq_a.index(y)
+        v = next((t for t in seq_a[at + 1:] if t not in _CONNECTORS and t not in _PERSON_ROLES), None)
+        if v is None or seq_a.index(x) > at or seq_b.count(v) != 1:
+            continue
+        if seq_b.index(x) < seq_b.index(v) < seq_b.index(y):
+            return x, y, v
+    return None
 
 
 def _possessions(normalized: str) -> set[tuple[str, str]]:
@@ -896,11 +920,16 @@ def _take_compounds(mine: list[str], theirs: list[str], their_compounds: Sequenc
                 break
 
 
-def _persons(f: Facts) -> frozenset[str]:
-    return frozenset(w for w in f.sequence if w in _PERSON_ROLES)
-
-
 _ROLES = frozenset(canonical(w) for w in lx.ROLE_NOUNS)
+
+
+def _names_a_person(f: Facts, role: str) -> bool:
+    """The role word stands for a person ("the recipient", "my boss's assistant"), not a modifier ("student
+    financial aid")."""
+    tokens = f.normalized.split()
+    return any(canonical(t.strip("?,.!")) == role and k and (tokens[k - 1] in lx.DETERMINERS
+                                                             or tokens[k - 1].endswith("'s"))
+               for k, t in enumerate(tokens))
 
 
 def check_content(query: Facts, stored: Facts) -> Verdict:
@@ -938,8 +967,8 @@ def check_content(query: Facts, stored: Facts) -> Verdict:
     allowed = MAX_ADDED_WORDS
     if query.scope != stored.scope or ("&" in query.sequence) != ("&" in stored.sequence):
         allowed = 0
-    if _persons(query) != _persons(stored) and any(w in _ROLES for w in only_q + only_s):
-        allowed = 0  # "what forms do I need" / "what forms does the recipient need": someone else asks
+    if any(w in _ROLES and _names_a_person(f, w) for f, words in ((query, only_q), (stored, only_s)) for w in words):
+        allowed = 0  # someone else asks or acts: "what forms does the recipient need", "my boss's assistant"
     if len(only_q) + len(only_s) > allowed or any(w in _ACTIONS for w in only_q + only_s):
         return _refuse("content", only_q, only_s)
     return _ok("content")

@@ -44,6 +44,9 @@ PARAPHRASES = [
     ("Can I take melatonin with my blood pressure medication?",
      "Can I take my blood pressure medication with melatonin?"),
     ("What's the capital of France?", "What is France's capital?"),
+    ("How do I change my phone's wallpaper?", "How do I change the wallpaper on my phone?"),
+    ("How do I reset my account's password?", "How do I reset the password on my account?"),
+    ("How can I apply for student financial aid?", "How do I apply for financial aid?"),  # a role as a modifier
     # reordering, symmetric relations, moved phrases
     ("What's the difference between a list and a tuple in Python?",
      "In Python, what is the difference between a tuple and a list?"),
@@ -243,6 +246,11 @@ DIFFERENT = [
      "Can I switch from the time-of-use plan to the flat-rate plan?", "order", "flat to tim vs tim to flat"),
     ("Should I raise my rates with existing clients?", "How do I raise my rates with existing clients?", "intent",
      "should vs method"),
+    # the owned one acts on one side, the owner on the other; an added person is someone else asking or acting
+    ("Is it normal for my toddler's brother to bite him?", "Is it normal for my toddler to bite his brother?",
+     "order", "toddler's brother bit vs toddler bit brother"),
+    ("Can my boss's assistant read my work email?", "Can my boss read my work email?", "content",
+     "assistant vs none"),
 ]
 
 
