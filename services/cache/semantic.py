@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
+import grpc
 import numpy as np
 
 from services.cache.settings import CacheSettings
@@ -147,6 +148,7 @@ class SemanticTier:
         self._free_slots = settings.milvus_search_slots  # searches that may go out now
         self._busy: set[_Scope] = set()  # scopes with a search out
         self._searches: set[asyncio.Task[None]] = set()
+        self._raw: _AsyncSearch | None = None  # a Milvus server: searches over grpc.aio, no thread hop
 
     # ---- connection ------------------------------------------------------------------------------
 
@@ -166,6 +168,8 @@ class SemanticTier:
         """Opens the client and loads the existing collections; False (and logged) when Milvus is not there."""
         try:
             self._client = await self._run(self._open)
+            if self._raw is None and _AsyncSearch.serves(self.uri):
+                self._raw = _AsyncSearch(self.uri, self.settings.milvus_token, self._client)
         except Exception as exc:  # any failure to reach Milvus degrades the tier
             self._client = None
             self._connect_error = f"{type(exc).__name__}: {exc}"[:300]
@@ -208,6 +212,9 @@ class SemanticTier:
     async def close(self) -> None:
         if self._writer is not None and not self._writer.done():  # rows already accepted are written first
             await asyncio.wait([self._writer], timeout=self._wt)
+        if self._raw is not None:
+            await self._raw.close()
+            self._raw = None
         client, self._client = self._client, None
         if client is not None:
             async with self._write_lock:
@@ -337,7 +344,13 @@ class SemanticTier:
                             batch: list[tuple[np.ndarray, asyncio.Future[list[Candidate]]]]) -> None:
         try:
             client = self._require()
-            results = await self._run(self._search, client, scope, [v for v, _ in batch])
+            vectors = [v for v, _ in batch]
+            name, partition = self.collection_name(scope.model_id), self.partition_name(scope.tenant)
+            raw = self._raw
+            if raw is not None and self._dims.get(name) == scope.dim and (name, partition) in self._partitions:
+                results = await self._search_async(raw, scope, vectors)
+            else:  # first search of a collection or partition: learn it (blocking pymilvus calls) in the pool
+                results = await self._run(self._search, client, scope, vectors)
         except Exception as exc:  # every search of the batch fails alike
             for _, fut in batch:
                 if not fut.done():
@@ -359,14 +372,12 @@ class SemanticTier:
             return [[] for _ in vectors]
         if dim != scope.dim:
             raise DimensionMismatch(scope.model_id, dim, scope.dim)
-        tenant, context_key = scope.tenant, scope.context_key
-        partition = self.partition_name(tenant)
+        partition = self.partition_name(scope.tenant)
         if (name, partition) not in self._partitions:
             if not client.has_partition(name, partition, timeout=self._rt):
                 return [[] for _ in vectors]
             self._partitions.add((name, partition))
         now = int(time.time() * 1000)
-        expr = f"tenant == {quote(tenant)} and context_key == {quote(context_key)} and expires > {now}"
         SEARCHES.inc()
         SEARCHED.inc(len(vectors))
         result = client.search(
@@ -374,30 +385,49 @@ class SemanticTier:
             data=vectors,
             limit=self.settings.top_k,
             partition_names=[partition],
-            filter=expr,
-            output_fields=["tenant", "context_key", "question", "answer", "expires"],
-            search_params={"metric_type": "COSINE", "params": {"ef": self.settings.hnsw_ef}},
+            filter=self._filter(scope, now),
+            output_fields=list(_OUTPUT_FIELDS),
+            search_params=self._search_params(),
             timeout=self._rt,
         )
-        found: list[list[Candidate]] = []
-        for i in range(len(vectors)):
-            out: list[Candidate] = []
-            for hit in result[i] if result and i < len(result) else ():
-                entity = hit["entity"]
-                # Defence in depth: the partition and the filter already scope the search.
-                if entity["tenant"] != tenant or entity["context_key"] != context_key or entity["expires"] <= now:
-                    log.error("milvus returned a row outside the search scope; dropped",
-                              extra={"collection": name, "entry_id": hit["id"]})
-                    continue
-                out.append(Candidate(
-                    entry_id=str(hit["id"]),
-                    similarity=float(hit["distance"]),
-                    question=str(entity["question"]),
-                    answer=base64.b64decode(entity["answer"]),
-                ))
-            out.sort(key=lambda c: c.similarity, reverse=True)
-            found.append(out)
-        return found
+        hits = [[(str(hit["id"]), float(hit["distance"]), hit["entity"]) for hit in result[i]]
+                if result and i < len(result) else [] for i in range(len(vectors))]
+        return [self._candidates(scope, name, now, rows) for rows in hits]
+
+    @staticmethod
+    def _filter(scope: _Scope, now_ms: int) -> str:
+        return f"tenant == {quote(scope.tenant)} and context_key == {quote(scope.context_key)} and expires > {now_ms}"
+
+    def _search_params(self) -> dict[str, Any]:
+        return {"metric_type": "COSINE", "params": {"ef": self.settings.hnsw_ef}}
+
+    @staticmethod
+    def _candidates(scope: _Scope, name: str, now_ms: int,
+                    rows: list[tuple[str, float, dict[str, Any]]]) -> list[Candidate]:
+        """One query's hits as candidates, best first; a row outside the scope is dropped (and logged)."""
+        out: list[Candidate] = []
+        for entry_id, similarity, entity in rows:
+            # Defence in depth: the partition and the filter already scope the search.
+            if (entity["tenant"] != scope.tenant or entity["context_key"] != scope.context_key
+                    or entity["expires"] <= now_ms):
+                log.error("milvus returned a row outside the search scope; dropped",
+                          extra={"collection": name, "entry_id": entry_id})
+                continue
+            out.append(Candidate(entry_id=entry_id, similarity=similarity, question=str(entity["question"]),
+                                 answer=base64.b64decode(entity["answer"])))
+        out.sort(key=lambda c: c.similarity, reverse=True)
+        return out
+
+    async def _search_async(self, raw: _AsyncSearch, scope: _Scope, vectors: list[np.ndarray]) -> list[list[Candidate]]:
+        """The same search as `_search`, sent over grpc.aio from the event loop (the collection and partition are
+        known to exist)."""
+        name, partition = self.collection_name(scope.model_id), self.partition_name(scope.tenant)
+        now = int(time.time() * 1000)
+        SEARCHES.inc()
+        SEARCHED.inc(len(vectors))
+        hits = await raw.search(name, partition, vectors, self._filter(scope, now), self.settings.top_k,
+                                self._search_params(), self._rt)
+        return [self._candidates(scope, name, now, rows) for rows in hits]
 
     # ---- writes ----------------------------------------------------------------------------------
 
@@ -557,3 +587,66 @@ class SemanticTier:
                 self._wrote(client, name, len(ids))
         self._flush_all(client)
         return purged
+
+
+_OUTPUT_FIELDS = ("tenant", "context_key", "question", "answer", "expires")
+
+
+class _AsyncSearch:
+    """Milvus searches over grpc.aio on the caller's event loop, with pymilvus' own request builder and protos.
+
+    pymilvus' MilvusClient is blocking: every call pays a hop to a pool thread and back, its decorator stack and
+    its result objects (~1 ms per lookup on the 2-core box). Searches are the hot path of every lookup, so they
+    go straight to the server's Search RPC; everything else (schema, writes, deletes) stays on MilvusClient.
+    Only for a Milvus server reached over plain gRPC (http:// or host:port); Milvus Lite and TLS keep the pool."""
+
+    def __init__(self, uri: str, token: str, client: Any) -> None:
+        from pymilvus.grpc_gen import milvus_pb2_grpc
+
+        # pymilvus keeps each collection's last write timestamp per server address: a Session-consistency search
+        # waits for this process' own writes by sending it (as MilvusClient.search does).
+        try:
+            self._endpoint = str(client._get_connection().server_address)
+        except Exception:  # another pymilvus: the searches fall back to the collection's consistency alone
+            self._endpoint = ""
+
+        self._channel = grpc.aio.insecure_channel(uri.split("://", 1)[-1].rstrip("/"), options=[
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024), ("grpc.keepalive_time_ms", 55_000)])
+        self._stub = milvus_pb2_grpc.MilvusServiceStub(self._channel)
+        self._metadata = (("authorization", base64.b64encode(token.encode()).decode()),) if token else ()
+
+    @staticmethod
+    def serves(uri: str) -> bool:
+        return not uri.endswith(".db") and (uri.startswith("http://") or "://" not in uri)
+
+    async def search(self, collection: str, partition: str, vectors: list[np.ndarray], expr: str, limit: int,
+                     params: dict[str, Any], deadline_s: float) -> list[list[tuple[str, float, dict[str, Any]]]]:
+        from pymilvus.client import ts_utils
+        from pymilvus.client.prepare import Prepare
+
+        consistency: dict[str, Any] = {}  # the guarantee timestamp, as MilvusClient.search computes it
+        default = ts_utils.construct_guarantee_ts(collection, consistency, self._endpoint, "")
+        request = Prepare.search_requests_with_expr(
+            collection, "vector", params, limit, data=vectors, expr=expr, partition_names=[partition],
+            output_fields=list(_OUTPUT_FIELDS), use_default_consistency=default, **consistency)
+        resp = await self._stub.Search(request, timeout=deadline_s, metadata=self._metadata)
+        if resp.status.code != 0 or resp.status.error_code != 0:
+            raise MilvusUnavailable(f"search failed: {resp.status.reason or resp.status.code}")
+        data = resp.results
+        columns: dict[str, Any] = {}
+        for field in data.fields_data:
+            scalars = field.scalars
+            kind = scalars.WhichOneof("data")
+            columns[field.field_name] = list(getattr(scalars, kind).data) if kind else []
+        ids, scores = list(data.ids.str_id.data), list(data.scores)
+        out: list[list[tuple[str, float, dict[str, Any]]]] = []
+        start = 0
+        for count in data.topks:
+            out.append([(ids[k], scores[k], {f: columns[f][k] for f in _OUTPUT_FIELDS})
+                        for k in range(start, start + count)])
+            start += count
+        out.extend([] for _ in range(len(vectors) - len(out)))
+        return out
+
+    async def close(self) -> None:
+        await self._channel.close()

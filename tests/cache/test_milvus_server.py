@@ -3,8 +3,15 @@ HNSW index, one partition per tenant. The server starts once per session."""
 
 from __future__ import annotations
 
-from tests.cache.conftest import StartCache, chat, check_concurrent_lookups, near, unit
+from dataclasses import replace
+
+import pytest
+
+from services.cache.semantic import Row, SemanticTier
+from services.cache.settings import CacheSettings
+from tests.cache.conftest import MODEL_ID, StartCache, chat, check_concurrent_lookups, near, unit
 from weir.cache.v1 import cache_service_pb2 as pb
+from weir.kit.config import load
 
 
 async def test_identical_questions_of_different_tenants_never_cross(start_cache: StartCache,
@@ -50,3 +57,38 @@ async def test_verification_and_invalidation_on_the_server(start_cache: StartCac
 async def test_concurrent_lookups_share_searches_and_each_gets_its_own_answer(
         start_cache: StartCache, server_env: dict[str, str]) -> None:
     await check_concurrent_lookups(await start_cache({**server_env, "WEIR_METRICS_PORT": "0"}))
+
+
+async def test_searches_on_a_server_go_over_grpc_aio_and_find_what_pymilvus_finds(
+        server_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a Milvus server a search after the first of its collection and partition skips MilvusClient (a pool
+    thread per call): same candidates, and a Session-consistency search still sees this process' own writes."""
+    for key, value in server_env.items():
+        monkeypatch.setenv(key, value)
+    tier = SemanticTier(load(CacheSettings))
+    assert await tier.connect()
+    try:
+        vectors = [unit(30 + i) for i in range(3)]
+        rows = [Row(entry_id=f"e{i}", tenant="acme", context_key="ctx", model="fake-small", question=f"Question {i}?",
+                    answer=f"answer {i}".encode(), created_ms=0, expires_ms=2**62, vector=v)
+                for i, v in enumerate(vectors)]
+        for row in rows:
+            await tier.upsert(row, MODEL_ID)
+        first = await tier.search("acme", "ctx", MODEL_ID, near(vectors[0], 0.97))  # learns the collection
+        assert tier._raw is not None
+
+        def no_pool(*args: object) -> None:
+            raise AssertionError("searched through the pool")
+
+        monkeypatch.setattr(tier, "_search", no_pool)
+        again = await tier.search("acme", "ctx", MODEL_ID, near(vectors[0], 0.97))
+        assert [(c.entry_id, c.question, c.answer) for c in again] == [(c.entry_id, c.question, c.answer)
+                                                                       for c in first]
+        assert again[0].entry_id == "e0" and again[0].answer == b"answer 0"
+        assert [round(c.similarity, 5) for c in again] == [round(c.similarity, 5) for c in first]
+        await tier.upsert(replace(rows[2], entry_id="e9", question="Written just now?", vector=unit(40)), MODEL_ID)
+        fresh = await tier.search("acme", "ctx", MODEL_ID, unit(40))
+        assert fresh and fresh[0].entry_id == "e9"
+        assert await tier.search("acme", "other-context", MODEL_ID, unit(40)) == []
+    finally:
+        await tier.close()
