@@ -14,8 +14,9 @@ Rows: id (entry id), tenant, context_key, model, question, answer (base64 of the
 CachedAnswer), created and expires (ms). Milvus does not expire rows: searches filter on
 ``expires > now`` and a periodic purge deletes expired rows.
 
-pymilvus is blocking, so every call runs in a small thread pool; with Milvus Lite writes are serialized
-(it does not support concurrent writers to one collection).
+pymilvus is blocking, so its calls run in a small thread pool; with Milvus Lite writes are serialized
+(it does not support concurrent writers to one collection). On a Milvus server the searches (the hot path)
+skip the pool: they go over grpc.aio from the event loop (`_AsyncSearch`).
 """
 
 from __future__ import annotations
