@@ -322,14 +322,31 @@ def _kind(words: Sequence[str]) -> str:
             return "definition"  # "what is a Schlenk line", "what are index funds"; not "what is a good ..."
     if first == "how" and (second == "to" or (second in ("do", "does", "can", "could", "should", "would")
                                               and third in _METHOD_SUBJECTS)):
+        verb, link = (third, words[3] if len(words) > 3 else "") if second == "to" else (
+            words[3] if len(words) > 3 else "", words[4] if len(words) > 4 else "")
+        if verb in ("know", "tell") and link in ("if", "whether", "when"):
+            return "check"  # "how do I know if my bottom bracket needs replacing": a diagnosis, not a procedure
         return "method"
     return ""
 
 
 def _modal(words: Sequence[str]) -> str:
-    """The modal a yes/no question opens with: "can" (can / could / may) or "should" (should / shall)."""
+    """The modal a yes/no question opens with: "can" (can / could / may), "should" (should / shall), "whether"
+    (does / is / will ...: "does carb loading work"; not "is there a way", "is it possible", "do you know how")."""
     first = words[0] if words else ""
-    return "can" if first in ("can", "could", "may") else "should" if first in ("should", "shall") else ""
+    if first in ("can", "could", "may"):
+        return "can"
+    if first in ("should", "shall"):
+        return "should"
+    rest = " ".join(words[1:4])
+    if first in _POLAR and not rest.startswith(_POLAR_ASKS_HOW):
+        return "whether"
+    return ""
+
+
+_POLAR = frozenset({"do", "does", "did", "is", "are", "was", "were", "will", "would", "has", "have"})
+_POLAR_ASKS_HOW = ("there a way", "there any way", "there ways", "it possible", "you know how", "anyone know how",
+                   "someone know how")
 
 
 _PHRASE_VERBS = frozenset({"get", "set", "sign", "log", "carry"})  # verbs that head a fixed phrase
@@ -564,7 +581,8 @@ def analyze(text: str) -> Facts:
         prev = word
         if word in lx.PERSONS:
             sequence.append(lx.PERSONS[word])  # roles: "can my landlord sue me" / "can I sue my landlord"
-        if word in _SKIP or word in lx.INTENT_WORDS:
+        thing = _names_a_thing(word, toks[i - 2][0] if i >= 2 else "", nxt)
+        if (word in _SKIP or word in lx.INTENT_WORDS) and not thing:
             continue
         if word in acronyms or word in lx.GAZETTEER:
             content.append(word)  # names are compared as written: HTTPS is not HTTP
@@ -572,10 +590,10 @@ def analyze(text: str) -> Facts:
             continue
         parts = [p for p in word.split("-") if p] if "-" in word else [word]
         for part in parts:
-            if part in _SKIP:
+            if part in _SKIP and not thing:
                 continue
             c = canonical(part)
-            if c in _SKIP_STEMS:
+            if c in _SKIP_STEMS and not thing:
                 continue
             content.append(c)
             sequence.append(c)
@@ -610,6 +628,7 @@ def analyze(text: str) -> Facts:
         for m in _QUOTED.finditer(text)
     )
     normalized = _SPACES.sub(" ", text.lower()).strip().rstrip("?.!").strip()
+    sequence = _mark_others(sequence)
     return Facts(
         normalized=normalized,
         words=_frozen(words),
@@ -717,17 +736,20 @@ def check_scope(query: Facts, stored: Facts) -> Verdict:
 
 def check_intent(query: Facts, stored: Facts) -> Verdict:
     """The kind of question agrees: who, when, where, why, how much, how long, how old, ..."""
-    if {query.kind, stored.kind} == {"definition", "method"}:
-        return _refuse("intent", [query.kind], [stored.kind])
+    if query.kind and stored.kind and query.kind != stored.kind:
+        return _refuse("intent", [query.kind], [stored.kind])  # definition / method / check
     if {query.modal, stored.modal} == {"can", "should"}:
         return _refuse("intent", [query.modal], [stored.modal])
-    if (query.kind, stored.modal) == ("method", "should") or (query.modal, stored.kind) == ("should", "method"):
-        return _refuse("intent", [query.kind or query.modal], [stored.kind or stored.modal])  # how do I / should I
+    # How to do it is not whether to do it, nor whether it works: "how do I X" / "should I X" / "does X work".
+    if (query.kind, stored.modal) in _NOT_A_METHOD or (stored.kind, query.modal) in _NOT_A_METHOD:
+        return _refuse("intent", [query.kind or query.modal], [stored.kind or stored.modal])
     if query.intents == stored.intents:
         return _ok("intent")
     return _refuse("intent", query.intents - stored.intents, stored.intents - query.intents)
 
 
+_OTHER = canonical("another")
+_NOT_A_METHOD = frozenset({("method", "should"), ("method", "whether"), ("check", "should")})
 _NOT_PIVOTS = frozenset({"&"}) | _ATTACH | _PERSON_ROLES  # a pronoun takes a role, it does not relate two
 
 
@@ -806,6 +828,36 @@ def check_order(query: Facts, stored: Facts) -> Verdict:
 
 
 _ROLE_MARKS = frozenset({"to", "from", "into"})
+
+
+def _mark_others(sequence: list[str]) -> list[str]:
+    """ "another kid" is one token ("kid~") in the sequence, apart from "my kid": "my child bit another kid" /
+    "another kid bit my child" then swap two words around "bit"."""
+    out: list[str] = []
+    k = 0
+    while k < len(sequence):
+        t = sequence[k]
+        after = sequence[k + 1] if k + 1 < len(sequence) else ""
+        if t == _OTHER and after and after not in _CONNECTORS and after not in _PERSON_ROLES and after != _OTHER:
+            out.append(after + "~")
+            k += 2
+        else:
+            out.append(t)
+            k += 1
+    return out
+
+
+def _names_a_thing(word: str, before: str, nxt: str) -> bool:
+    """A filler word used as content: "my well pump" (not "well, ..."), "an easy run" (not "an easy way to")."""
+    if word == "well":
+        return before in lx.DETERMINERS
+    if word in ("easy", "simple"):
+        return nxt.isalpha() and nxt not in _EASY_FILLER_HEADS and nxt not in _SKIP
+    return False
+
+
+_EASY_FILLER_HEADS = frozenset({"way", "ways", "steps", "step", "method", "methods", "fix", "fixes", "question",
+                                "trick", "tricks", "tip", "tips", "guide", "solution", "to", "enough"})
 
 
 def _why_verb_after(toks: Sequence[tuple[str, str, bool]], i: int) -> int:

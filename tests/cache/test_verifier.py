@@ -47,6 +47,9 @@ PARAPHRASES = [
     ("How do I change my phone's wallpaper?", "How do I change the wallpaper on my phone?"),
     ("How do I reset my account's password?", "How do I reset the password on my account?"),
     ("How can I apply for student financial aid?", "How do I apply for financial aid?"),  # a role as a modifier
+    ("Is there a way to reset my password?", "How do I reset my password?"),
+    ("What's an easy way to peel garlic?", "how do i peel garlic"),
+    ("How can I tell if my eggs are bad?", "how do i know if eggs have gone bad"),
     # reordering, symmetric relations, moved phrases
     ("What's the difference between a list and a tuple in Python?",
      "In Python, what is the difference between a tuple and a list?"),
@@ -201,7 +204,7 @@ DIFFERENT = [
     ("Who founded Instagram?", "Who owns Instagram?", "content", "found vs own"),
     ("Send an email from John", "Send an email to John", "order", "from vs to"),
     ("Should I buy a new house before selling mine?", "Should I sell my house before buying a new one?", "order",
-     "buy hous sell vs sell hous buy"),
+     "buy before sell vs sell before buy"),
     ("Is it illegal to drive with headphones?", "Is it legal to drive with headphones?", "negation",
      "illegal vs none"),
     ("Flights to Paris over $300", "Flights to Paris under $300", "scope", "none vs less"),
@@ -251,6 +254,17 @@ DIFFERENT = [
      "order", "toddler's brother bit vs toddler bit brother"),
     ("Can my boss's assistant read my work email?", "Can my boss read my work email?", "content",
      "assistant vs none"),
+    # blind7's first run: a diagnosis is not a procedure, whether it works is not how to do it, "another kid" is
+    # not "my child", "well" and "easy" name things before a noun
+    ("How do I know if my bottom bracket needs replacing?", "How do I replace a bottom bracket?", "intent",
+     "check vs method"),
+    ("Does carb loading before a marathon actually work?", "How do I carb load properly before a marathon?", "intent",
+     "whether vs method"),
+    ("What should I do if another kid bit my child at daycare?", "What should I do if my child bit another kid at "
+     "daycare?", "order", "kid~ bit kid vs kid bit kid~"),
+    ("Why does my well pump keep cycling on and off?", "Why does my sump pump keep cycling on and off?", "content",
+     "well vs sump"),
+    ("What should my tempo run pace be?", "What should my easy run pace be?", "content", "tempo vs easy"),
 ]
 
 
