@@ -258,14 +258,21 @@ class SemanticTier:
 
     # ---- collections -----------------------------------------------------------------------------
 
-    def _known_dim(self, client: Any, name: str) -> int | None:
-        """The collection's dimension, adopting a collection another process created; None if absent."""
+    def _known_dim(self, client: Any, name: str, wait: bool = True) -> int | None:
+        """The collection's dimension, adopting a collection another process created; None if absent.
+
+        `wait=False` (searches): while this process is creating a collection (seconds on a server) it holds
+        nothing yet, so the search does not wait for the creation; it finds nothing."""
         dim = self._dims.get(name)
         if dim is None:
-            with self._schema_lock:  # a collection half-created by a concurrent write must not be loaded
+            if not self._schema_lock.acquire(blocking=wait):
+                return None
+            try:  # a collection half-created by a concurrent write must not be loaded
                 dim = self._dims.get(name)
                 if dim is None and client.has_collection(name, timeout=self._rt):
                     dim = self._adopt(client, name)
+            finally:
+                self._schema_lock.release()
         return dim
 
     def _create_collection(self, client: Any, name: str, dim: int) -> None:
@@ -368,7 +375,7 @@ class SemanticTier:
     def _search(self, client: Any, scope: _Scope, vectors: list[np.ndarray]) -> list[list[Candidate]]:
         """One Milvus search for the vectors of one scope; each one's candidates, best first."""
         name = self.collection_name(scope.model_id)
-        dim = self._known_dim(client, name)
+        dim = self._known_dim(client, name, wait=False)
         if dim is None:
             return [[] for _ in vectors]
         if dim != scope.dim:

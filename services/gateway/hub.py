@@ -249,7 +249,7 @@ class Hub:
             if emb is not None and self.settings.semantic_cache:
                 sr.embedding.CopyFrom(emb)
             try:
-                await self.cache.Store(sr, timeout=self.deadlines.cache_s)
+                await self.cache.Store(sr, timeout=self.deadlines.store_s)
             except grpc.RpcError as exc:
                 log.warning("cache store failed", extra={"code": parse_rpc_error(exc).code.name})
 

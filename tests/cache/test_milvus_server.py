@@ -3,13 +3,14 @@ HNSW index, one partition per tenant. The server starts once per session."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 
 import pytest
 
 from services.cache.semantic import Row, SemanticTier
 from services.cache.settings import CacheSettings
-from tests.cache.conftest import MODEL_ID, StartCache, chat, check_concurrent_lookups, near, unit
+from tests.cache.conftest import MODEL_ID, StartCache, chat, check_concurrent_lookups, embedding, near, unit
 from weir.cache.v1 import cache_service_pb2 as pb
 from weir.kit.config import load
 
@@ -92,3 +93,18 @@ async def test_searches_on_a_server_go_over_grpc_aio_and_find_what_pymilvus_find
         assert await tier.search("acme", "other-context", MODEL_ID, unit(40)) == []
     finally:
         await tier.close()
+
+
+async def test_a_lookup_does_not_wait_while_the_first_store_creates_the_collection(
+        start_cache: StartCache, server_env: dict[str, str]) -> None:
+    """The first store of an embedding model creates its collection (seconds on a server); a lookup meanwhile finds
+    nothing within its deadline instead of waiting for the creation (the gateway gives a lookup 2 s)."""
+    cache = await start_cache(server_env)
+    v = unit(50)
+    store = asyncio.ensure_future(cache.store("acme", chat("How do I rotate my API key?"), "Use the console.", v))
+    await asyncio.sleep(0.3)  # the write is out: the collection is being created
+    lookup = await cache.stub.LookupSemantic(pb.LookupSemanticRequest(
+        tenant="acme", request=chat("how can i rotate my api key"), embedding=embedding(near(v, 0.97))), timeout=0.5)
+    assert not store.done(), "the collection was created before the lookup: nothing was tested"
+    assert (lookup.hit, lookup.reason) == (False, "miss: no candidate")
+    assert (await store).reason == "stored: exact+semantic"

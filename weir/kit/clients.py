@@ -17,6 +17,9 @@ class Deadlines:
 
     embed_s: float = env("WEIR_DEADLINE_EMBED_S", 2.0)
     cache_s: float = env("WEIR_DEADLINE_CACHE_S", 2.0)
+    #: A store runs after the answer, in the background: it may wait for a slow write (the first answer of an
+    #: embedding model creates its Milvus collection, which takes seconds on a Milvus server).
+    store_s: float = env("WEIR_DEADLINE_STORE_S", 30.0)
     route_s: float = env("WEIR_DEADLINE_ROUTE_S", 1.0)
     reason_s: float = env("WEIR_DEADLINE_REASON_S", 300.0)
 
