@@ -496,7 +496,8 @@ def analyze(text: str) -> Facts:
         unit = lx.UNITS.get(word)
         if word in ("min", "max") and prev != "#":
             unit, word = None, "minimum" if word == "min" else "maximum"  # "min visibility", not minutes
-        if word in ("second", "seconds") and (prev == "#" or prev in _RATE_CONTEXT or word == "seconds"):
+        if word in ("second", "seconds") and (prev == "#" or prev in _RATE_CONTEXT or word == "seconds"
+                                              or (i >= 3 and toks[i - 3][0] == "per")):  # "per real second"
             unit = "sec"
         if unit is not None and (word in lx.UNIT_SYMBOLS or unit in lx.TIME_UNITS or prev == "#" or (
                 unit not in lx.COUNT_UNITS and (prev in _CONVERSION or nxt in _CONVERSION))):
@@ -808,6 +809,15 @@ def check_order(query: Facts, stored: Facts) -> Verdict:
     if swapped is not None:
         a, b = swapped
         return Verdict(False, "order", f"{a}'s {b} vs {b}'s {a}")
+    # The same owner of another thing, both things named on both sides: "my neighbor's tree falls on my house" /
+    # "my tree falls on my neighbor's house".
+    q_s_owns = _possessions(query.normalized, of_form=False)
+    s_s_owns = _possessions(stored.normalized, of_form=False)
+    for x, y in q_s_owns:
+        z = next((z for o, z in s_s_owns if o == x and z != y and z in query.content and y in stored.content
+                  and (x, z) not in q_s_owns), None)
+        if z is not None:
+            return Verdict(False, "order", f"{x}'s {y} vs {x}'s {z}")
     # The owned one acting on one side, the owner acting on it on the other: "for my toddler's brother to bite
     # him" / "for my toddler to bite his brother".
     for owning, other_side in ((query, stored), (stored, query)):
@@ -824,6 +834,11 @@ def check_order(query: Facts, stored: Facts) -> Verdict:
         if (before_q in _ROLE_MARKS and qs[0] in _PERSON_ROLES and sp[t] == 0) or (
                 before_s in _ROLE_MARKS and ss[0] in _PERSON_ROLES and qp[t] == 0):
             return Verdict(False, "order", f"{before_q or 'subject'} {t} vs {before_s or 'subject'} {t}")
+    # The same two people, the other one doing it: "can I install ... without my landlord's permission" / "can my
+    # landlord install ... without my permission".
+    q_who, s_who = _asker(query.normalized), _asker(stored.normalized)
+    if q_who and s_who and q_who != s_who and {q_who, s_who} <= _people(query.normalized) & _people(stored.normalized):
+        return Verdict(False, "order", f"{q_who} does it vs {s_who} does it")
     return _ok("order")
 
 
@@ -886,11 +901,40 @@ def _owned_acts(a: Facts, b: Facts) -> tuple[str, str, str] | None:
     return None
 
 
-def _possessions(normalized: str) -> set[tuple[str, str]]:
-    """(owner, owned) pairs in canonical form: "X's Y" and "Y of my X"."""
+def _possessions(normalized: str, of_form: bool = True) -> set[tuple[str, str]]:
+    """(owner, owned) pairs in canonical form: "X's Y" and (with `of_form`) "Y of my X"."""
     pairs = {(canonical(m[1]), canonical(m[2])) for m in _POSSESSIVE.finditer(normalized) if m[1] not in _NOT_OWNERS}
-    pairs |= {(canonical(m[2]), canonical(m[1])) for m in _OF_OWNER.finditer(normalized)}
+    if of_form:
+        pairs |= {(canonical(m[2]), canonical(m[1])) for m in _OF_OWNER.finditer(normalized)}
     return pairs
+
+
+_POSSESSIVE_PERSONS = {"my": "<i>", "our": "<we>", "your": "<you>", "his": "<he>", "her": "<he>", "their": "<they>"}
+
+
+def _person(word: str) -> str:
+    """The person a word names ("<i>" for I / me / my, a canonical role noun), else ""."""
+    word = word.strip("?.!,")
+    if word in lx.PERSONS or word in _POSSESSIVE_PERSONS:
+        return lx.PERSONS.get(word) or _POSSESSIVE_PERSONS[word]
+    c = canonical(word)
+    return c if c in _ROLES else ""
+
+
+def _people(normalized: str) -> set[str]:
+    return {p for t in normalized.split() if (p := _person(t))}
+
+
+def _asker(normalized: str) -> str:
+    """The person a question opened by a modal or an auxiliary is about ("can my landlord ...": landlord; "is my
+    sister's friend ...": friend), "" when it does not open so or its subject is not a person."""
+    tokens = normalized.replace(",", " ").split()
+    if len(tokens) < 2 or tokens[0] not in lx.AUXILIARIES:
+        return ""
+    k = 1
+    while k < len(tokens) and (tokens[k] in lx.DETERMINERS or tokens[k].endswith("'s")):
+        k += 1  # determiners and owners: the subject is the owned one
+    return _person(tokens[k]) if k < len(tokens) else ""
 
 
 def _before(seq: Sequence[str], at: int) -> str:

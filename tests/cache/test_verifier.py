@@ -48,6 +48,8 @@ PARAPHRASES = [
     ("How do I reset my account's password?", "How do I reset the password on my account?"),
     ("How can I apply for student financial aid?", "How do I apply for financial aid?"),  # a role as a modifier
     ("Is there a way to reset my password?", "How do I reset my password?"),
+    ("What is the email address of my manager?", "What is my manager's email address?"),
+    ("If my neighbor's tree falls on my house, who pays?", "Who pays if my neighbor's tree falls on my house?"),
     ("What's an easy way to peel garlic?", "how do i peel garlic"),
     ("How can I tell if my eggs are bad?", "how do i know if eggs have gone bad"),
     # reordering, symmetric relations, moved phrases
@@ -265,6 +267,14 @@ DIFFERENT = [
     ("Why does my well pump keep cycling on and off?", "Why does my sump pump keep cycling on and off?", "content",
      "well vs sump"),
     ("What should my tempo run pace be?", "What should my easy run pace be?", "content", "tempo vs easy"),
+    # blind8's first run: a unit after "per <word>", the same owner of another thing, the other person doing it
+    ("How many in-game hours pass per real minute in Stardew Valley?",
+     "How many in-game minutes pass per real second in Stardew Valley?", "units", "hour vs sec"),
+    ("Who pays if my tree falls on my neighbor's house?", "Who pays if my neighbor's tree falls on my house?",
+     "order", "neighbor's hous vs neighbor's tre"),
+    ("Can my landlord install solar panels on the house I rent without my permission?",
+     "Can I install solar panels on the house I rent without my landlord's permission?", "order",
+     "landlord does it vs <i> does it"),
 ]
 
 
