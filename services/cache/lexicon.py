@@ -383,7 +383,8 @@ INTENT_NOUNS = {
     "price": "amount", "cost": "amount", "costs": "amount", "fee": "amount", "fees": "amount",
     "distance": "distance", "speed": "speed", "age": "age", "height": "size", "weight": "weight",
     "temperature": "temperature", "reason": "why", "reasons": "why", "cause": "why", "causes": "why",
-    "duration": "duration", "deadline": "when", "deadlines": "when",
+    "duration": "duration", "deadline": "when", "deadlines": "when", "amount": "amount", "budget": "amount",
+    "pace": "speed",
 }
 # "what/which" + one of these asks "when" ("what time does it open").
 WHEN_NOUNS = frozenset({"time", "date", "day", "year", "month", "hour"})
@@ -492,6 +493,7 @@ SYNONYM_GROUPS: tuple[tuple[str, ...], ...] = (
     ("small", "little", "tiny"),
     ("fast", "quick", "rapid", "speedy"),
     ("faster", "quicker", "speedup"),
+    ("fastest", "quickest", "speediest"),
     ("cheap", "inexpensive", "affordable", "budget"),
     ("expensive", "pricey"),  # not "costly": its stem is "cost", which belongs with price
     ("car", "vehicle", "automobile"),

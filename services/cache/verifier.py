@@ -555,7 +555,7 @@ def analyze(text: str) -> Facts:
             i += skip
             prev = toks[i - 1][0]
             continue
-        elif word in lx.INTENT_NOUNS and (prev in lx.DETERMINERS or prev == "#" or nxt == "of" or (
+        elif word in lx.INTENT_NOUNS and (prev in lx.DETERMINERS or prev in ("#", "what", "which") or nxt == "of" or (
                 i >= 3 and toks[i - 3][0] in lx.DETERMINERS and prev not in _SKIP)):  # "the typical price"
             noun_intents.add(lx.INTENT_NOUNS[word])
         if exchanging and word in ("for", "with"):
@@ -944,13 +944,20 @@ def _before(seq: Sequence[str], at: int) -> str:
 
 def check_entities(query: Facts, stored: Facts) -> Verdict:
     """Names, code-like tokens and quoted text of either text appear in the other (case-insensitively)."""
-    missing_q = {e for e in query.entities if e not in stored.words}
+    # A name in the plural is the same name: "Tesla Superchargers" / "a tesla supercharger".
+    q_forms, s_forms = {_plural_less(w) for w in query.words}, {_plural_less(w) for w in stored.words}
+    missing_q = {e for e in query.entities if e not in stored.words and _plural_less(e) not in s_forms}
     missing_q |= {" ".join(sorted(q)) for q in query.quoted if not q <= stored.words}
-    missing_s = {e for e in stored.entities if e not in query.words}
+    missing_s = {e for e in stored.entities if e not in query.words and _plural_less(e) not in q_forms}
     missing_s |= {" ".join(sorted(q)) for q in stored.quoted if not q <= query.words}
     if not missing_q and not missing_s:
         return _ok("entities")
     return _refuse("entities", missing_q, missing_s)
+
+
+def _plural_less(word: str) -> str:
+    """The word without a plural "s" (superchargers -> supercharger; not "ss", "us", "is")."""
+    return word[:-1] if len(word) > 4 and word.endswith("s") and not word.endswith(("ss", "us", "is")) else word
 
 
 def _typo(a: str, b: str) -> bool:
