@@ -52,7 +52,8 @@ PARAPHRASES = [
     ("If my neighbor's tree falls on my house, who pays?", "Who pays if my neighbor's tree falls on my house?"),
     # intent nouns after what / which, a name in the plural
     ("so what pace should I be doing those long runs at?", "How fast should my long runs be?"),
-    ("about how much should I budget if I hire full service movers", "What's a realistic budget for hiring movers?"),
+    ("about how much should I budget if I hire full service movers",
+     "What's a realistic budget for hiring full-service movers?"),
     ("Do Tesla Superchargers work with it?", "does a tesla supercharger work with it?"),
     ("What's an easy way to peel garlic?", "how do i peel garlic"),
     ("How can I tell if my eggs are bad?", "how do i know if eggs have gone bad"),
