@@ -115,6 +115,12 @@ class Facts:
     compounds: tuple[tuple[str, tuple[str, ...]], ...]
     sequence: tuple[str, ...]  # salient tokens and connectors (to, than, & for and/vs, @ for in/of), in order
     particles: frozenset[str]  # verb stem + the particle right after it ("tak off" in "take off my shoes")
+    # (owner, owned), canonical: written "X's Y" / written "Y of my X".
+    owns: frozenset[tuple[str, str]]
+    owns_of: frozenset[tuple[str, str]]
+    people: frozenset[str]  # the persons named: <i> for I / me / my ..., canonical role nouns
+    referred: frozenset[str]  # role nouns that stand for a person ("the recipient", "my boss's assistant")
+    asker: str  # the person a question opened by a modal or an auxiliary is about ("can my landlord ...")
 
 
 def stem(word: str) -> str:
@@ -280,6 +286,7 @@ _BE = frozenset({"is", "are", "was", "were", "be", "been", "being", "am", "get",
 _ATTACH = frozenset({"@", "@~"})
 _CONNECTORS = lx.DIRECTIONAL | {"&"} | _ATTACH
 _PERSON_ROLES = frozenset(lx.PERSONS.values())  # the pronouns of Facts.sequence, as roles: <i>, <he>, ...
+_ROLES = frozenset(canonical(w) for w in lx.ROLE_NOUNS)  # people a question can be about, canonical
 
 
 def _active(sequence: list[str], verb: int, not_agents: set[str]) -> list[str]:
@@ -630,6 +637,10 @@ def analyze(text: str) -> Facts:
     )
     normalized = _SPACES.sub(" ", text.lower()).strip().rstrip("?.!").strip()
     sequence = _mark_others(sequence)
+    spaced = normalized.split()
+    people = {p for t in spaced if (p := _person(t))}
+    referred = {c for k, t in enumerate(spaced) if k and (c := canonical(t.strip("?,.!"))) in _ROLES
+                and (spaced[k - 1] in lx.DETERMINERS or spaced[k - 1].endswith("'s"))}
     return Facts(
         normalized=normalized,
         words=_frozen(words),
@@ -647,6 +658,11 @@ def analyze(text: str) -> Facts:
         compounds=tuple(compounds),
         sequence=_tuple(sequence),
         particles=_frozen(particles),
+        owns=_owned_pairs(_POSSESSIVE, normalized, 1, 2, _NOT_OWNERS),
+        owns_of=_owned_pairs(_OF_OWNER, normalized, 2, 1),
+        people=_frozen(people),
+        referred=_frozen(referred),
+        asker=_asker(normalized.replace(",", " ").split()),
     )
 
 
@@ -804,18 +820,16 @@ def check_order(query: Facts, stored: Facts) -> Verdict:
             if before_q in lx.DIRECTIONAL and before_s in lx.DIRECTIONAL and before_q != before_s:
                 return Verdict(False, "order", f"{before_q} {t} vs {before_s} {t}")
     # Owner and owned swapped: "my sister's friend" / "my friend's sister" (or "the sister of my friend").
-    q_owns, s_owns = _possessions(query.normalized), _possessions(stored.normalized)
+    q_owns, s_owns = query.owns | query.owns_of, stored.owns | stored.owns_of
     swapped = next(((a, b) for a, b in q_owns if (b, a) in s_owns and (a, b) not in s_owns), None)
     if swapped is not None:
         a, b = swapped
         return Verdict(False, "order", f"{a}'s {b} vs {b}'s {a}")
     # The same owner of another thing, both things named on both sides: "my neighbor's tree falls on my house" /
     # "my tree falls on my neighbor's house".
-    q_s_owns = _possessions(query.normalized, of_form=False)
-    s_s_owns = _possessions(stored.normalized, of_form=False)
-    for x, y in q_s_owns:
-        z = next((z for o, z in s_s_owns if o == x and z != y and z in query.content and y in stored.content
-                  and (x, z) not in q_s_owns), None)
+    for x, y in query.owns:
+        z = next((z for o, z in stored.owns if o == x and z != y and z in query.content and y in stored.content
+                  and (x, z) not in query.owns), None)
         if z is not None:
             return Verdict(False, "order", f"{x}'s {y} vs {x}'s {z}")
     # The owned one acting on one side, the owner acting on it on the other: "for my toddler's brother to bite
@@ -836,8 +850,8 @@ def check_order(query: Facts, stored: Facts) -> Verdict:
             return Verdict(False, "order", f"{before_q or 'subject'} {t} vs {before_s or 'subject'} {t}")
     # The same two people, the other one doing it: "can I install ... without my landlord's permission" / "can my
     # landlord install ... without my permission".
-    q_who, s_who = _asker(query.normalized), _asker(stored.normalized)
-    if q_who and s_who and q_who != s_who and {q_who, s_who} <= _people(query.normalized) & _people(stored.normalized):
+    q_who, s_who = query.asker, stored.asker
+    if q_who and s_who and q_who != s_who and {q_who, s_who} <= query.people & stored.people:
         return Verdict(False, "order", f"{q_who} does it vs {s_who} does it")
     return _ok("order")
 
@@ -889,7 +903,7 @@ def _why_verb_after(toks: Sequence[tuple[str, str, bool]], i: int) -> int:
 def _owned_acts(a: Facts, b: Facts) -> tuple[str, str, str] | None:
     """(owner, owned, verb) where `a` reads "X's Y <verb>" and `b` reads "X <verb> ... Y" (each word once)."""
     seq_a, seq_b = a.sequence, b.sequence
-    for x, y in _possessions(a.normalized):
+    for x, y in a.owns | a.owns_of:
         if seq_a.count(x) != 1 or seq_a.count(y) != 1 or seq_b.count(x) != 1 or seq_b.count(y) != 1:
             continue
         at = seq_a.index(y)
@@ -901,12 +915,14 @@ def _owned_acts(a: Facts, b: Facts) -> tuple[str, str, str] | None:
     return None
 
 
-def _possessions(normalized: str, of_form: bool = True) -> set[tuple[str, str]]:
-    """(owner, owned) pairs in canonical form: "X's Y" and (with `of_form`) "Y of my X"."""
-    pairs = {(canonical(m[1]), canonical(m[2])) for m in _POSSESSIVE.finditer(normalized) if m[1] not in _NOT_OWNERS}
-    if of_form:
-        pairs |= {(canonical(m[2]), canonical(m[1])) for m in _OF_OWNER.finditer(normalized)}
-    return pairs
+def _owned_pairs(pattern: re.Pattern[str], normalized: str, owner: int, owned: int,
+                 not_owners: frozenset[str] = frozenset()) -> frozenset[tuple[str, str]]:
+    """(owner, owned) pairs in canonical form, from the groups of `pattern` that hold them."""
+    return frozenset((canonical(m[owner]), canonical(m[owned])) for m in pattern.finditer(normalized)
+                     if m[owner] not in not_owners) or _NO_PAIRS
+
+
+_NO_PAIRS: frozenset[tuple[str, str]] = frozenset()  # shared by the many texts without one
 
 
 _POSSESSIVE_PERSONS = {"my": "<i>", "our": "<we>", "your": "<you>", "his": "<he>", "her": "<he>", "their": "<they>"}
@@ -921,14 +937,9 @@ def _person(word: str) -> str:
     return c if c in _ROLES else ""
 
 
-def _people(normalized: str) -> set[str]:
-    return {p for t in normalized.split() if (p := _person(t))}
-
-
-def _asker(normalized: str) -> str:
+def _asker(tokens: Sequence[str]) -> str:
     """The person a question opened by a modal or an auxiliary is about ("can my landlord ...": landlord; "is my
     sister's friend ...": friend), "" when it does not open so or its subject is not a person."""
-    tokens = normalized.replace(",", " ").split()
     if len(tokens) < 2 or tokens[0] not in lx.AUXILIARIES:
         return ""
     k = 1
@@ -1023,18 +1034,6 @@ def _take_compounds(mine: list[str], theirs: list[str], their_compounds: Sequenc
                 break
 
 
-_ROLES = frozenset(canonical(w) for w in lx.ROLE_NOUNS)
-
-
-def _names_a_person(f: Facts, role: str) -> bool:
-    """The role word stands for a person ("the recipient", "my boss's assistant"), not a modifier ("student
-    financial aid")."""
-    tokens = f.normalized.split()
-    return any(canonical(t.strip("?,.!")) == role and k and (tokens[k - 1] in lx.DETERMINERS
-                                                             or tokens[k - 1].endswith("'s"))
-               for k, t in enumerate(tokens))
-
-
 def check_content(query: Facts, stored: Facts) -> Verdict:
     """No content word is replaced by another; at most MAX_ADDED_WORDS appear on one side only."""
     q, s = Counter(query.content), Counter(stored.content)
@@ -1070,7 +1069,7 @@ def check_content(query: Facts, stored: Facts) -> Verdict:
     allowed = MAX_ADDED_WORDS
     if query.scope != stored.scope or ("&" in query.sequence) != ("&" in stored.sequence):
         allowed = 0
-    if any(w in _ROLES and _names_a_person(f, w) for f, words in ((query, only_q), (stored, only_s)) for w in words):
+    if any(w in f.referred for f, words in ((query, only_q), (stored, only_s)) for w in words):
         allowed = 0  # someone else asks or acts: "what forms does the recipient need", "my boss's assistant"
     if len(only_q) + len(only_s) > allowed or any(w in _ACTIONS for w in only_q + only_s):
         return _refuse("content", only_q, only_s)
