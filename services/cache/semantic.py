@@ -356,7 +356,7 @@ class SemanticTier:
             name, partition = self.collection_name(scope.model_id), self.partition_name(scope.tenant)
             raw = self._raw
             if raw is not None and self._dims.get(name) == scope.dim and (name, partition) in self._partitions:
-                results = await self._search_async(raw, scope, vectors)
+                results = await self._search_async(raw, scope, name, partition, vectors)
             else:  # first search of a collection or partition: learn it (blocking pymilvus calls) in the pool
                 results = await self._run(self._search, client, scope, vectors)
         except Exception as exc:  # every search of the batch fails alike
@@ -426,10 +426,10 @@ class SemanticTier:
         out.sort(key=lambda c: c.similarity, reverse=True)
         return out
 
-    async def _search_async(self, raw: _AsyncSearch, scope: _Scope, vectors: list[np.ndarray]) -> list[list[Candidate]]:
-        """The same search as `_search`, sent over grpc.aio from the event loop (the collection and partition are
-        known to exist)."""
-        name, partition = self.collection_name(scope.model_id), self.partition_name(scope.tenant)
+    async def _search_async(self, raw: _AsyncSearch, scope: _Scope, name: str, partition: str,
+                            vectors: list[np.ndarray]) -> list[list[Candidate]]:
+        """The same search as `_search`, sent over grpc.aio from the event loop (the collection `name` and its
+        `partition` are known to exist)."""
         now = int(time.time() * 1000)
         SEARCHES.inc()
         SEARCHED.inc(len(vectors))
