@@ -102,7 +102,8 @@ class JobWorker:
         await self.store.ensure_group()
         loop = asyncio.get_running_loop()
         self._loop_task = loop.create_task(self._consume())
-        self._beat_task = loop.create_task(self._heartbeat())
+        self._beat_task = tasks.every(min(1.0, self.settings.jobs_visibility_timeout_s / 3), self._heartbeat,
+                                      "job heartbeat")
         log.info("job worker started", extra={"worker": self.name, "concurrency": self.settings.jobs_concurrency})
 
     async def close(self, grace_s: float = 5.0) -> None:
@@ -161,26 +162,23 @@ class JobWorker:
         task.add_done_callback(done)
 
     async def _heartbeat(self) -> None:
-        """Keeps this worker's messages fresh (so nobody reclaims them) and notices cancellations."""
-        period = min(1.0, self.settings.jobs_visibility_timeout_s / 3)
-        while True:
-            await asyncio.sleep(period)
-            running = dict(self._running)
-            if not running:
-                continue
-            try:
-                async with self.store.redis.pipeline(transaction=False) as pipe:
-                    pipe.xclaim(self.store.queue, GROUP, self.name, 0, list(running), justid=True)
-                    for r in running.values():
-                        pipe.hget(self.store.job_key(r.job_id), "cancel")
-                    results = await pipe.execute()
-            except (RedisError, OSError) as exc:
-                log.warning("job heartbeat failed", extra={"error": type(exc).__name__})
-                continue
-            for r, flag in zip(running.values(), results[1:], strict=True):
-                if flag == b"1" and not r.cancel_requested:
-                    r.cancel_requested = True
-                    r.task.cancel()
+        """Keeps this worker's messages fresh (so nobody reclaims them) and notices cancellations (one beat)."""
+        running = dict(self._running)
+        if not running:
+            return
+        try:
+            async with self.store.redis.pipeline(transaction=False) as pipe:
+                pipe.xclaim(self.store.queue, GROUP, self.name, 0, list(running), justid=True)
+                for r in running.values():
+                    pipe.hget(self.store.job_key(r.job_id), "cancel")
+                results = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            log.warning("job heartbeat failed", extra={"error": type(exc).__name__})
+            return
+        for r, flag in zip(running.values(), results[1:], strict=True):
+            if flag == b"1" and not r.cancel_requested:
+                r.cancel_requested = True
+                r.task.cancel()
 
     # ---- one message -----------------------------------------------------------------------------
 
