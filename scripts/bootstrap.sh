@@ -34,13 +34,14 @@ if ! command -v chromium >/dev/null 2>&1 && [[ $(id -u) == 0 ]] && command -v ap
     || echo "warning: chromium could not be installed; the console browser test will fail" >&2
 fi
 
-# WordNet 3.0 (Debian wordnet-base): only the test that rebuilds services/cache/wordnet_synonyms.tsv reads it.
+# WordNet 3.0 (Debian wordnet-base): read only by two tests of tests/cache/test_verifier.py (the rebuild of
+# services/cache/wordnet_synonyms.tsv, and the check that no synonym stems into another English word).
 if [[ ! -f /usr/share/wordnet/data.noun ]] && [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
-  echo "==> installing wordnet-base (for tests/cache/test_verifier.py's rebuild of the WordNet lexicon)"
+  echo "==> installing wordnet-base (for tests/cache/test_verifier.py's WordNet tests)"
   export DEBIAN_FRONTEND=noninteractive
   apt-get install -y -q wordnet-base >/dev/null 2>&1 \
     || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q wordnet-base >/dev/null 2>&1; } \
-    || echo "warning: wordnet-base could not be installed; the lexicon rebuild test will fail" >&2
+    || echo "warning: wordnet-base could not be installed; two WordNet tests will fail" >&2
 fi
 
 # The embedding model: exported once to the user's cache dir, shared by every checkout.
