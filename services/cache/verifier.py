@@ -409,14 +409,16 @@ def analyze(text: str) -> Facts:
         raws.append((m.group(), at_start, at_start or "," in gap or "(" in gap))
         prev_end = m.end()
     toks: list[tuple[str, str, bool]] = []  # (word, written form, may open a question)
+    # A text in capitals throughout says nothing by its capitals: "HOW DO I RESET MY PASSWORD" names nothing.
+    shouting = not any(c.islower() for c in text)
     for k, (raw, at_start, opens) in enumerate(raws):
         low = raw.lower()
         words.add(_fold(raw))
         measured = low in lx.UNITS or low in lx.DATE_WORDS  # the units and dates checks compare those
         if low not in lx.EXPANSIONS and low != "i" and not low.startswith("i'") and not measured \
-                and _is_entity(raw, at_start):
+                and not shouting and _is_entity(raw, at_start):
             entities.add(_fold(raw))
-        if sum(c.isalpha() for c in raw) >= 2 and raw.upper() == raw and raw.lower() != raw:
+        if not shouting and sum(c.isalpha() for c in raw) >= 2 and raw.upper() == raw and raw.lower() != raw:
             acronyms.add(_fold(raw))
         # A wh-word opens a question when its clause is the sentence's last or an inversion follows
         # ("when is ...", "who should ..."), not in "When traveling to Mexico, do I need ...".
@@ -590,7 +592,9 @@ def analyze(text: str) -> Facts:
         if word in lx.PERSONS:
             sequence.append(lx.PERSONS[word])  # roles: "can my landlord sue me" / "can I sue my landlord"
         thing = _names_a_thing(word, toks[i - 2][0] if i >= 2 else "", nxt)
-        if (word in _SKIP or word in lx.INTENT_WORDS) and not thing:
+        # A filler word written as an acronym of three letters or more names a thing ("convert it to STEP").
+        capitals = word in acronyms and len(word) >= 3
+        if (word in _SKIP or word in lx.INTENT_WORDS) and not thing and not capitals:
             continue
         if word in acronyms or word in lx.GAZETTEER:
             content.append(word)  # names are compared as written: HTTPS is not HTTP
@@ -700,8 +704,29 @@ def check_numbers(query: Facts, stored: Facts) -> Verdict:
     return _refuse("numbers", (q - s).elements(), (s - q).elements())
 
 
+_RATE = re.compile(r"\b(per|a|an|each|every) ([a-z][a-z'-]*)")
+
+
+def _denominators(text: str) -> set[str]:
+    """What a rate is counted per: the word after "per" ("90 days per entry"), or a time unit after a / an / each /
+    every ("twice a day")."""
+    out = set()
+    for m in _RATE.finditer(text):
+        word = m.group(2)
+        unit = lx.UNITS.get(word, "")
+        if m.group(1) == "per":
+            out.add(unit or canonical(word))
+        elif unit in lx.TIME_UNITS:
+            out.add(unit)
+    return out
+
+
 def check_units(query: Facts, stored: Facts) -> Verdict:
-    """Units of measure and currencies agree; a time unit may be implicit on one side ("how long")."""
+    """Units of measure and currencies agree; a time unit may be implicit on one side ("how long"); a rate is
+    counted per the same thing on both sides when both say what ("per entry" is not "per year")."""
+    q_per, s_per = _denominators(query.normalized), _denominators(stored.normalized)
+    if q_per and s_per and q_per != s_per:
+        return _refuse("units", sorted(q_per - s_per), sorted(s_per - q_per))
     q, s = set(query.units), set(stored.units)
     if q == s:
         return _ok("units")
@@ -775,6 +800,32 @@ def _between(seq: Sequence[str], x: int, y: int) -> list[str]:
     return list(seq[lo + 1:hi])
 
 
+def _joint_phrases(qs: Sequence[str], ss: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Both sequences with every "x @ y" written alike on both sides made one token: "a group of crows" moved
+    whole across the verb ("a group of crows chasing a hawk" / "a hawk chasing a group of crows") is one
+    thing changing sides, not an attached phrase moving."""
+    def triples(seq: Sequence[str]) -> set[tuple[str, ...]]:
+        return {tuple(seq[k:k + 3]) for k in range(len(seq) - 2) if seq[k + 1] in _ATTACH}
+
+    shared = {t for t in triples(qs) & triples(ss) if t[0] not in _CONNECTORS and t[2] not in _CONNECTORS}
+    if not shared:
+        return tuple(qs), tuple(ss)
+
+    def join(seq: Sequence[str]) -> tuple[str, ...]:
+        out: list[str] = []
+        k = 0
+        while k < len(seq):
+            if tuple(seq[k:k + 3]) in shared:
+                out.append(f"{seq[k]} {seq[k + 2]}")
+                k += 3
+            else:
+                out.append(seq[k])
+                k += 1
+        return tuple(out)
+
+    return join(qs), join(ss)
+
+
 def check_order(query: Facts, stored: Facts) -> Verdict:
     """Shared words do not swap sides around a directional word or a shared pivot; units keep their order.
 
@@ -784,7 +835,7 @@ def check_order(query: Facts, stored: Facts) -> Verdict:
     qu, su = list(dict.fromkeys(query.units)), list(dict.fromkeys(stored.units))
     if len(qu) >= 2 and set(qu) == set(su) and qu != su:
         return Verdict(False, "order", f"{' to '.join(qu)} vs {' to '.join(su)}")
-    qs, ss = query.sequence, stored.sequence
+    qs, ss = _joint_phrases(query.sequence, stored.sequence)
     qc, sc = Counter(qs), Counter(ss)
     ways = ("to", "into", "from")
     if any(qc[d] for d in ways) and any(sc[d] for d in ways) and (qc["from"] > 0) != (sc["from"] > 0):
