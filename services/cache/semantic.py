@@ -15,8 +15,9 @@ CachedAnswer), created and expires (ms). Milvus does not expire rows: searches f
 ``expires > now`` and a periodic purge deletes expired rows.
 
 pymilvus is blocking, so its calls run in a small thread pool; with Milvus Lite writes are serialized
-(it does not support concurrent writers to one collection). On a Milvus server the searches (the hot path)
-skip the pool: they go over grpc.aio from the event loop (`_AsyncSearch`).
+(it does not support concurrent writers to one collection). On a Milvus server the searches and the writes
+(every miss makes one of each) skip the pool once their collection and partition are known: they go over
+grpc.aio from the event loop (`_AsyncMilvus`).
 """
 
 from __future__ import annotations
@@ -149,7 +150,8 @@ class SemanticTier:
         self._free_slots = settings.milvus_search_slots  # searches that may go out now
         self._busy: set[_Scope] = set()  # scopes with a search out
         self._searches: set[asyncio.Task[None]] = set()
-        self._raw: _AsyncSearch | None = None  # a Milvus server: searches over grpc.aio, no thread hop
+        self._raw: _AsyncMilvus | None = None  # a Milvus server: searches and writes over grpc.aio, no thread hop
+        self._schemas: dict[str, dict[str, Any]] = {}  # collection -> its schema, for writes over grpc.aio
 
     # ---- connection ------------------------------------------------------------------------------
 
@@ -169,8 +171,8 @@ class SemanticTier:
         """Opens the client and loads the existing collections; False (and logged) when Milvus is not there."""
         try:
             self._client = await self._run(self._open)
-            if self._raw is None and _AsyncSearch.serves(self.uri):
-                self._raw = _AsyncSearch(self.uri, self.settings.milvus_token, self._client)
+            if self._raw is None and _AsyncMilvus.serves(self.uri):
+                self._raw = _AsyncMilvus(self.uri, self.settings.milvus_token, self._client)
         except Exception as exc:  # any failure to reach Milvus degrades the tier
             self._client = None
             self._connect_error = f"{type(exc).__name__}: {exc}"[:300]
@@ -426,7 +428,7 @@ class SemanticTier:
         out.sort(key=lambda c: c.similarity, reverse=True)
         return out
 
-    async def _search_async(self, raw: _AsyncSearch, scope: _Scope, name: str, partition: str,
+    async def _search_async(self, raw: _AsyncMilvus, scope: _Scope, name: str, partition: str,
                             vectors: list[np.ndarray]) -> list[list[Candidate]]:
         """The same search as `_search`, sent over grpc.aio from the event loop (the collection `name` and its
         `partition` are known to exist)."""
@@ -463,11 +465,18 @@ class SemanticTier:
             groups: dict[tuple[str, str, int], list[tuple[Row, asyncio.Future[str]]]] = {}
             for row, model_id, fut in batch:
                 groups.setdefault((model_id, row.tenant, int(row.vector.shape[0])), []).append((row, fut))
-            for (model_id, _, _), items in groups.items():
+            for (model_id, tenant, dim), items in groups.items():
                 try:
                     client = self._require()
+                    rows = [r for r, _ in items]
+                    name, partition = self.collection_name(model_id), self.partition_name(tenant)
+                    raw, schema = self._raw, self._schemas.get(name)
                     async with self._write_lock:
-                        name = await self._run(self._upsert, client, [r for r, _ in items], model_id)
+                        if (raw is not None and schema is not None and self._dims.get(name) == dim
+                                and (name, partition) in self._partitions):
+                            await self._upsert_async(raw, schema, name, partition, rows)
+                        else:  # the first write of a collection or partition creates it (blocking) in the pool
+                            name = await self._run(self._upsert, client, rows, model_id)
                 except Exception as exc:  # every row of the group fails alike
                     for _, fut in items:
                         if not fut.done():
@@ -495,10 +504,20 @@ class SemanticTier:
                 if not client.has_partition(name, partition, timeout=self._rt):
                     client.create_partition(name, partition, timeout=self._wt)
                 self._partitions.add((name, partition))
-        latest = {row.entry_id: row for row in rows}  # the same entry twice in a batch: the last one wins
+        entities = self._entities(rows)
+        client.upsert(name, entities, partition_name=partition, timeout=self._wt)
+        self._wrote(client, name, len(entities))
+        if self._raw is not None and name not in self._schemas:
+            self._schemas[name] = client.describe_collection(name, timeout=self._rt)
+        return name
+
+    @staticmethod
+    def _entities(rows: list[Row]) -> list[dict[str, Any]]:
+        """The rows as Milvus entities, counted as one write; the same entry twice in a batch: the last wins."""
+        latest = {row.entry_id: row for row in rows}
         WRITES.inc()
         WRITTEN.inc(len(latest))
-        client.upsert(name, [{
+        return [{
             "id": row.entry_id,
             "tenant": row.tenant,
             "context_key": row.context_key,
@@ -508,9 +527,13 @@ class SemanticTier:
             "created": row.created_ms,
             "expires": row.expires_ms,
             "vector": row.vector,
-        } for row in latest.values()], partition_name=partition, timeout=self._wt)
-        self._wrote(client, name, len(latest))
-        return name
+        } for row in latest.values()]
+
+    async def _upsert_async(self, raw: _AsyncMilvus, schema: dict[str, Any], name: str, partition: str,
+                            rows: list[Row]) -> None:
+        """The same write as `_upsert`, sent over grpc.aio from the event loop (collection and partition exist;
+        a server needs no flushes)."""
+        await raw.upsert(name, partition, self._entities(rows), schema, self._wt)
 
     def _wrote(self, client: Any, name: str, rows: int) -> None:
         """Milvus Lite searches unflushed rows slowly (Python, ~25 us a row): flush every few writes."""
@@ -600,13 +623,15 @@ class SemanticTier:
 _OUTPUT_FIELDS = ("tenant", "context_key", "question", "answer", "expires")
 
 
-class _AsyncSearch:
-    """Milvus searches over grpc.aio on the caller's event loop, with pymilvus' own request builder and protos.
+class _AsyncMilvus:
+    """Milvus searches and writes over grpc.aio on the caller's event loop, with pymilvus' own request builders
+    and protos.
 
     pymilvus' MilvusClient is blocking: every call pays a hop to a pool thread and back, its decorator stack and
-    its result objects (~1 ms per lookup on the 2-core box). Searches are the hot path of every lookup, so they
-    go straight to the server's Search RPC; everything else (schema, writes, deletes) stays on MilvusClient.
-    Only for a Milvus server reached over plain gRPC (http:// or host:port); Milvus Lite and TLS keep the pool."""
+    its result objects (~1 ms per lookup on the 2-core box). Searches and upserts are the hot path (a miss makes
+    one of each), so they go straight to the server's Search and Upsert RPCs; everything else (schema,
+    partitions, deletes, purges) stays on MilvusClient. Only for a Milvus server reached over plain gRPC
+    (http:// or host:port); Milvus Lite and TLS keep the pool."""
 
     def __init__(self, uri: str, token: str, client: Any) -> None:
         from pymilvus.grpc_gen import milvus_pb2_grpc
@@ -655,6 +680,21 @@ class _AsyncSearch:
             start += count
         out.extend([] for _ in range(len(vectors) - len(out)))
         return out
+
+    async def upsert(self, collection: str, partition: str, entities: list[dict[str, Any]], schema: dict[str, Any],
+                     deadline_s: float) -> None:
+        from pymilvus.client import ts_utils
+        from pymilvus.client.prepare import Prepare
+
+        request = Prepare.row_upsert_param(
+            collection, entities, partition, schema.get("fields"), schema.get("struct_array_fields", []),
+            enable_dynamic=schema.get("enable_dynamic_field", False),
+            schema_timestamp=schema.get("update_timestamp", 0))
+        resp = await self._stub.Upsert(request, timeout=deadline_s, metadata=self._metadata)
+        if resp.status.code != 0 or resp.status.error_code != 0:
+            raise MilvusUnavailable(f"upsert failed: {resp.status.reason or resp.status.code}")
+        # A Session-consistency search of this process then waits for this write (as after MilvusClient.upsert).
+        ts_utils.update_collection_ts(collection, resp.timestamp, self._endpoint, "")
 
     async def close(self) -> None:
         await self._channel.close()

@@ -60,10 +60,11 @@ async def test_concurrent_lookups_share_searches_and_each_gets_its_own_answer(
     await check_concurrent_lookups(await start_cache({**server_env, "WEIR_METRICS_PORT": "0"}))
 
 
-async def test_searches_on_a_server_go_over_grpc_aio_and_find_what_pymilvus_finds(
+async def test_searches_and_writes_on_a_server_go_over_grpc_aio_and_find_what_pymilvus_finds(
         server_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
-    """On a Milvus server a search after the first of its collection and partition skips MilvusClient (a pool
-    thread per call): same candidates, and a Session-consistency search still sees this process' own writes."""
+    """On a Milvus server a search or a write after the first of its collection and partition skips MilvusClient
+    (a pool thread per call): same candidates, and a Session-consistency search still sees this process' own
+    writes, whichever way they went."""
     for key, value in server_env.items():
         monkeypatch.setenv(key, value)
     tier = SemanticTier(load(CacheSettings))
@@ -82,6 +83,7 @@ async def test_searches_on_a_server_go_over_grpc_aio_and_find_what_pymilvus_find
             raise AssertionError("searched through the pool")
 
         monkeypatch.setattr(tier, "_search", no_pool)
+        monkeypatch.setattr(tier, "_upsert", no_pool)
         again = await tier.search("acme", "ctx", MODEL_ID, near(vectors[0], 0.97))
         assert [(c.entry_id, c.question, c.answer) for c in again] == [(c.entry_id, c.question, c.answer)
                                                                        for c in first]
@@ -89,8 +91,23 @@ async def test_searches_on_a_server_go_over_grpc_aio_and_find_what_pymilvus_find
         assert [round(c.similarity, 5) for c in again] == [round(c.similarity, 5) for c in first]
         await tier.upsert(replace(rows[2], entry_id="e9", question="Written just now?", vector=unit(40)), MODEL_ID)
         fresh = await tier.search("acme", "ctx", MODEL_ID, unit(40))
-        assert fresh and fresh[0].entry_id == "e9"
+        assert fresh and fresh[0].entry_id == "e9" and fresh[0].answer == b"answer 2"
+        # An upsert of an existing entry replaces it (no second row), over grpc.aio as well.
+        await tier.upsert(replace(rows[2], entry_id="e9", question="Rewritten?", answer=b"new", vector=unit(40)),
+                          MODEL_ID)
+        rewritten = await tier.search("acme", "ctx", MODEL_ID, unit(40))
+        assert [(c.entry_id, c.question, c.answer) for c in rewritten if c.entry_id == "e9"] == [
+            ("e9", "Rewritten?", b"new")]
         assert await tier.search("acme", "other-context", MODEL_ID, unit(40)) == []
+        # A new tenant's first write creates its partition through the pool; its next write skips it.
+        monkeypatch.undo()
+        for key, value in server_env.items():
+            monkeypatch.setenv(key, value)
+        await tier.upsert(replace(rows[0], tenant="globex", entry_id="g1"), MODEL_ID)
+        monkeypatch.setattr(tier, "_upsert", no_pool)
+        await tier.upsert(replace(rows[1], tenant="globex", entry_id="g2"), MODEL_ID)
+        found = await tier.search("globex", "ctx", MODEL_ID, vectors[1])
+        assert found[0].entry_id == "g2" and {c.entry_id for c in found} == {"g1", "g2"}
     finally:
         await tier.close()
 
