@@ -2,8 +2,12 @@
 (temperature 0.7: no embedding, lookup or store) and later turns of conversations never seen (a cacheable miss
 whose context holds no entry: no semantic search, the embedding only for the store), against calling
 the fake provider directly, at several concurrencies; plus CPU-ms per request per process (from /proc).
+Streaming: time to first token of each path at concurrency 1, a cacheable miss also with the model call raced
+against the semantic lookup (x-weir-stream-race: on); `--provider-ttft-ms N` gives the fake provider a time to
+first token of N ms for those rows (0 by default, as in the issue's reference figures; real providers take
+100 ms and more, and only then does the race show).
 
-    make bench            # or: .venv/bin/python -m bench.mesh_bench [--requests 400]
+    make bench            # or: .venv/bin/python -m bench.mesh_bench [--requests 400] [--provider-ttft-ms 50]
 """
 
 from __future__ import annotations
@@ -74,7 +78,8 @@ async def quiesce(pids: dict[str, int], idle_cpu_s: float = 0.02, step_s: float 
 
 
 async def run_ttft(session: aiohttp.ClientSession, url: str, headers: dict[str, str],
-                   bodies: Callable[[int], bytes], n: int) -> tuple[list[float], list[float]]:
+                   bodies: Callable[[int], bytes], n: int,
+                   expect: str | None = None) -> tuple[list[float], list[float]]:
     """Streams `n` answers one after another; returns the times to the first content chunk and to the end."""
     first: list[float] = []
     whole: list[float] = []
@@ -84,6 +89,9 @@ async def run_ttft(session: aiohttp.ClientSession, url: str, headers: dict[str, 
         async with session.post(url, data=bodies(i), headers=headers) as r:
             if r.status != 200:
                 raise RuntimeError(f"HTTP {r.status}: {await r.text()}")
+            if expect is not None and r.headers.get("x-weir-cache") != expect:
+                raise RuntimeError(f"expected a cache {expect}, got {r.headers.get('x-weir-cache')}: "
+                                   f"{r.headers.get('x-weir-cache-reason')}")
             async for line in r.content:
                 if not seen and line.startswith(b"data: {") and b'"content":"' in line:
                     first.append((time.perf_counter() - t) * 1000)
@@ -115,7 +123,8 @@ def turn_body(model: str, opening: str, stream: bool = False) -> bytes:
 SCENARIOS = ("direct", "miss", "uncached", "turn", "exact", "semantic", "stream")
 
 
-async def bench(mesh: Mesh, n: int, levels: list[int], wanted: list[str], redis_pid: int) -> None:
+async def bench(mesh: Mesh, n: int, levels: list[int], wanted: list[str], redis_pid: int,
+                provider_ttft_ms: float = 0.0) -> None:
     gw = f"{mesh.base_url}/chat/completions"
     direct = f"{mesh.fake_url}/v1/chat/completions"
     auth = {"Authorization": f"Bearer {mesh.master_key}", "Content-Type": "application/json"}
@@ -176,19 +185,30 @@ async def bench(mesh: Mesh, n: int, levels: list[int], wanted: list[str], redis_
         ttft_rows = []
         if "stream" in wanted:
             streams = max(50, n // 4)
-            for name, url, hdrs, temp in (("direct fake-llm", direct, plain, 0.0), ("miss (mesh)", gw, auth, 0.0),
-                                          ("uncached (mesh)", gw, auth, 0.7)):
-                def stream_of(i: int, nm: str = name, tp: float = temp) -> bytes:
-                    return stream_body("fake-small", f"Stream {run_id} {nm} {i}?", tp)
+            if provider_ttft_ms:
+                async with s.post(f"{mesh.fake_url}/_fake/faults", json={
+                        "fault": f"slow_first_token:{provider_ttft_ms:g}", "count": -1, "model": "fake-small"}) as r:
+                    r.raise_for_status()
+            raced = {**auth, "x-weir-stream-race": "on"}
+            for row, (name, url, hdrs, temp) in enumerate((
+                    ("direct fake-llm", direct, plain, 0.0), ("miss (mesh)", gw, auth, 0.0),
+                    ("miss, raced (mesh)", gw, raced, 0.0), ("uncached (mesh)", gw, auth, 0.7))):
+                # A number of its own per row and request: no row's question is a paraphrase of another's.
+                def stream_of(i: int, k: int = row, tp: float = temp) -> bytes:
+                    return stream_body("fake-small", f"Stream {run_id} question {k * 100_000 + i}?", tp)
 
-                first, whole = await run_ttft(s, url, hdrs, stream_of, streams)
+                first, whole = await run_ttft(s, url, hdrs, stream_of, streams, None if url == direct else "miss")
                 ttft_rows.append((name, statistics.median(first), pct(first, 0.99), statistics.median(whole)))
+                await quiesce(pids)
 
             def turn_stream(i: int) -> bytes:
                 return turn_body("fake-small", f"Stream a trip {run_id} {i}", stream=True)
 
-            first, whole = await run_ttft(s, gw, auth, turn_stream, streams)
+            first, whole = await run_ttft(s, gw, auth, turn_stream, streams, "miss")
             ttft_rows.append(("turn (mesh)", statistics.median(first), pct(first, 0.99), statistics.median(whole)))
+            if provider_ttft_ms:
+                async with s.post(f"{mesh.fake_url}/_fake/reset") as r:
+                    r.raise_for_status()
         print(f"\nLatency through the REST bridge ({n} requests per row; fake provider latency 0)")
         print(f"{'conc':>4}  {'scenario':<18} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}")
         for conc, name, p50, p99, rps in rows:
@@ -201,13 +221,17 @@ async def bench(mesh: Mesh, n: int, levels: list[int], wanted: list[str], redis_
                 if d is not None and miss is not None:
                     print(f"  conc {conc:>2} {path:<16}: p50 +{miss[2] - d[2]:.2f} ms, p99 +{miss[3] - d[3]:.2f} ms")
         if ttft_rows:
-            print("\nStreaming, concurrency 1: time to the first content chunk (and to the end of the stream)")
+            ttft = {name: p50 for name, p50, _, _ in ttft_rows}
+            print("\nStreaming, concurrency 1: time to the first content chunk (and to the end of the stream); "
+                  f"provider time to first token {provider_ttft_ms:g} ms")
             for name, p50, p99, end in ttft_rows:
-                print(f"  {name:<18} TTFT p50 {p50:6.2f} ms  p99 {p99:6.2f} ms   whole stream p50 {end:6.2f} ms")
-            print(f"  mesh - direct: TTFT p50 +{ttft_rows[1][1] - ttft_rows[0][1]:.2f} ms with the cache lookups "
-                  f"(embedding, exact, semantic), +{ttft_rows[2][1] - ttft_rows[0][1]:.2f} ms without them "
+                print(f"  {name:<20} TTFT p50 {p50:7.2f} ms  p99 {p99:7.2f} ms   whole stream p50 {end:7.2f} ms")
+            base = ttft["direct fake-llm"]
+            print(f"  mesh - direct: TTFT p50 +{ttft['miss (mesh)'] - base:.2f} ms with the cache lookups "
+                  f"(embedding, exact, semantic), +{ttft['miss, raced (mesh)'] - base:.2f} ms with the model call "
+                  f"raced against them, +{ttft['uncached (mesh)'] - base:.2f} ms without them "
                   "(temperature 0.7: policy, route, reasoner relay), "
-                  f"+{ttft_rows[3][1] - ttft_rows[0][1]:.2f} ms for a cacheable later turn of a conversation never "
+                  f"+{ttft['turn (mesh)'] - base:.2f} ms for a cacheable later turn of a conversation never "
                   "seen (exact lookup only; the store embeds after the answer)")
         names = [k for k in pids if k != "fake-llm"]
         print("\nCPU-ms per request by process (from /proc utime+stime)")
@@ -229,6 +253,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64], help="concurrency levels")
     parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=SCENARIOS,
                         help="scenarios to run (direct = the fake provider without the mesh)")
+    parser.add_argument("--provider-ttft-ms", type=float, default=0.0,
+                        help="the fake provider's time to first token in the streaming rows (slow_first_token)")
     parser.add_argument("--gateways", type=int, default=1,
                         help="gateway processes sharing the REST port (SO_REUSEPORT; WEIR_GATEWAY_PROCESSES)")
     args = parser.parse_args()
@@ -238,7 +264,8 @@ def main() -> None:
     mesh = start_mesh(state, redis.url, {"WEIR_LOG_LEVEL": "warning"}, milvus=args.milvus,
                       gateways=args.gateways)
     try:
-        asyncio.run(bench(mesh, args.requests, args.concurrency, args.scenarios, redis.popen.pid))
+        asyncio.run(bench(mesh, args.requests, args.concurrency, args.scenarios, redis.popen.pid,
+                          args.provider_ttft_ms))
     finally:
         mesh.stop()
         redis.stop()

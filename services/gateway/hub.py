@@ -5,6 +5,9 @@ For one request the hub obtains ONE embedding and hands it to both the semantic 
     exact lookup  ─┐ (concurrently)            semantic lookup ─┐ (concurrently, same embedding)
     embed         ─┘ -> exact hit? answer.  ->  route           ─┘ -> semantic hit? answer. -> reasoner
 
+A stream that races (`x-weir-stream-race: on`) opens the reasoner call as soon as it is routed, beside the
+embedding and the semantic lookup; a semantic hit cancels it (and is charged its prompt), a miss relays it.
+
 Both the REST bridge and the gRPC GatewayService call `admit()` (the policy: key, limits, budgets) and then
 `complete()` / `stream()`, which settle the admission (real usage, ledger, metrics) however the request ends.
 """
@@ -73,6 +76,11 @@ class Decision:
     pending_embedding: asyncio.Future[tuple[types_pb2.Embedding | None, str]] | None = None
     embed_text: str = ""
     preview: cache_pb.CachedAnswer | None = None  # a near neighbour that failed verification (when asked for)
+    #: A stream racing its model call against the semantic lookup: the call being opened, and the model it was
+    #: sent to once it was sent (a semantic hit then cancels it and is charged that call's prompt).
+    race: asyncio.Task[_Opened] | None = None
+    raced: str = ""
+    race_attempts: list[reasoner_pb.Attempt] = field(default_factory=list)  # the raced call's failed attempts
 
     def drop_embedding(self) -> None:
         """Nothing will be stored: stop computing an embedding nobody waits for."""
@@ -83,6 +91,15 @@ class Decision:
     @property
     def tier(self) -> types_pb2.CacheTier.ValueType:
         return _TIER[self.cache]
+
+
+@dataclass
+class _Opened:
+    """A reasoner stream whose answering target has started: the call, its iterator, the started event."""
+
+    call: Any
+    it: AsyncIterator[reasoner_pb.StreamCompleteResponse]
+    started: reasoner_pb.Started
 
 
 @dataclass
@@ -286,9 +303,12 @@ class Hub:
         return adm
 
     def _settle_hit(self, adm: Admission, d: Decision) -> None:
+        """A cached answer costs nothing, unless a raced model call was already sent: its prompt is billed."""
         a = d.answer
         assert a is not None
-        self.policy.settle(adm, Settlement("ok", a.model, d.cache, saved_model=a.model, saved_usage=a.usage,
+        model, usage = (d.raced, types_pb2.Usage(prompt_tokens=adm.prompt_tokens)) if d.raced else (
+            a.model, types_pb2.Usage())
+        self.policy.settle(adm, Settlement("ok", model, d.cache, usage, saved_model=a.model, saved_usage=a.usage,
                                            request_id=d.id), d.timings)
 
     def _settle_failure(self, adm: Admission, d: Decision | None, err: BaseException, upstream: bool) -> None:
@@ -309,11 +329,22 @@ class Hub:
 
     # ---- lookup phase ---------------------------------------------------------------------------
 
-    async def decide(self, adm: Admission, req: types_pb2.ChatRequest, control: gateway_pb.CacheControl) -> Decision:
-        principal, timings = adm.principal, adm.timings
+    async def decide(self, adm: Admission, req: types_pb2.ChatRequest, control: gateway_pb.CacheControl,
+                     race: bool = False) -> Decision:
+        """Looks the request up and plans its model call. `race` (streams): once the exact tier missed and a
+        semantic search will run, the model call is opened as soon as it is routed (`Decision.race`)."""
         cacheable = chat.is_deterministic(req) or control.allow_nondeterministic
-        d = Decision(id=adm.request_id, created=int(time.time()), tenant=principal.team, cache=MISS,
-                     cache_reason="", timings=timings, store=cacheable and not control.no_store)
+        d = Decision(id=adm.request_id, created=int(time.time()), tenant=adm.principal.team, cache=MISS,
+                     cache_reason="", timings=adm.timings, store=cacheable and not control.no_store)
+        try:
+            return await self._decide(adm, req, control, race, d, cacheable)
+        except BaseException:
+            self.drop_race(d)  # the request failed or the client left: no raced call outlives it
+            raise
+
+    async def _decide(self, adm: Admission, req: types_pb2.ChatRequest, control: gateway_pb.CacheControl,
+                      race: bool, d: Decision, cacheable: bool) -> Decision:
+        principal, timings = adm.principal, adm.timings
         lookup = cacheable and not control.no_cache
         if not cacheable:
             d.cache_reason = "bypass: not deterministic (temperature is not 0)"
@@ -351,6 +382,10 @@ class Hub:
         search = lookup and self.settings.semantic_cache and d.cache_reason != NO_CONTEXT
         route_task = None if virtual else asyncio.ensure_future(
             self._route(principal, req, None, adm.prompt_tokens, timings))
+        plan_task: asyncio.Task[tuple[list[types_pb2.RouteTarget], str]] | None = None
+        if race and search and route_task is not None:
+            plan_task = asyncio.ensure_future(self._plan(adm, req, route_task))
+            d.race = asyncio.ensure_future(self._race(adm, d, req, plan_task))
         emb, embed_reason = None, ""
         if not (virtual or search):
             d.pending_embedding, d.embed_text = embed_task, text if embed_task is None else ""
@@ -362,12 +397,19 @@ class Hub:
         d.embedding = emb
         if route_task is None:
             route_task = asyncio.ensure_future(self._route(principal, req, emb, adm.prompt_tokens, timings))
+        if race and search and emb is not None and plan_task is None:
+            # A virtual model is routed by the embedding: its race starts here, beside the semantic search.
+            plan_task = asyncio.ensure_future(self._plan(adm, req, route_task))
+            d.race = asyncio.ensure_future(self._race(adm, d, req, plan_task))
         if search:
             if emb is None:
                 d.cache_reason = embed_reason or "miss: nothing to embed"
             else:
                 sem = await self._semantic(principal.team, req, emb, timings, control.preview)
                 if sem.hit:
+                    self.drop_race(d)
+                    if plan_task is not None:
+                        plan_task.cancel()
                     route_task.cancel()
                     d.cache, d.cache_reason, d.answer = SEMANTIC, sem.reason or "hit", sem.answer
                     return d
@@ -375,16 +417,34 @@ class Hub:
                 if sem.HasField("preview"):
                     d.preview = sem.preview
         try:
-            route = await route_task
-            d.plan, d.route_reason = list(route.plan), route.reason
-            if not d.plan:
-                raise ApiError(503, f"no model available for {req.model!r}: {route.reason}",
-                               type="service_unavailable")
-            d.plan = await self.policy.pick_deployment(adm, d.plan)
+            # Without a race the deployment is picked (its window reserved) only once the cache missed.
+            d.plan, d.route_reason = await (plan_task or self._plan(adm, req, route_task))
         except BaseException:
             d.drop_embedding()
             raise
         return d
+
+    async def _plan(self, adm: Admission, req: types_pb2.ChatRequest,
+                    route_task: asyncio.Future[router_pb.RouteResponse]) -> tuple[list[types_pb2.RouteTarget], str]:
+        """The router's plan, ordered by the deployments' own limits; raises ApiError when it is empty."""
+        route = await route_task
+        if not route.plan:
+            raise ApiError(503, f"no model available for {req.model!r}: {route.reason}", type="service_unavailable")
+        return await self.policy.pick_deployment(adm, list(route.plan)), route.reason
+
+    async def _race(self, adm: Admission, d: Decision, req: types_pb2.ChatRequest,
+                    plan_task: asyncio.Future[tuple[list[types_pb2.RouteTarget], str]]) -> _Opened:
+        plan, _ = await asyncio.shield(plan_task)  # the lookup path awaits the same plan
+        return await self._open(adm, d, req, plan, d.race_attempts, raced=True)
+
+    def drop_race(self, d: Decision) -> None:
+        """The raced model call is not wanted (a semantic hit, or the request failed): cancel it wherever it is."""
+        race, d.race = d.race, None
+        if race is None:
+            return
+        if race.done() and not race.cancelled() and race.exception() is None:
+            race.result().call.cancel()
+        race.cancel()
 
     # ---- answers ---------------------------------------------------------------------------------
 
@@ -427,42 +487,64 @@ class Hub:
         d: Decision | None = None
         upstream = False
         attempts: list[reasoner_pb.Attempt] = []
+        race = control.race == gateway_pb.UPSTREAM_RACE_ON or (
+            control.race == gateway_pb.UPSTREAM_RACE_UNSPECIFIED and self.settings.stream_race and on_decision is None)
         try:
-            d = await self.decide(adm, req, control)
+            d = await self.decide(adm, req, control, race=race)
             if on_decision is not None:
                 await on_decision(d)
             if d.answer is not None:
                 return self._session(adm, d, d.answer.model, _replay(d.answer))
-            since = time.perf_counter()
             upstream = True
-            call = self.reasoner.StreamComplete(
-                reasoner_pb.StreamCompleteRequest(request=req, plan=d.plan, tenant=adm.principal.team,
-                                                  coalesce_key=_coalesce_key(d, req)),
-                timeout=self.deadlines.reason_s)
-            it = call.__aiter__()
-            try:
-                while True:
-                    ev = await it.__anext__()
-                    kind = ev.WhichOneof("event")
-                    if kind == "started":
-                        break
-                    if kind == "attempt":
-                        attempts.append(ev.attempt)
-            except StopAsyncIteration:
-                raise ApiError(502, "upstream ended the stream before answering", type="upstream_error") from None
-            except grpc.RpcError as exc:
-                raise api_error_from_remote(parse_rpc_error(exc), "reasoner") from exc
-            finally:
-                d.timings.add("upstream_ttfb", since)
+            if d.race is not None:
+                attempts = d.race_attempts
+                opened = await d.race
+            else:
+                opened = await self._open(adm, d, req, d.plan, attempts)
         except BaseException as exc:
+            if d is not None and d.race is not None:
+                self.drop_race(d)
             self._settle_failure(adm, d, exc, upstream)
             if isinstance(exc, ApiError):
                 adm.error(exc)
                 exc.attempts = attempts
             raise
-        session = self._session(adm, d, ev.started.model, self._relay(d, req, control, call, it))
+        session = self._session(adm, d, opened.started.model, self._relay(d, req, control, opened.call, opened.it))
         session.attempts = attempts
         return session
+
+    async def _open(self, adm: Admission, d: Decision, req: types_pb2.ChatRequest,
+                    plan: list[types_pb2.RouteTarget], attempts: list[reasoner_pb.Attempt],
+                    raced: bool = False) -> _Opened:
+        """Calls the reasoner and waits for the answering target to start; failed attempts go to `attempts`."""
+        since = time.perf_counter()
+        if raced:
+            d.raced = plan[0].model if plan else ""
+        call = self.reasoner.StreamComplete(
+            reasoner_pb.StreamCompleteRequest(request=req, plan=plan, tenant=adm.principal.team,
+                                              coalesce_key=_coalesce_key(d, req)),
+            timeout=self.deadlines.reason_s)
+        it = call.__aiter__()
+        try:
+            while True:
+                ev = await it.__anext__()
+                kind = ev.WhichOneof("event")
+                if kind == "started":
+                    return _Opened(call, it, ev.started)
+                if kind == "attempt":
+                    attempts.append(ev.attempt)
+        except StopAsyncIteration:
+            call.cancel()
+            d.raced = ""  # nothing was answered: nothing billed
+            raise ApiError(502, "upstream ended the stream before answering", type="upstream_error") from None
+        except grpc.RpcError as exc:
+            d.raced = ""
+            raise api_error_from_remote(parse_rpc_error(exc), "reasoner") from exc
+        except BaseException:
+            call.cancel()  # cancelled (a raced call after a semantic hit, or the client left)
+            raise
+        finally:
+            d.timings.add("upstream_ttfb", since)
 
     def _session(self, adm: Admission, d: Decision, model: str,
                  inner: AsyncGenerator[StreamEvent, None]) -> StreamSession:

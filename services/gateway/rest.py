@@ -67,7 +67,15 @@ def cache_control(headers: Any) -> gateway_pb.CacheControl:
             ctl.ttl_seconds = int(value)
     if headers.get("x-weir-cache-allow", "").lower() == "nondeterministic":
         ctl.allow_nondeterministic = True
+    race = headers.get("x-weir-stream-race", "").strip().lower()
+    if race:
+        if race not in _RACE:
+            raise ApiError(400, f"x-weir-stream-race must be on or off, got {race[:20]!r}", param="x-weir-stream-race")
+        ctl.race = _RACE[race]
     return ctl
+
+
+_RACE = {"on": gateway_pb.UPSTREAM_RACE_ON, "off": gateway_pb.UPSTREAM_RACE_OFF}
 
 
 def weir_headers(d: Decision, model: str, trace_id: str, server_timing: str) -> dict[str, str]:

@@ -20,6 +20,33 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _UpstreamRace:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _UpstreamRaceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UpstreamRace.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    UPSTREAM_RACE_UNSPECIFIED: _UpstreamRace.ValueType  # 0
+    """The gateway's default (WEIR_GATEWAY_STREAM_RACE)."""
+    UPSTREAM_RACE_ON: _UpstreamRace.ValueType  # 1
+    """Race: start the model call as soon as it is routed."""
+    UPSTREAM_RACE_OFF: _UpstreamRace.ValueType  # 2
+    """Do not race: call the model only after the semantic tier missed."""
+
+class UpstreamRace(_UpstreamRace, metaclass=_UpstreamRaceEnumTypeWrapper):
+    """Whether a cacheable stream races its model call against the semantic lookup. Racing takes the lookup out of
+    the time to first token of a miss; a semantic hit then cancels the call already made, and that call's prompt
+    is charged (providers bill the prompt of a cancelled call).
+    """
+
+UPSTREAM_RACE_UNSPECIFIED: UpstreamRace.ValueType  # 0
+"""The gateway's default (WEIR_GATEWAY_STREAM_RACE)."""
+UPSTREAM_RACE_ON: UpstreamRace.ValueType  # 1
+"""Race: start the model call as soon as it is routed."""
+UPSTREAM_RACE_OFF: UpstreamRace.ValueType  # 2
+"""Do not race: call the model only after the semantic tier missed."""
+Global___UpstreamRace: _TypeAlias = UpstreamRace  # noqa: Y015
+
 class _JobStatus:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -71,6 +98,7 @@ class CacheControl(_message.Message):
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
     ALLOW_NONDETERMINISTIC_FIELD_NUMBER: _builtins.int
     PREVIEW_FIELD_NUMBER: _builtins.int
+    RACE_FIELD_NUMBER: _builtins.int
     no_store: _builtins.bool
     """Do not store the answer."""
     no_cache: _builtins.bool
@@ -83,6 +111,8 @@ class CacheControl(_message.Message):
     """Background jobs (SubmitJob): emit the semantic tier's best near neighbour that failed verification as a
     provisional `preview` event before the real answer. Ignored by the synchronous calls.
     """
+    race: Global___UpstreamRace.ValueType
+    """Streams: whether the model call starts while the semantic lookup runs (after an exact-tier miss)."""
     def __init__(
         self,
         *,
@@ -91,10 +121,11 @@ class CacheControl(_message.Message):
         ttl_seconds: _builtins.int = ...,
         allow_nondeterministic: _builtins.bool = ...,
         preview: _builtins.bool = ...,
+        race: Global___UpstreamRace.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_nondeterministic", b"allow_nondeterministic", "no_cache", b"no_cache", "no_store", b"no_store", "preview", b"preview", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_nondeterministic", b"allow_nondeterministic", "no_cache", b"no_cache", "no_store", b"no_store", "preview", b"preview", "race", b"race", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
