@@ -74,7 +74,7 @@ PHRASES: dict[str, str] = {
     "as well": "also", "right now": "now", "at the moment": "now", "kind of": "", "sort of": "",
     "in order to": "to", "so that": "so", "is it possible to": "can", "am i able to": "can i",
     "be able to": "can", "is there a way to": "can", "quick question": "", "real quick": "", "in advance": "ahead",
-    "stop getting": "prevent", "stop having": "prevent",
+    "stop getting": "prevent", "stop having": "prevent", "and then": "then",
     # "what does it mean when X" asks why X; "get more X" is "increase X"
     "what does it mean when": "why", "what does it mean if": "why", "what does that mean when": "why",
     "get more": "increase", "get higher": "increase", "get a higher": "increase", "get a bigger": "increase",
@@ -395,7 +395,7 @@ WHY_AUXILIARIES = frozenset({"could", "might", "would", "may", "can", "is", "be"
 
 # Order-sensitive connectors: two shared words swapping sides around one of these swap roles
 # ("km to miles" / "miles to km", "A faster than B" / "B faster than A").
-DIRECTIONAL = frozenset({"to", "into", "from", "than", "by", "minus", "towards", "onto"})
+DIRECTIONAL = frozenset({"to", "into", "from", "than", "by", "minus", "towards", "onto", "then"})
 # Symmetric connectors: "A and B", "A vs B", "between A and B" may be written in either order.
 SYMMETRIC = frozenset({"and", "or", "vs", "between", "&", "versus", "compared", "comparing"})
 # Attaching prepositions: "the 404 status code in HTTP" moves HTTP without swapping roles.

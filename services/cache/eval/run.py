@@ -1,6 +1,6 @@
 """`weir cache eval`: the labelled evaluation set through the real embedder and cache services.
 
-    weir cache eval [--split dev|test|holdout|blind2|...|blind9|all] [--threshold T]
+    weir cache eval [--split dev|test|holdout|blind2|...|blind9|vocab|all] [--threshold T]
                     [--milvus lite|server|URI] [--failures]
 
 The set (services/cache/eval/*.jsonl, written for this project) holds single-turn question pairs and
@@ -47,7 +47,7 @@ from weir.kit.redis_local import start_local_redis
 EVAL_DIR = Path(__file__).resolve().parent
 PAIRS = EVAL_DIR / "pairs.jsonl"
 CONVERSATIONS = EVAL_DIR / "conversations.jsonl"
-SPLITS = ("dev", "test", "holdout", *(f"blind{k}" for k in range(2, 10)), "all")
+SPLITS = ("dev", "test", "holdout", *(f"blind{k}" for k in range(2, 10)), "vocab", "all")
 DEFAULT_CURVE = tuple(round(0.60 + 0.02 * i, 2) for i in range(20))  # 0.60 .. 0.98
 EMBED_CHUNK = 128
 BOUNDED_STALENESS_S = 6.0  # Milvus' common.gracefulTime (5 s) and a margin
