@@ -133,6 +133,7 @@ class CacheService(pb_grpc.CacheServiceServicer):
         self.exact = ExactTier(settings.redis_url, settings.redis_prefix, settings.redis_timeout_s,
                                settings.redis_retry_after_s)
         self.semantic = SemanticTier(settings)
+        verifier.set_analysis_cache(settings.verifier_cache_texts)
         self._counters: dict[str, Counters] = {}
         self._maintenance: asyncio.Task[None] | None = None
         self._entries_at = 0.0

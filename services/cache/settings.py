@@ -67,6 +67,10 @@ class CacheSettings:
     sim_threshold: float = env("WEIR_CACHE_SIM_THRESHOLD", 0.70,
                                help="cosine similarity a candidate needs before the verifier looks at it")
     top_k: int = env("WEIR_CACHE_SEMANTIC_TOP_K", 5, help="candidates fetched per semantic lookup")
+    verifier_cache_texts: int = env(
+        "WEIR_CACHE_VERIFIER_CACHE_TEXTS", 16384,
+        help="texts whose verifier analysis is kept (an LRU; ~1.2-2.5 KiB each): stored questions recur as "
+             "candidates, and each analysis costs ~0.25 ms")
     hnsw_ef: int = env("WEIR_CACHE_HNSW_EF", 128,
                        help="HNSW search breadth (64 misses ~10% of near neighbours at 100k random 384-d rows)")
     server: ServerSettings = field(default_factory=lambda: load(ServerSettings))
@@ -94,6 +98,8 @@ class CacheSettings:
         problems = []
         if self.ttl_s <= 0:
             problems.append("WEIR_CACHE_TTL_S must be > 0")
+        if self.verifier_cache_texts < 0:
+            problems.append("WEIR_CACHE_VERIFIER_CACHE_TEXTS must be >= 0")
         if self.max_entries_per_tenant <= 0:
             problems.append("WEIR_CACHE_MAX_ENTRIES_PER_TENANT must be > 0")
         if min(self.redis_timeout_s, self.milvus_timeout_s, self.milvus_write_timeout_s) <= 0:

@@ -398,9 +398,8 @@ def _join_phrases(toks: list[tuple[str, str, bool]]) -> list[tuple[str, str, boo
     return out
 
 
-@lru_cache(maxsize=16384)
-def analyze(text: str) -> Facts:
-    """The facts of `text` the checks compare (cached: stored questions recur across lookups)."""
+def _analyze(text: str) -> Facts:
+    """The facts of `text` the checks compare (`analyze` caches them: stored questions recur across lookups)."""
     text = _PAREN_SUFFIX.sub(r"\1\2", text.replace("’", "'").replace("‘", "'"))
     words: set[str] = set()
     entities: set[str] = set()
@@ -676,6 +675,15 @@ def analyze(text: str) -> Facts:
         referred=_frozen(referred),
         asker=_asker(normalized.replace(",", " ").split()),
     )
+
+
+analyze = lru_cache(maxsize=16384)(_analyze)
+
+
+def set_analysis_cache(texts: int) -> None:
+    """Keeps the analyses of the last `texts` texts (WEIR_CACHE_VERIFIER_CACHE_TEXTS; 0: none)."""
+    global analyze
+    analyze = lru_cache(maxsize=texts)(_analyze)
 
 
 # Facts stay in an LRU of thousands of texts: share the empty set and the strings (common words recur).

@@ -550,3 +550,20 @@ def test_steps_in_order_and_one_letter_prefixes() -> None:
     assert first_then.check == "order"
     assert verify("How do I use v-show in Vue?", "How do I use v-if in Vue?").check == "content"
     assert verify("how do i send an email", "How do I send an e-mail?").ok
+
+
+def test_the_analysis_cache_is_bounded_by_the_setting() -> None:
+    from services.cache import verifier
+    from services.cache.settings import CacheSettings
+    from weir.kit.config import ConfigError, load
+
+    try:
+        verifier.set_analysis_cache(load(CacheSettings, {"WEIR_CACHE_VERIFIER_CACHE_TEXTS": "3"}).verifier_cache_texts)
+        for k in range(10):
+            verifier.verify(f"How do I reset password {k}?", "How do I reset my password?")
+        info = verifier.analyze.cache_info()
+        assert info.maxsize == 3 and info.currsize == 3
+        with pytest.raises(ConfigError, match="WEIR_CACHE_VERIFIER_CACHE_TEXTS must be >= 0"):
+            load(CacheSettings, {"WEIR_CACHE_VERIFIER_CACHE_TEXTS": "-1"})
+    finally:
+        verifier.set_analysis_cache(16384)
