@@ -356,8 +356,8 @@ class SemanticTier:
             client = self._require()
             vectors = [v for v, _ in batch]
             name, partition = self.collection_name(scope.model_id), self.partition_name(scope.tenant)
-            raw = self._raw
-            if raw is not None and self._dims.get(name) == scope.dim and (name, partition) in self._partitions:
+            raw = self._direct(name, partition, scope.dim)
+            if raw is not None:
                 results = await self._search_async(raw, scope, name, partition, vectors)
             else:  # first search of a collection or partition: learn it (blocking pymilvus calls) in the pool
                 results = await self._run(self._search, client, scope, vectors)
@@ -428,6 +428,12 @@ class SemanticTier:
         out.sort(key=lambda c: c.similarity, reverse=True)
         return out
 
+    def _direct(self, name: str, partition: str, dim: int) -> _AsyncMilvus | None:
+        """The grpc.aio path, where the collection (of this dimension) and the partition are known to exist."""
+        if self._raw is not None and self._dims.get(name) == dim and (name, partition) in self._partitions:
+            return self._raw
+        return None
+
     async def _search_async(self, raw: _AsyncMilvus, scope: _Scope, name: str, partition: str,
                             vectors: list[np.ndarray]) -> list[list[Candidate]]:
         """The same search as `_search`, sent over grpc.aio from the event loop (the collection `name` and its
@@ -470,10 +476,9 @@ class SemanticTier:
                     client = self._require()
                     rows = [r for r, _ in items]
                     name, partition = self.collection_name(model_id), self.partition_name(tenant)
-                    raw, schema = self._raw, self._schemas.get(name)
+                    raw, schema = self._direct(name, partition, dim), self._schemas.get(name)
                     async with self._write_lock:
-                        if (raw is not None and schema is not None and self._dims.get(name) == dim
-                                and (name, partition) in self._partitions):
+                        if raw is not None and schema is not None:
                             await self._upsert_async(raw, schema, name, partition, rows)
                         else:  # the first write of a collection or partition creates it (blocking) in the pool
                             name = await self._run(self._upsert, client, rows, model_id)
