@@ -1,5 +1,5 @@
 # Weir developer commands. `make up` and `make test` bootstrap what they need (see scripts/bootstrap.sh).
-.PHONY: up test check lint proto proto-check deploy-check model bench bench-soak profile bootstrap clean
+.PHONY: up test check lint proto proto-check deploy-check model judge bench bench-soak profile bootstrap clean
 
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -32,6 +32,13 @@ proto-check:
 	@bash scripts/codegen.sh --check
 
 model:
+	@bash scripts/export-model.sh
+
+## Retrain the paraphrase judge's adapter from services/cache/eval/pairs.jsonl (~10 min on 2 cores), then export it.
+judge: bootstrap
+	@bash scripts/export-model.sh >/dev/null  # builds the export venv when missing
+	@PYTHONPATH=. "$$($(PY) -c 'from weir.kit.config import cache_home; print(cache_home())')/export-venv/bin/python" \
+		-m weir.model.judge_train
 	@bash scripts/export-model.sh
 
 ## Benchmarks (not part of `make test`).

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,9 +56,17 @@ def start_mesh(state: Path, redis_url: str, extra_env: dict[str, str] | None = N
             env["WEIR_MILVUS_URI"] = mesh.procs["milvus"].info["uri"]
         names = ("embedder", "cache", "router", "reasoner")
         port0 = {f"WEIR_{n.upper()}_PORT": "0" for n in names}
+
+        def start(name: str) -> supervisor.Process:
+            service_env = {**env, **port0}
+            if name == "cache":  # the cache asks the embedder's judge: it needs the embedder's address
+                service_env["WEIR_EMBEDDER_ADDR"] = futures["embedder"].result().grpc
+            return supervisor.start(name, supervisor.python_module(f"services.{name}"), service_env, log_dir=logs)
+
         with ThreadPoolExecutor(len(names)) as pool:
-            futures = {n: pool.submit(supervisor.start, n, supervisor.python_module(f"services.{n}"),
-                                      {**env, **port0}, log_dir=logs) for n in names}
+            futures: dict[str, Future[supervisor.Process]] = {}
+            for n in names:
+                futures[n] = pool.submit(start, n)
             for n, fut in futures.items():
                 mesh.procs[n] = fut.result()
         addrs = {f"WEIR_{n.upper()}_ADDR": mesh.procs[n].grpc for n in names}

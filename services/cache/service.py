@@ -20,9 +20,10 @@ from typing import TypeVar
 import grpc
 import numpy as np
 
-from services.cache import verifier
+from services.cache import judge, verifier
 from services.cache.exact import ExactTier, RedisUnavailable
-from services.cache.semantic import DimensionMismatch, MilvusUnavailable, Row, SemanticTier, fits, quote
+from services.cache.judge import JudgeClient
+from services.cache.semantic import Candidate, DimensionMismatch, MilvusUnavailable, Row, SemanticTier, fits, quote
 from services.cache.settings import CacheSettings
 from weir import chat
 from weir.cache.v1 import cache_service_pb2 as pb
@@ -134,6 +135,8 @@ class CacheService(pb_grpc.CacheServiceServicer):
                                settings.redis_retry_after_s)
         self.semantic = SemanticTier(settings)
         verifier.set_analysis_cache(settings.verifier_cache_texts)
+        self.judge = JudgeClient(settings.embedder_addr, settings.judge_timeout_s) if settings.judge else None
+        self.policy = judge.Policy.from_settings(settings)
         self._counters: dict[str, Counters] = {}
         self._maintenance: asyncio.Task[None] | None = None
         self._entries_at = 0.0
@@ -151,6 +154,8 @@ class CacheService(pb_grpc.CacheServiceServicer):
         await tasks.stop(self._maintenance)
         await self.semantic.close()
         await self.exact.close()
+        if self.judge is not None:
+            await self.judge.close()
 
     def register(self, server: grpc.aio.Server) -> None:
         pb_grpc.add_CacheServiceServicer_to_server(self, server)
@@ -253,36 +258,63 @@ class CacheService(pb_grpc.CacheServiceServicer):
             return pb.LookupSemanticResponse(hit=False, reason=f"degraded: milvus unavailable ({reason})")
 
         out = pb.LookupSemanticResponse(hit=False)
-        threshold = self.settings.sim_threshold
+        policy = self.policy
         refused: tuple[float, verifier.Verdict] | None = None
+        #: Candidates the judge has a say on, best first.
+        pending: list[tuple[Candidate, pb.SemanticCandidate, judge.Reading]] = []
         for cand in candidates:
             item = out.candidates.add(entry_id=cand.entry_id, similarity=cand.similarity, question=cand.question)
-            if cand.similarity < threshold:
-                item.verdict, item.detail = "below_threshold", f"{cand.similarity:.3f} < {threshold:.3f}"
-                continue
-            verdict = verifier.verify(question, cand.question)
+            reading = policy.read(question, cand.question, cand.similarity)
+            verdict = reading.verdict
             item.verdict, item.detail = (verifier.ACCEPTED if verdict.ok else verdict.check), verdict.detail
-            if verdict.ok:
-                counters.semantic_hits += 1
-                out.hit, out.similarity, out.reason = True, cand.similarity, "hit"
-                out.answer.ParseFromString(cand.answer)
-                return out
-            counters.refusals[verdict.check] += 1
-            REFUSALS.labels(verdict.check).inc()
-            if refused is None:
-                refused = (cand.similarity, verdict)
-                if request.include_preview:
-                    out.preview.ParseFromString(cand.answer)
+            if reading.kind == judge.SERVE:
+                return self._serve(out, cand, counters, "hit")
+            if reading.kind in (judge.VETO, judge.OVERRULE):
+                pending.append((cand, item, reading))
+            elif reading.kind == judge.REFUSE:
+                self._count_refusal(counters, verdict.check)
+                if refused is None:
+                    refused = (cand.similarity, verdict)
+                    if request.include_preview:
+                        out.preview.ParseFromString(cand.answer)
+        if pending and self.judge is not None:
+            scores = await self.judge.score([(question, cand.question) for cand, _, _ in pending])
+            telemetry.set_attributes({sc.WEIR_CACHE_JUDGE: scores.judge_id or scores.unavailable,
+                                      sc.WEIR_CACHE_JUDGE_SCORE: scores.scores[0] if scores.scores else None})
+            for i, (cand, item, reading) in enumerate(pending):
+                score = scores.scores[i] if scores.scores else None
+                served, verdict = policy.settle(reading, cand.similarity, score, scores.unavailable)
+                item.verdict, item.detail = (verifier.ACCEPTED if verdict.ok else verdict.check), verdict.detail
+                if served:
+                    return self._serve(out, cand, counters,
+                                       "hit" if reading.kind == judge.VETO else f"hit: {verdict.detail}")
+                self._count_refusal(counters, verdict.check)
+                if refused is None or refused[0] < cand.similarity:
+                    refused = (cand.similarity, verdict)
+                    if request.include_preview:
+                        out.preview.ParseFromString(cand.answer)
         counters.misses += 1
         if refused is not None:
             out.similarity = refused[0]
             out.reason = f"refused: {refused[1].check} ({refused[1].detail})"
         elif candidates:
             out.similarity = candidates[0].similarity
-            out.reason = f"miss: below threshold (best {candidates[0].similarity:.3f} < {threshold:.3f})"
+            out.reason = f"miss: below threshold (best {candidates[0].similarity:.3f} < {policy.floor:.3f})"
         else:
             out.reason = "miss: no candidate"
         return out
+
+    def _serve(self, out: pb.LookupSemanticResponse, cand: Candidate, counters: Counters,
+               reason: str) -> pb.LookupSemanticResponse:
+        counters.semantic_hits += 1
+        out.hit, out.similarity, out.reason = True, cand.similarity, reason
+        out.answer.ParseFromString(cand.answer)
+        return out
+
+    @staticmethod
+    def _count_refusal(counters: Counters, check: str) -> None:
+        counters.refusals[check] += 1
+        REFUSALS.labels(check).inc()
 
     # ---- writes ----------------------------------------------------------------------------------
 
@@ -432,7 +464,7 @@ class CacheService(pb_grpc.CacheServiceServicer):
         # Lookups the gateway answered from the exact tier without this service (weir/exact_cache.py).
         total.add(Counters(exact_hits=readers["exact_hits"], misses=readers["misses"],
                            exact_lookups=readers["exact_lookups"]))
-        refusals = {name: total.refusals.get(name, 0) for name in verifier.CHECK_NAMES}
+        refusals = {name: total.refusals.get(name, 0) for name in (*verifier.CHECK_NAMES, "judge")}
         refusals.update(total.refusals)
         return pb.GetStatsResponse(
             exact_entries=exact_n,

@@ -10,6 +10,8 @@ from weir.kit.server import ServerSettings
 
 _COLLECTION_PREFIX = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _CONSISTENCY = ("Strong", "Session", "Bounded", "Eventually")
+#: The verifier's checks (services/cache/verifier.py CHECK_NAMES; not imported: settings stay light).
+_CHECKS = ("numbers", "units", "dates", "negation", "scope", "intent", "order", "entities", "opposites", "content")
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,27 @@ class CacheSettings:
         "WEIR_CACHE_VERIFIER_CACHE_TEXTS", 16384,
         help="texts whose verifier analysis is kept (an LRU; ~1.2-2.5 KiB each): stored questions recur as "
              "candidates, and each analysis costs ~0.25 ms")
+    judge: bool = env(
+        "WEIR_CACHE_JUDGE", True,
+        help="ask the embedder's paraphrase judge about the candidates the verifier's rules leave open "
+             "(services/cache/judge.py); false: the rules decide alone")
+    embedder_addr: str = env("WEIR_EMBEDDER_ADDR", "127.0.0.1:50051", help="the embedder, for its judge")
+    judge_overrules: tuple[str, ...] = env(
+        "WEIR_CACHE_JUDGE_OVERRULES", ("scope", "intent", "order", "entities", "content"),
+        help="verifier checks whose refusal the judge may overrule (every other check must pass: by default "
+             "numbers, units, dates, negation and opposites, whose rules read explicit tokens, always decide)")
+    judge_accept: float = env(
+        "WEIR_CACHE_JUDGE_ACCEPT", 0.99,
+        help="judge score at or above which a candidate refused only by those checks is served")
+    judge_veto: float = env(
+        "WEIR_CACHE_JUDGE_VETO", 0.05,
+        help="judge score below which a candidate the rules accept is refused; 0: no veto")
+    judge_sim_threshold: float = env(
+        "WEIR_CACHE_JUDGE_SIM_THRESHOLD", 0.70,
+        help="cosine similarity a candidate needs before the judge may overrule a refusal (the lower of this "
+             "and WEIR_CACHE_SIM_THRESHOLD counts: the judge reads paraphrases the embedding scores lower)")
+    judge_timeout_s: float = env("WEIR_CACHE_JUDGE_TIMEOUT_S", 0.25,
+                                 help="longest a lookup waits for the judge; then the rules decide alone")
     hnsw_ef: int = env("WEIR_CACHE_HNSW_EF", 128,
                        help="HNSW search breadth (64 misses ~10% of near neighbours at 100k random 384-d rows)")
     server: ServerSettings = field(default_factory=lambda: load(ServerSettings))
@@ -108,6 +131,16 @@ class CacheSettings:
             problems.append("WEIR_CACHE_REDIS_RETRY_AFTER_S must be >= 0")
         if not 0.0 < self.sim_threshold <= 1.0:
             problems.append(f"WEIR_CACHE_SIM_THRESHOLD must be in (0, 1], got {self.sim_threshold}")
+        unknown = sorted(set(self.judge_overrules) - set(_CHECKS))
+        if unknown:
+            problems.append(f"WEIR_CACHE_JUDGE_OVERRULES: unknown checks {', '.join(unknown)} "
+                            f"(checks: {', '.join(_CHECKS)})")
+        if not 0.0 <= self.judge_veto <= self.judge_accept <= 1.0:
+            problems.append("WEIR_CACHE_JUDGE_VETO and WEIR_CACHE_JUDGE_ACCEPT must satisfy 0 <= veto <= accept <= 1")
+        if not 0.0 < self.judge_sim_threshold <= 1.0:
+            problems.append("WEIR_CACHE_JUDGE_SIM_THRESHOLD must be in (0, 1]")
+        if self.judge_timeout_s <= 0:
+            problems.append("WEIR_CACHE_JUDGE_TIMEOUT_S must be > 0")
         if not 1 <= self.top_k <= 100:
             problems.append("WEIR_CACHE_SEMANTIC_TOP_K must be in [1, 100]")
         if self.hnsw_ef < self.top_k:

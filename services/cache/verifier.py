@@ -1114,13 +1114,18 @@ def _take_compounds(mine: list[str], theirs: list[str], their_compounds: Sequenc
                 break
 
 
-def check_content(query: Facts, stored: Facts) -> Verdict:
-    """No content word is replaced by another; at most MAX_ADDED_WORDS appear on one side only."""
+def _differing(query: Facts, stored: Facts) -> tuple[list[str], list[str]]:
+    """The content words on one side only (query's, stored's), a name written as one word or several aside."""
     q, s = Counter(query.content), Counter(stored.content)
     only_q, only_s = list((q - s).elements()), list((s - q).elements())
     _take_compounds(only_q, only_s, stored.compounds)
     _take_compounds(only_s, only_q, query.compounds)
-    names = query.entities | stored.entities
+    return only_q, only_s
+
+
+def check_opposites(query: Facts, stored: Facts) -> Verdict:
+    """No word is replaced by its opposite, and no verb takes another particle (take off / take on)."""
+    only_q, only_s = _differing(query, stored)
     # A word replaced by its WordNet antonym refuses whatever else would match them (a typo, a derivation).
     opposed = next(((a, b) for a in only_q for b in only_s if frozenset((a, b)) in _WN_ANTONYMS), None)
     if opposed is None:  # a word opposed to one the other text has as filler: "slowly thaw" / "quickly thaw"
@@ -1128,7 +1133,20 @@ def check_content(query: Facts, stored: Facts) -> Verdict:
                        None) or next(((w, b) for b in only_s for w in query.words
                                       if frozenset((b, canonical(w))) in _WN_ANTONYMS), None)
     if opposed is not None:
-        return _refuse("content", [opposed[0]], [opposed[1]])
+        return _refuse("opposites", [opposed[0]], [opposed[1]])
+    # The same verb with another particle: "take off my shoes" / "take on my shoes" (a particle may be
+    # moved or left out: "take my shoes off").
+    q_verbs = {p.split()[0]: p for p in query.particles - stored.particles}
+    clash = [(q_verbs[p.split()[0]], p) for p in stored.particles - query.particles if p.split()[0] in q_verbs]
+    if clash:
+        return _refuse("opposites", [clash[0][0]], [clash[0][1]])
+    return _ok("opposites")
+
+
+def check_content(query: Facts, stored: Facts) -> Verdict:
+    """No content word is replaced by another; at most MAX_ADDED_WORDS appear on one side only."""
+    only_q, only_s = _differing(query, stored)
+    names = query.entities | stored.entities
     for a in list(only_q):
         if a in names:
             continue
@@ -1138,12 +1156,6 @@ def check_content(query: Facts, stored: Facts) -> Verdict:
             only_s.remove(match)
     if only_q and only_s:
         return _refuse("content", only_q, only_s)
-    # The same verb with another particle: "take off my shoes" / "take on my shoes" (a particle may be
-    # moved or left out: "take my shoes off").
-    q_verbs = {p.split()[0]: p for p in query.particles - stored.particles}
-    clash = [(q_verbs[p.split()[0]], p) for p in stored.particles - query.particles if p.split()[0] in q_verbs]
-    if clash:
-        return _refuse("content", [clash[0][0]], [clash[0][1]])
     # An added word is tolerated only when nothing else moved: not with a quantifier left implicit ("all
     # images" / "unused images") nor a member of a coordination dropped ("ice or heat" / "heat").
     allowed = MAX_ADDED_WORDS
@@ -1168,6 +1180,7 @@ CHECKS: tuple[tuple[str, Check], ...] = (
     ("intent", check_intent),
     ("order", check_order),
     ("entities", check_entities),
+    ("opposites", check_opposites),
     ("content", check_content),
 )
 CHECK_NAMES: tuple[str, ...] = tuple(name for name, _ in CHECKS)

@@ -117,16 +117,23 @@ def provider_candidates(requested: Sequence[str], available: Sequence[str]) -> l
 class Engine:
     """A loaded model: tokenizer + ONNX Runtime session + its manifest."""
 
+    #: The manifest `kind` this engine runs.
+    KIND = "embedding"
+    #: What the model is called in errors, and the setting that points at its directory.
+    WHAT, SETTING = "embedding model", "WEIR_EMBEDDER_MODEL_DIR"
+
     def __init__(self, model_dir: Path, options: EngineOptions | None = None) -> None:
         options = options or EngineOptions()
         try:
             self.manifest: Manifest = read_manifest(model_dir)
+            if self.manifest.kind != self.KIND:
+                raise ModelDirError(f"it holds a {self.manifest.kind!r} model, not a {self.KIND!r} one")
             self.encoder = TextEncoder(model_dir / TOKENIZER_FILE, self.manifest.max_seq_length)
         except (ModelDirError, OSError, ValueError) as exc:
             raise EngineError(
-                f"cannot load the embedding model from {model_dir}: {exc}. "
-                "Run `make model` (scripts/export-model.sh) to export it, or point "
-                "WEIR_EMBEDDER_MODEL_DIR at an exported model directory."
+                f"cannot load the {self.WHAT} from {model_dir}: {exc}. "
+                f"Run `make model` (scripts/export-model.sh) to export it, or point "
+                f"{self.SETTING} at an exported model directory."
             ) from exc
         self.model_dir = model_dir
         cores = usable_cores()
@@ -240,6 +247,25 @@ class Engine:
             f"no execution provider could run {path}: " + "; ".join(problems)
             + ". If the file is damaged, run `make model` to export it again."
         )
+
+
+class Judge(Engine):
+    """The paraphrase judge (a cross-encoder exported by weir.model.judge_export): text pairs -> scores."""
+
+    KIND = "pair-judge"
+    WHAT, SETTING = "paraphrase judge", "WEIR_EMBEDDER_JUDGE_DIR"
+
+    def score(self, pairs: Sequence[tuple[str, str]], solo: bool = False) -> npt.NDArray[np.float32]:
+        """Per pair, the lower of the judge's two readings (a-b, b-a): it is not symmetric by construction."""
+        session = self._solo_session if solo and self._solo_session is not None else self.session
+        both = [*pairs, *((b, a) for a, b in pairs)]
+        encodings = self.encoder.tokenize_pairs(both)
+        scores = np.empty(len(both), dtype=np.float32)
+        for run in plan_runs([len(e.ids) for e in encodings]):
+            batch = self.encoder.pack([encodings[i] for i in run])
+            out = session.run([self.output_name], batch.inputs(self.input_names))[0]
+            scores[run] = np.asarray(out, dtype=np.float32).reshape(-1)
+        return np.minimum(scores[:len(pairs)], scores[len(pairs):])
 
 
 def _graph_input_names(path: Path) -> list[str]:

@@ -9,7 +9,7 @@ from typing import cast
 import grpc
 
 from services.embedder.batcher import Embedded, MicroBatcher
-from services.embedder.engine import Engine, EngineOptions
+from services.embedder.engine import Engine, EngineOptions, Judge
 from services.embedder.lru import LruCache, text_key
 from services.embedder.settings import EmbedderSettings
 from weir.common.v1 import types_pb2
@@ -26,6 +26,7 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EmbedderService"].full_name
 
 _QUEUE_DEPTH = metrics.gauge("weir_embedder_queue_depth", "Texts waiting for a model run")
 _TEXTS = metrics.counter("weir_embedder_texts", "Texts embedded by Embed, by source (lru or model)", ("source",))
+_PAIRS = metrics.counter("weir_embedder_judged_pairs", "Text pairs scored by the paraphrase judge")
 
 class EmbedderService(pb_grpc.EmbedderServiceServicer):
     """Sentence embeddings with a recent-text LRU in front of a micro-batched ONNX Runtime engine."""
@@ -35,6 +36,7 @@ class EmbedderService(pb_grpc.EmbedderServiceServicer):
     def __init__(self, settings: EmbedderSettings) -> None:
         self.settings = settings
         self._engine: Engine | None = None
+        self._judge: Judge | None = None
         self._batcher: MicroBatcher | None = None
         self._lru: LruCache[Embedded] = LruCache(settings.lru_size)
 
@@ -47,6 +49,11 @@ class EmbedderService(pb_grpc.EmbedderServiceServicer):
             allow_spinning=s.allow_spinning, max_batch=s.max_batch,
         )
         engine = await asyncio.to_thread(Engine, s.model_dir, options)
+        if s.judge:
+            # Scored once per semantic lookup with candidates, not per request: one session on every core.
+            judge_options = EngineOptions(providers=s.providers, workers=1, inter_op_threads=s.inter_op_threads,
+                                          allow_spinning=s.allow_spinning, max_batch=s.max_pairs * 2)
+            self._judge = await asyncio.to_thread(Judge, s.judge_dir, judge_options)
         self._engine = engine
         self._batcher = MicroBatcher(engine.embed, s.max_batch, s.max_wait_ms / 1000, engine.workers)
         self._batcher.start()
@@ -57,7 +64,8 @@ class EmbedderService(pb_grpc.EmbedderServiceServicer):
             extra={"model_id": engine.model_id, "providers": engine.providers,
                    "workers": engine.workers, "intra_op_threads": engine.intra_op_threads,
                    "lone_run_threads": engine.solo_threads,
-                   "model_dir": str(s.model_dir)},
+                   "model_dir": str(s.model_dir),
+                   "judge_id": self._judge.model_id if self._judge else None},
         )
 
     def register(self, server: grpc.aio.Server) -> None:
@@ -158,7 +166,24 @@ class EmbedderService(pb_grpc.EmbedderServiceServicer):
             lru_size=len(self._lru),
             runs=batcher.runs,
             texts_embedded=batcher.texts_embedded,
+            judge_id=self._judge.model_id if self._judge else "",
         )
+
+    async def ScorePairs(
+        self, request: pb.ScorePairsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ScorePairsResponse:
+        pairs = [(p.a, p.b) for p in request.pairs]
+        self._check_pairs(pairs)
+        self.engine  # noqa: B018 - raises UNAVAILABLE while starting
+        judge = self._judge
+        if judge is None:
+            raise WeirError(grpc.StatusCode.FAILED_PRECONDITION,
+                            "this embedder runs without the paraphrase judge (WEIR_EMBEDDER_JUDGE=false)",
+                            reason="JUDGE_NOT_LOADED")
+        scores = await asyncio.to_thread(judge.score, pairs)
+        telemetry.set_attributes({sc.GEN_AI_REQUEST_MODEL: judge.model_id, "weir.judge.pairs": len(pairs)})
+        _PAIRS.inc(len(pairs))
+        return pb.ScorePairsResponse(scores=scores.tolist(), judge_id=judge.model_id)
 
     # ------------------------------------------------------------------------------------ validation
     def _text_problem(self, text: str) -> tuple[str, str] | None:
@@ -172,6 +197,22 @@ class EmbedderService(pb_grpc.EmbedderServiceServicer):
                 "(WEIR_EMBEDDER_MAX_TEXT_BYTES)"
             )
         return None
+
+    def _check_pairs(self, pairs: list[tuple[str, str]]) -> None:
+        if not pairs:
+            raise invalid_argument("pairs must hold at least one pair", ("pairs", "must not be empty"),
+                                   reason="EMPTY_BATCH")
+        if len(pairs) > self.settings.max_pairs:
+            description = f"holds {len(pairs)} pairs; the limit is {self.settings.max_pairs} (WEIR_EMBEDDER_MAX_PAIRS)"
+            raise invalid_argument(f"pairs {description}", ("pairs", description), reason="TOO_MANY_PAIRS")
+        violations = [(f"pairs[{i}].{side}", problem[1])
+                      for i, pair in enumerate(pairs) for side, text in zip("ab", pair, strict=True)
+                      if (problem := self._text_problem(text)) is not None]
+        if violations:
+            raise invalid_argument(
+                f"{len(violations)} texts cannot be judged: " + "; ".join(f"{f} {d}" for f, d in violations[:5]),
+                *violations, reason="INVALID_TEXTS",
+            )
 
     def _check_batch(self, texts: list[str]) -> None:
         if not texts:

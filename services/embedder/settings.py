@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from weir.kit.config import default_model_dir, env, load
+from weir.kit.config import default_judge_dir, default_model_dir, env, load
 from weir.kit.server import ServerSettings
 
 
@@ -16,6 +16,15 @@ class EmbedderSettings:
         "WEIR_EMBEDDER_MODEL_DIR", default_model_dir(),
         help="exported model (manifest.json, model.onnx, tokenizer.json); `make model` creates it",
     )
+    judge: bool = env(
+        "WEIR_EMBEDDER_JUDGE", True,
+        help="load the paraphrase judge (ScorePairs, used by the cache's verifier); false: ScorePairs refuses",
+    )
+    judge_dir: Path = env(
+        "WEIR_EMBEDDER_JUDGE_DIR", default_judge_dir(),
+        help="exported paraphrase judge (manifest.json, model.onnx, tokenizer.json); `make model` creates it",
+    )
+    max_pairs: int = env("WEIR_EMBEDDER_MAX_PAIRS", 64, help="most pairs in one ScorePairs call")
     providers: tuple[str, ...] = env(
         "WEIR_EMBEDDER_PROVIDERS", (),
         help="ONNX Runtime execution providers in priority order, e.g. CUDAExecutionProvider; empty: auto",
@@ -50,6 +59,8 @@ class EmbedderSettings:
             problems.append("WEIR_EMBEDDER_MAX_WAIT_MS: must be >= 0")
         if self.lru_size < 0:
             problems.append("WEIR_EMBEDDER_LRU_SIZE: must be >= 0")
+        if self.max_pairs < 1:
+            problems.append("WEIR_EMBEDDER_MAX_PAIRS: must be >= 1")
         if self.max_items < 1:
             problems.append("WEIR_EMBEDDER_MAX_ITEMS: must be >= 1")
         if self.max_text_bytes < 1:

@@ -102,11 +102,15 @@ StartCache = Callable[..., Awaitable[Cache]]
 @pytest.fixture
 async def start_cache(start_service: Callable[..., supervisor.Process],
                       redis_url: str) -> AsyncIterator[StartCache]:
-    """Factory: await start_cache({"WEIR_CACHE_...": ...}) runs a cache process on the test's Redis."""
+    """Factory: await start_cache({"WEIR_CACHE_...": ...}) runs a cache process on the test's Redis.
+
+    The verifier's rules decide alone (WEIR_CACHE_JUDGE=false: these tests use synthetic vectors and no
+    embedder); tests/cache/test_judge.py runs the cache with the embedder's judge."""
     channels: list[grpc.aio.Channel] = []
 
     async def start(env: Mapping[str, str] | None = None) -> Cache:
-        proc = start_service("cache", {"WEIR_CACHE_PORT": "0", "WEIR_REDIS_URL": redis_url, **(env or {})})
+        proc = start_service("cache", {"WEIR_CACHE_PORT": "0", "WEIR_REDIS_URL": redis_url,
+                                       "WEIR_CACHE_JUDGE": "false", **(env or {})})
         channel = open_channel(proc.grpc)
         channels.append(channel)
         return Cache(proc, pb_grpc.CacheServiceStub(channel))

@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 
 from services.cache.eval.run import Case, load_cases, report, run_cases
+from services.cache.judge import Policy
+from services.cache.settings import CacheSettings
 from weir.kit import supervisor
+from weir.kit.config import load
 
 StartService = Callable[..., supervisor.Process]
 
@@ -42,10 +45,9 @@ async def test_goals_hold_on_a_slice_of_the_eval_set(backend: str, start_service
     if backend == "server":
         env.update(request.getfixturevalue("server_env"))
     embedder = start_service("embedder", env)
-    cache = start_service("cache", env)
-    threshold = 0.70
+    cache = start_service("cache", {**env, "WEIR_EMBEDDER_ADDR": embedder.grpc})
     cases = eval_slice()
-    results = await run_cases(cache.grpc, embedder.grpc, cases, threshold)
+    results = await run_cases(cache.grpc, embedder.grpc, cases, Policy.from_settings(load(CacheSettings, {})))
     text = report(results, failures=True)
     single = [o for o in results.outcomes if not o.case.multi_turn]
     multi = [o for o in results.outcomes if o.case.multi_turn]
@@ -59,3 +61,4 @@ async def test_goals_hold_on_a_slice_of_the_eval_set(backend: str, start_service
     assert sum(mt_traps) == 0, text
     assert sum(mt_hits) / len(mt_hits) >= 0.90, text
     assert "NOTE" not in text  # the threshold curve agrees with the live service
+    assert "verifier and judge" in text  # the judge scored every candidate for the curve

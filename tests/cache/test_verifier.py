@@ -136,7 +136,7 @@ DIFFERENT = [
     ("Did my landlord send the notice?", "Did I send the notice to my landlord?", "order",
      "subject landlord vs to landlord"),
     # an adverb opposed to one the other side has as filler; a word moved from one direction to the other
-    ("How do I slowly cool a cheesecake?", "How do I quickly cool a cheesecake?", "content", "slow vs quickly"),
+    ("How do I slowly cool a cheesecake?", "How do I quickly cool a cheesecake?", "opposites", "slow vs quickly"),
     ("Can I move my points from my wife's card to my card?", "Can I move my points from my card to my wife's card?",
      "order", "from wif vs to wif"),
     # numbers, IDs, amounts, versions
@@ -201,12 +201,12 @@ DIFFERENT = [
     # content words replaced: subjects, actions, antonyms, comparatives
     ("How long do dogs live?", "How long do cats live?", "content", "dog vs cat"),
     ("How do I poach an egg?", "How do I boil an egg?", "content", "poach vs boil"),
-    ("How do I disable cookies in Chrome?", "How do I enable cookies in Chrome?", "content", "disabl vs enabl"),
-    ("How do I turn off Bluetooth?", "How do I turn on Bluetooth?", "content", "disabl vs enabl"),
-    ("How do I zoom out on a Mac?", "How do I zoom in on a Mac?", "content", "zoomout vs zoomin"),
+    ("How do I disable cookies in Chrome?", "How do I enable cookies in Chrome?", "opposites", "disabl vs enabl"),
+    ("How do I turn off Bluetooth?", "How do I turn on Bluetooth?", "opposites", "disabl vs enabl"),
+    ("How do I zoom out on a Mac?", "How do I zoom in on a Mac?", "opposites", "zoom out vs zoom in"),
     ("Is Python slower than Java?", "Is Python faster than Java?", "content", "slower vs faster"),
-    ("How do I sell Bitcoin?", "How do I buy Bitcoin?", "content", "sell vs buy"),
-    ("Is it a bad time to buy stocks?", "Is it a good time to buy stocks?", "content", "bad vs good"),
+    ("How do I sell Bitcoin?", "How do I buy Bitcoin?", "opposites", "sell vs buy"),
+    ("Is it a bad time to buy stocks?", "Is it a good time to buy stocks?", "opposites", "bad vs good"),
     ("How do I delete a file in Linux?", "How do I find a file in Linux?", "content", "delet vs find"),
     ("Who founded Instagram?", "Who owns Instagram?", "content", "found vs own"),
     ("Send an email from John", "Send an email to John", "order", "from vs to"),
@@ -215,9 +215,9 @@ DIFFERENT = [
     ("Is it illegal to drive with headphones?", "Is it legal to drive with headphones?", "negation",
      "illegal vs none"),
     ("Flights to Paris over $300", "Flights to Paris under $300", "scope", "none vs less"),
-    ("What time does the bank open on Saturday?", "What time does the bank close on Saturday?", "content",
+    ("What time does the bank open on Saturday?", "What time does the bank close on Saturday?", "opposites",
      "open vs clos"),
-    ("Hotels far from the airport", "Hotels near the airport", "content", "far vs near"),
+    ("Hotels far from the airport", "Hotels near the airport", "opposites", "far vs near"),
     ("What is the population of New York State?", "What is the population of New York City?", "entities",
      "state vs city"),
     # one side adds a restriction where a quantifier or an alternative was dropped
@@ -226,13 +226,13 @@ DIFFERENT = [
     # roles carried by pronouns, prefixes written with a hyphen, phrasal verbs whose stem drops an "e"
     ("Can I sue my landlord?", "Can my landlord sue me?", "order", "<i> sue landlord vs landlord sue <i>"),
     ("Which expenses are non-deductible?", "Which expenses are deductible?", "negation", "nondeductibl vs none"),
-    ("How do I scale down a deployment?", "How do I scale up a deployment?", "content", "scaldown vs scalup"),
-    ("How do I take off my shoes?", "How do I take on my shoes?", "content", "tak off vs tak on"),
+    ("How do I scale down a deployment?", "How do I scale up a deployment?", "opposites", "scal down vs scal up"),
+    ("How do I take off my shoes?", "How do I take on my shoes?", "opposites", "tak off vs tak on"),
     ("Should I buy a used car?", "Should I buy a new car?", "content", "secondhand vs different"),
     ("What should I plant in the fall?", "What should I plant in the spring?", "dates", "autumn vs spring"),
     # the relaxations above keep their limits
     ("Who finished last?", "Who finished first?", "scope", "none vs first"),
-    ("How do I get less storage?", "How do I get more storage?", "content", "decreas vs increas"),
+    ("How do I get less storage?", "How do I get more storage?", "opposites", "decreas vs increas"),
     ("Is 8 GB of RAM enough?", "Is 8 GB of storage enough?", "content", "memory vs disk"),
     ("How do I check if my card was charged?", "How do I check if my card was refunded?", "content",
      "cost vs refund"),
@@ -408,7 +408,7 @@ def test_wordnet_synonyms_are_what_accepts_them() -> None:
 def test_wordnet_antonyms_refuse_even_where_a_typo_rule_matches() -> None:
     # "employer" / "employee" are one letter apart: the typo rule alone served this trap
     assert str(verify("Can my employer read my emails?", "Can my employee read my emails?")) == \
-        "content: employer vs employe"
+        "opposites: employer vs employe"
     assert frozenset({"hot", "cold"}) in verifier._WN_ANTONYMS
     assert not verify("Is the oven hot?", "Is the oven cold?").ok
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
 import grpc
@@ -15,39 +15,16 @@ import numpy.typing as npt
 import pytest
 
 from tests.conftest import StartService
+from tests.embedder.conftest import Connect
 from weir.embedder.v1 import embedder_service_pb2 as pb
 from weir.embedder.v1 import embedder_service_pb2_grpc as pb_grpc
 from weir.kit import supervisor
-from weir.kit.clients import open_channel
 from weir.kit.errors import parse_rpc_error
 
 Vector = npt.NDArray[np.float32]
 
 
-class Connect(Protocol):
-    """Starts an embedder with WEIR_EMBEDDER_<KEY>=value overrides and returns a stub to it."""
-
-    async def __call__(self, **env: str) -> pb_grpc.EmbedderServiceAsyncStub: ...
-
-
 LONG_TEXT = " ".join(f"sentence {i} keeps going with more words about the weather." for i in range(60))
-
-
-@pytest.fixture
-async def connect(start_service: StartService, model_dir: Path) -> AsyncIterator[Connect]:
-    channels: list[grpc.aio.Channel] = []
-
-    async def _connect(**env: str) -> pb_grpc.EmbedderServiceAsyncStub:
-        full = {"WEIR_EMBEDDER_MODEL_DIR": str(model_dir), "WEIR_EMBEDDER_PORT": "0"}
-        full.update({f"WEIR_EMBEDDER_{k.upper()}": v for k, v in env.items()})
-        proc = start_service("embedder", full)
-        channel = open_channel(proc.grpc)
-        channels.append(channel)
-        return pb_grpc.EmbedderServiceStub(channel)
-
-    yield _connect
-    for channel in channels:
-        await channel.close()
 
 
 def vec(data: bytes, dim: int = 384) -> Vector:

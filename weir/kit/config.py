@@ -129,3 +129,8 @@ def cache_home() -> Path:
 def default_model_dir() -> Path:
     """The exported bundled model: $WEIR_EMBEDDER_MODEL_DIR or <cache>/models/all-minilm-l6-v2."""
     return cache_home() / "models" / "all-minilm-l6-v2"
+
+
+def default_judge_dir() -> Path:
+    """The exported paraphrase judge (weir.model.judge_export): <cache>/models/weir-judge."""
+    return cache_home() / "models" / "weir-judge"

@@ -163,7 +163,7 @@ def build_wrapper(st: Any) -> tuple[Any, tuple[str, ...]]:
     return SentenceEmbedding().eval(), names
 
 
-def export_onnx(module: Any, names: tuple[str, ...], path: Path, steps: Steps) -> str:
+def export_onnx(module: Any, names: tuple[str, ...], path: Path, steps: Steps, output_name: str = OUTPUT_NAME) -> str:
     """torch.onnx.export with dynamic batch/sequence axes; returns the exporter used."""
     import torch
 
@@ -176,7 +176,7 @@ def export_onnx(module: Any, names: tuple[str, ...], path: Path, steps: Steps) -
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 module, args, str(path), dynamo=False, opset_version=OPSET, input_names=list(names),
-                output_names=[OUTPUT_NAME], dynamic_axes={**axes, OUTPUT_NAME: {0: "batch"}},
+                output_names=[output_name], dynamic_axes={**axes, output_name: {0: "batch"}},
                 do_constant_folding=True,
             )
         return "torchscript"
@@ -185,7 +185,7 @@ def export_onnx(module: Any, names: tuple[str, ...], path: Path, steps: Steps) -
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
     torch.onnx.export(
         module, args, str(path), dynamo=True, external_data=False, opset_version=max(OPSET, 18),
-        input_names=list(names), output_names=[OUTPUT_NAME],
+        input_names=list(names), output_names=[output_name],
         dynamic_shapes={n: {0: batch, 1: seq} for n in names},
     )
     return "dynamo"

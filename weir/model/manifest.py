@@ -44,6 +44,10 @@ class Manifest:
     exported_at: str
     #: How the graph was post-processed after export ("none" or the optimiser used).
     graph_optimization: str = "none"
+    #: "embedding" (texts -> sentence_embedding) or "pair-judge" (text pairs -> score; see weir.model.judge_export).
+    kind: str = "embedding"
+    #: pair-judge: sha256 of the committed adapter the graph was built from (weir/model/judge_adapter.npz).
+    adapter: str = ""
 
     @property
     def model_id(self) -> str:

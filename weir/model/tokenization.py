@@ -66,6 +66,16 @@ class TextEncoder:
             return [self._tok.encode(texts[0])]
         return list(self._tok.encode_batch(list(texts)))
 
+    def tokenize_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[Encoding]:
+        """Encodings of text pairs ([CLS] a [SEP] b [SEP], type ids 0 then 1), the longer side cut first."""
+        if not pairs:
+            raise ValueError("no pairs to encode")
+        return list(self._tok.encode_batch([(a, b) for a, b in pairs]))
+
+    def encode_pairs(self, pairs: Sequence[tuple[str, str]]) -> EncodedBatch:
+        """tokenize_pairs + pack: one padded batch of cross-encoder inputs."""
+        return self.pack(self.tokenize_pairs(pairs))
+
     def pack(self, encodings: Sequence[Encoding]) -> EncodedBatch:
         """Right-pads encodings to the longest one and stacks them into int64 model inputs."""
         width = max(len(e.ids) for e in encodings)

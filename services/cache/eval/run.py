@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import shutil
 import sys
 import tempfile
@@ -34,7 +35,8 @@ from typing import Any
 
 import orjson
 
-from services.cache import verifier
+from services.cache import judge
+from services.cache.judge import Policy
 from weir.cache.v1 import cache_service_pb2 as cache_pb
 from weir.cache.v1 import cache_service_pb2_grpc as cache_grpc
 from weir.common.v1 import types_pb2
@@ -47,9 +49,10 @@ from weir.kit.redis_local import start_local_redis
 EVAL_DIR = Path(__file__).resolve().parent
 PAIRS = EVAL_DIR / "pairs.jsonl"
 CONVERSATIONS = EVAL_DIR / "conversations.jsonl"
-SPLITS = ("dev", "test", "holdout", *(f"blind{k}" for k in range(2, 10)), "vocab", "all")
+SPLITS = ("dev", "test", "holdout", *(f"blind{k}" for k in range(2, 12)), "vocab", "vocab2", "all")
 DEFAULT_CURVE = tuple(round(0.60 + 0.02 * i, 2) for i in range(20))  # 0.60 .. 0.98
 EMBED_CHUNK = 128
+JUDGE_CHUNK = 64
 BOUNDED_STALENESS_S = 6.0  # Milvus' common.gracefulTime (5 s) and a margin
 CONCURRENCY = 8
 
@@ -87,6 +90,8 @@ class Outcome:
     similarity: float | None = None
     candidate_question: str = ""
     stored_reason: str = ""
+    #: The paraphrase judge's score of (query, candidate), when the judge is on and there is a candidate.
+    judge_score: float | None = None
 
     @property
     def exact(self) -> bool:
@@ -96,7 +101,8 @@ class Outcome:
 @dataclass
 class Results:
     outcomes: list[Outcome]
-    threshold: float
+    #: The live service's policy (its thresholds, and whether and how the judge has a say).
+    policy: Policy
     stats: cache_pb.GetStatsResponse | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -166,7 +172,7 @@ async def _bounded(items: Sequence[Outcome], work: Any) -> None:
     await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
 
 
-async def run_cases(cache_addr: str, embedder_addr: str, cases: Sequence[Case], threshold: float,
+async def run_cases(cache_addr: str, embedder_addr: str, cases: Sequence[Case], policy: Policy,
                     settle_s: float = 0.0) -> Results:
     """Stores each case's first side in its own tenant, then looks the second side up as the gateway does.
 
@@ -214,20 +220,40 @@ async def run_cases(cache_addr: str, embedder_addr: str, cases: Sequence[Case], 
         t0 = time.perf_counter()
         await _bounded(outcomes, lookup)
         seconds["lookup"] = time.perf_counter() - t0
+        if policy.judge:  # the judge's score of every case's candidate, for the curve at other thresholds
+            t0 = time.perf_counter()
+            judged = [o for o in outcomes if o.candidate_question and not o.exact]
+            for i in range(0, len(judged), JUDGE_CHUNK):
+                chunk = judged[i:i + JUDGE_CHUNK]
+                resp = await embedder.ScorePairs(emb_pb.ScorePairsRequest(pairs=[
+                    emb_pb.TextPair(a=last_user(o.case.query), b=o.candidate_question) for o in chunk]), timeout=120)
+                for o, score in zip(chunk, resp.scores, strict=True):
+                    o.judge_score = score
+            seconds["judge"] = time.perf_counter() - t0
         stats = await cache.GetStats(cache_pb.GetStatsRequest())
-    return Results(outcomes=outcomes, threshold=threshold, stats=stats, seconds=seconds)
+    return Results(outcomes=outcomes, policy=policy, stats=stats, seconds=seconds)
 
 
 # ---- metrics ----------------------------------------------------------------------------------------
 
 
-def served_at(o: Outcome, threshold: float, verify: bool) -> bool:
-    """Whether the case would be served at `threshold` (with or without the verifier)."""
+def served_at(o: Outcome, policy: Policy | None) -> bool:
+    """Whether the case would be served under `policy` (None: by similarity alone, at no threshold)."""
     if o.exact:
         return True
-    if o.similarity is None or o.similarity < threshold:
+    if o.similarity is None:
         return False
-    return not verify or verifier.verify(last_user(o.case.query), o.candidate_question).ok
+    if policy is None:
+        return True
+    reading = policy.read(last_user(o.case.query), o.candidate_question, o.similarity)
+    if reading.kind in (judge.VETO, judge.OVERRULE):
+        return policy.settle(reading, o.similarity, o.judge_score)[0]
+    return reading.kind == judge.SERVE
+
+
+def at_threshold(policy: Policy, threshold: float) -> Policy:
+    """The live policy with the rules' similarity threshold moved (the judge's gate never above it)."""
+    return dataclasses.replace(policy, threshold=threshold, gate=min(policy.gate, threshold))
 
 
 @dataclass(frozen=True)
@@ -276,15 +302,25 @@ def report(results: Results, curve: Sequence[float] = DEFAULT_CURVE, failures: b
         refusals = {k: v for k, v in sorted(results.stats.refusals_by_check.items()) if v}
         lines.append("\nverifier refusals by check: " + (", ".join(f"{k} {v}" for k, v in refusals.items()) or "none"))
 
-    lines.append(f"\ntrade-off curve (single-turn + multi-turn; live threshold {results.threshold:.2f}):")
-    lines.append("  threshold | without verifier: hit    trap | with verifier: hit    trap")
+    live = results.policy
+    judged = live.judge and any(o.judge_score is not None for o in outs)
+    lines.append(f"\ntrade-off curve (single-turn + multi-turn; live threshold {live.threshold:.2f}"
+                 + (f", judge gate {live.gate:.2f}, accept {live.accept:g}, veto {live.veto:g}" if judged else "")
+                 + "):")
+    lines.append("  threshold | without verifier: hit    trap | with verifier: hit    trap"
+                 + (" | verifier and judge: hit    trap" if judged else ""))
+    rules_only = dataclasses.replace(live, judge=False)
     for t in curve:
-        plain = rates(outs, [served_at(o, t, verify=False) for o in outs])
-        checked = rates(outs, [served_at(o, t, verify=True) for o in outs])
-        mark = "  <- live" if abs(t - results.threshold) < 1e-9 else ""
-        lines.append(f"  {t:9.2f} |               {_pct(plain.hit)}  {_pct(plain.trap)} |"
-                     f"            {_pct(checked.hit)}  {_pct(checked.trap)}{mark}")
-    mismatched = [o.case.id for o in outs if o.served != served_at(o, results.threshold, verify=True)]
+        plain = rates(outs, [served_at(o, None) and (o.exact or (o.similarity or 0) >= t) for o in outs])
+        checked = rates(outs, [served_at(o, at_threshold(rules_only, t)) for o in outs])
+        row = (f"  {t:9.2f} |               {_pct(plain.hit)}  {_pct(plain.trap)} |"
+               f"            {_pct(checked.hit)}  {_pct(checked.trap)}")
+        if judged:
+            both = rates(outs, [served_at(o, at_threshold(live, t)) for o in outs])
+            row += f" |                  {_pct(both.hit)}  {_pct(both.trap)}"
+        lines.append(row + ("  <- live" if abs(t - live.threshold) < 1e-9 else ""))
+    live_curve = live if judged else rules_only
+    mismatched = [o.case.id for o in outs if o.served != served_at(o, live_curve)]
     if mismatched:
         lines.append(f"  NOTE: the curve disagrees with the live service on {len(mismatched)} cases: "
                      + ", ".join(mismatched[:10]))
@@ -310,8 +346,10 @@ def report(results: Results, curve: Sequence[float] = DEFAULT_CURVE, failures: b
 
 
 @contextlib.contextmanager
-def services(work: Path, threshold: float | None, milvus: str) -> Iterator[tuple[str, str, float]]:
-    """A private Redis, the embedder and the cache (Milvus per `milvus`); yields (cache, embedder, threshold)."""
+def services(work: Path, threshold: float | None, milvus: str, use_judge: bool = True
+             ) -> Iterator[tuple[str, str, Policy]]:
+    """A private Redis, the embedder and the cache (Milvus per `milvus`); yields (cache, embedder, the cache's
+    policy as its settings make it)."""
     from services.cache.settings import CacheSettings
     from weir.kit.config import load
 
@@ -331,12 +369,13 @@ def services(work: Path, threshold: float | None, milvus: str) -> Iterator[tuple
             env["WEIR_MILVUS_URI"] = milvus
         else:
             env["WEIR_MILVUS_URI"] = str(work / "state" / "milvus" / "eval.db")
+        env["WEIR_CACHE_JUDGE"] = env["WEIR_EMBEDDER_JUDGE"] = "true" if use_judge else "false"
         procs.append(supervisor.start("embedder", supervisor.python_module("services.embedder"), env,
                                       log_dir=work / "logs"))
+        env["WEIR_EMBEDDER_ADDR"] = procs[-1].grpc
         procs.append(supervisor.start("cache", supervisor.python_module("services.cache"), env,
                                       log_dir=work / "logs"))
-        live = load(CacheSettings, {**env}).sim_threshold
-        yield procs[-1].grpc, procs[-2].grpc, live
+        yield procs[-1].grpc, procs[-2].grpc, Policy.from_settings(load(CacheSettings, {**env}))
     finally:
         supervisor.stop_all(procs)
         redis.stop()
@@ -351,6 +390,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--milvus", default="lite",
                         help="lite (a Milvus Lite file in a temp dir), server (the bundled Milvus standalone "
                              "started here) or a Milvus URI (collections are namespaced per run)")
+    parser.add_argument("--judge", choices=("on", "off"), default="on",
+                        help="whether the cache asks the embedder's paraphrase judge (WEIR_CACHE_JUDGE; default on)")
     parser.add_argument("--failures", action="store_true", help="list should-hit misses and traps served")
     parser.add_argument("--json", type=Path, default=None, help="also write per-case outcomes as JSON lines")
     args = parser.parse_args(argv)
@@ -358,19 +399,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     cases = load_cases(args.split)
     work = Path(tempfile.mkdtemp(prefix="weir-cache-eval-"))
     try:
-        with services(work, args.threshold, args.milvus) as (cache_addr, embedder_addr, live):
+        with services(work, args.threshold, args.milvus, args.judge == "on") as (cache_addr, embedder_addr, live):
             settle = 0.0 if args.milvus == "lite" else BOUNDED_STALENESS_S
             results = asyncio.run(run_cases(cache_addr, embedder_addr, cases, live, settle))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"cache eval: split={args.split}, milvus={args.milvus}")
+    print(f"cache eval: split={args.split}, milvus={args.milvus}, judge={args.judge}")
     print(report(results, failures=args.failures))
     if args.json is not None:
         with args.json.open("wb") as f:
             for o in results.outcomes:
                 f.write(orjson.dumps({"id": o.case.id, "label": o.case.label, "category": o.case.category,
                                       "served": o.served, "tier": o.tier, "similarity": o.similarity,
-                                      "reason": o.reason}) + b"\n")
+                                      "judge": o.judge_score, "reason": o.reason}) + b"\n")
     return 0
 
 

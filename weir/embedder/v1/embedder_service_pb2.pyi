@@ -20,6 +20,86 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class TextPair(_message.Message):
+    """Two texts to compare."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    A_FIELD_NUMBER: _builtins.int
+    B_FIELD_NUMBER: _builtins.int
+    a: _builtins.str
+    """The first text, e.g. the query; must not be empty or blank."""
+    b: _builtins.str
+    """The second text, e.g. a cached question; must not be empty or blank."""
+    def __init__(
+        self,
+        *,
+        a: _builtins.str = ...,
+        b: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["a", b"a", "b", b"b"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TextPair: _TypeAlias = TextPair  # noqa: Y015
+
+@_typing.final
+class ScorePairsRequest(_message.Message):
+    """Request of ScorePairs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAIRS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def pairs(self) -> _containers.RepeatedCompositeFieldContainer[Global___TextPair]:
+        """The pairs to score; at least one, at most the configured maximum count."""
+
+    def __init__(
+        self,
+        *,
+        pairs: _abc.Iterable[Global___TextPair] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pairs", b"pairs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScorePairsRequest: _TypeAlias = ScorePairsRequest  # noqa: Y015
+
+@_typing.final
+class ScorePairsResponse(_message.Message):
+    """Response of ScorePairs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCORES_FIELD_NUMBER: _builtins.int
+    JUDGE_ID_FIELD_NUMBER: _builtins.int
+    judge_id: _builtins.str
+    """Identifier of the judge that scored (name and checksum prefix)."""
+    @_builtins.property
+    def scores(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Per pair, in request order: probability in [0, 1] that an answer to one text answers the other
+        (the lower of the judge's two readings, a-b and b-a).
+        """
+
+    def __init__(
+        self,
+        *,
+        scores: _abc.Iterable[_builtins.float] | None = ...,
+        judge_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["judge_id", b"judge_id", "scores", b"scores"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScorePairsResponse: _TypeAlias = ScorePairsResponse  # noqa: Y015
+
+@_typing.final
 class EmbedRequest(_message.Message):
     """Request of Embed."""
 
@@ -182,6 +262,7 @@ class GetModelInfoResponse(_message.Message):
     LRU_SIZE_FIELD_NUMBER: _builtins.int
     RUNS_FIELD_NUMBER: _builtins.int
     TEXTS_EMBEDDED_FIELD_NUMBER: _builtins.int
+    JUDGE_ID_FIELD_NUMBER: _builtins.int
     model_id: _builtins.str
     """Model identifier (name and checksum prefix)."""
     dim: _builtins.int
@@ -212,6 +293,8 @@ class GetModelInfoResponse(_message.Message):
     """Model runs so far and texts embedded by them (texts / runs is the mean batch size)."""
     texts_embedded: _builtins.int
     """Texts embedded by model runs so far."""
+    judge_id: _builtins.str
+    """Identifier of the loaded paraphrase judge (ScorePairs); empty when none is loaded."""
     @_builtins.property
     def execution_providers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """ONNX Runtime execution providers in use, in priority order."""
@@ -235,10 +318,11 @@ class GetModelInfoResponse(_message.Message):
         lru_size: _builtins.int = ...,
         runs: _builtins.int = ...,
         texts_embedded: _builtins.int = ...,
+        judge_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checksum", b"checksum", "dim", b"dim", "execution_providers", b"execution_providers", "intra_op_threads", b"intra_op_threads", "lru_hits", b"lru_hits", "lru_misses", b"lru_misses", "lru_size", b"lru_size", "max_batch_size", b"max_batch_size", "max_batch_wait_ms", b"max_batch_wait_ms", "max_seq_length", b"max_seq_length", "model_id", b"model_id", "normalized", b"normalized", "pooling", b"pooling", "runs", b"runs", "source", b"source", "texts_embedded", b"texts_embedded"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checksum", b"checksum", "dim", b"dim", "execution_providers", b"execution_providers", "intra_op_threads", b"intra_op_threads", "judge_id", b"judge_id", "lru_hits", b"lru_hits", "lru_misses", b"lru_misses", "lru_size", b"lru_size", "max_batch_size", b"max_batch_size", "max_batch_wait_ms", b"max_batch_wait_ms", "max_seq_length", b"max_seq_length", "model_id", b"model_id", "normalized", b"normalized", "pooling", b"pooling", "runs", b"runs", "source", b"source", "texts_embedded", b"texts_embedded"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -50,6 +50,11 @@ class EmbedderServiceStub:
                 request_serializer=weir_dot_embedder_dot_v1_dot_embedder__service__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=weir_dot_embedder_dot_v1_dot_embedder__service__pb2.GetModelInfoResponse.FromString,
                 _registered_method=True)
+        self.ScorePairs = channel.unary_unary(
+                '/weir.embedder.v1.EmbedderService/ScorePairs',
+                request_serializer=weir_dot_embedder_dot_v1_dot_embedder__service__pb2.ScorePairsRequest.SerializeToString,
+                response_deserializer=weir_dot_embedder_dot_v1_dot_embedder__service__pb2.ScorePairsResponse.FromString,
+                _registered_method=True)
 
 
 class EmbedderServiceServicer:
@@ -77,6 +82,14 @@ class EmbedderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ScorePairs(self, request, context):
+        """Scores text pairs with the paraphrase judge (a cross-encoder): would one answer serve both questions?
+        FAILED_PRECONDITION (reason JUDGE_NOT_LOADED) when this embedder runs without a judge.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EmbedderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +107,11 @@ def add_EmbedderServiceServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=weir_dot_embedder_dot_v1_dot_embedder__service__pb2.GetModelInfoRequest.FromString,
                     response_serializer=weir_dot_embedder_dot_v1_dot_embedder__service__pb2.GetModelInfoResponse.SerializeToString,
+            ),
+            'ScorePairs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScorePairs,
+                    request_deserializer=weir_dot_embedder_dot_v1_dot_embedder__service__pb2.ScorePairsRequest.FromString,
+                    response_serializer=weir_dot_embedder_dot_v1_dot_embedder__service__pb2.ScorePairsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +196,33 @@ class EmbedderService:
             '/weir.embedder.v1.EmbedderService/GetModelInfo',
             weir_dot_embedder_dot_v1_dot_embedder__service__pb2.GetModelInfoRequest.SerializeToString,
             weir_dot_embedder_dot_v1_dot_embedder__service__pb2.GetModelInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScorePairs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/weir.embedder.v1.EmbedderService/ScorePairs',
+            weir_dot_embedder_dot_v1_dot_embedder__service__pb2.ScorePairsRequest.SerializeToString,
+            weir_dot_embedder_dot_v1_dot_embedder__service__pb2.ScorePairsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,10 @@ class EmbedderServiceStub:
     """Embeds many texts in one call."""
     GetModelInfo: _grpc.UnaryUnaryMultiCallable[_embedder_service_pb2.GetModelInfoRequest, _embedder_service_pb2.GetModelInfoResponse]
     """Describes the loaded model and the execution provider in use."""
+    ScorePairs: _grpc.UnaryUnaryMultiCallable[_embedder_service_pb2.ScorePairsRequest, _embedder_service_pb2.ScorePairsResponse]
+    """Scores text pairs with the paraphrase judge (a cross-encoder): would one answer serve both questions?
+    FAILED_PRECONDITION (reason JUDGE_NOT_LOADED) when this embedder runs without a judge.
+    """
 
 @_typing.type_check_only
 class EmbedderServiceAsyncStub(EmbedderServiceStub):
@@ -51,6 +55,10 @@ class EmbedderServiceAsyncStub(EmbedderServiceStub):
     """Embeds many texts in one call."""
     GetModelInfo: _aio.UnaryUnaryMultiCallable[_embedder_service_pb2.GetModelInfoRequest, _embedder_service_pb2.GetModelInfoResponse]  # type: ignore[assignment]
     """Describes the loaded model and the execution provider in use."""
+    ScorePairs: _aio.UnaryUnaryMultiCallable[_embedder_service_pb2.ScorePairsRequest, _embedder_service_pb2.ScorePairsResponse]  # type: ignore[assignment]
+    """Scores text pairs with the paraphrase judge (a cross-encoder): would one answer serve both questions?
+    FAILED_PRECONDITION (reason JUDGE_NOT_LOADED) when this embedder runs without a judge.
+    """
 
 class EmbedderServiceServicer(metaclass=_abc_1.ABCMeta):
     """Turns text into normalised sentence embeddings."""
@@ -78,5 +86,15 @@ class EmbedderServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_embedder_service_pb2.GetModelInfoResponse, _abc.Awaitable[_embedder_service_pb2.GetModelInfoResponse]]:
         """Describes the loaded model and the execution provider in use."""
+
+    @_abc_1.abstractmethod
+    def ScorePairs(
+        self,
+        request: _embedder_service_pb2.ScorePairsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_embedder_service_pb2.ScorePairsResponse, _abc.Awaitable[_embedder_service_pb2.ScorePairsResponse]]:
+        """Scores text pairs with the paraphrase judge (a cross-encoder): would one answer serve both questions?
+        FAILED_PRECONDITION (reason JUDGE_NOT_LOADED) when this embedder runs without a judge.
+        """
 
 def add_EmbedderServiceServicer_to_server(servicer: EmbedderServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

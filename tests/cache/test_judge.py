@@ -1,0 +1,116 @@
+"""The cache with the embedder's paraphrase judge: real embedder (model and judge), real cache, real embeddings.
+
+The rules alone are tested with synthetic vectors in test_service.py; here the judge overrules a vocabulary
+refusal, never a number, vetoes what the rules wrongly accept, and when it is gone the rules decide alone."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.cache.conftest import Cache, StartCache, chat
+from tests.conftest import StartService
+from weir.embedder.v1 import embedder_service_pb2 as emb_pb
+from weir.embedder.v1 import embedder_service_pb2_grpc as emb_grpc
+from weir.kit import supervisor
+from weir.kit.clients import open_channel
+from weir.kit.redis_local import free_port
+
+Embed = Callable[[str], Awaitable[np.ndarray]]
+
+# The content check refuses it (notebook / laptop, extend / last longer): vocabulary no rule holds.
+STORED, PARAPHRASE = "How can I make my laptop battery last longer?", "tips to extend notebook battery life"
+# A trap the rules accept (up / down read as particles of "drive", said alike on both sides).
+VETOED = ("How should I drive a loaded forklift up a ramp?", "how should i drive a loaded forklift down a ramp")
+
+
+@pytest.fixture
+def embedder(start_service: StartService, model_dir: Path) -> supervisor.Process:
+    return start_service("embedder", {"WEIR_EMBEDDER_MODEL_DIR": str(model_dir)})
+
+
+@pytest.fixture
+async def embed(embedder: supervisor.Process) -> AsyncIterator[Embed]:
+    async with open_channel(embedder.grpc) as channel:
+        stub = emb_grpc.EmbedderServiceStub(channel)
+
+        async def run(text: str) -> np.ndarray:
+            resp = await stub.Embed(emb_pb.EmbedRequest(text=text))
+            return np.frombuffer(resp.embedding.vector, dtype="<f4").copy()
+
+        yield run
+
+
+@pytest.fixture
+async def judged(start_cache: StartCache, embedder: supervisor.Process) -> Cache:
+    return await start_cache({"WEIR_CACHE_JUDGE": "true", "WEIR_EMBEDDER_ADDR": embedder.grpc})
+
+
+async def ask(cache: Cache, embed: Embed, tenant: str, stored: str, query: str) -> tuple[float, str, bool]:
+    """Stores `stored`, looks `query` up; (similarity of the best candidate, reason, hit)."""
+    await cache.store(tenant, chat(stored), f"answer to {stored}", await embed(stored))
+    resp = await cache.semantic(tenant, chat(query), await embed(query))
+    assert resp.candidates, resp.reason
+    return resp.candidates[0].similarity, resp.reason, resp.hit
+
+
+async def test_the_judge_serves_a_paraphrase_the_rules_refuse(judged: Cache, embed: Embed, start_cache: StartCache,
+                                                             embedder: supervisor.Process, tmp_path: Path) -> None:
+    similarity, reason, hit = await ask(judged, embed, "acme", STORED, PARAPHRASE)
+    assert similarity >= 0.7
+    assert hit and reason.startswith("hit: judge ") and "overrules content (" in reason, reason
+    resp = await judged.semantic("acme", chat(PARAPHRASE), await embed(PARAPHRASE))
+    assert resp.answer.content == f"answer to {STORED}"
+    assert resp.candidates[0].verdict == "accepted" and "overrules content" in resp.candidates[0].detail
+    # The kind of question is a check the judge may overrule too ("what is the boiling point" asks "at what
+    # temperature").
+    _, reason, hit = await ask(judged, embed, "globex", "What is the boiling point of water?",
+                               "at what temperature does water boil")
+    assert hit and "overrules intent (" in reason, reason
+    # A paraphrase the embedding scores below the rules' threshold: only with a lower gate for the judge.
+    fly = ("How do I get rid of fruit flies in my kitchen?", "best way to eliminate gnats around the kitchen")
+    similarity, reason, hit = await ask(judged, embed, "initech", *fly)
+    assert 0.6 <= similarity < 0.7 and not hit and reason.startswith("miss: below threshold"), reason
+    lower = await start_cache({"WEIR_CACHE_JUDGE": "true", "WEIR_EMBEDDER_ADDR": embedder.grpc,
+                               "WEIR_CACHE_JUDGE_SIM_THRESHOLD": "0.6", "WEIR_MILVUS_URI": str(tmp_path / "gate.db")})
+    _, reason, hit = await ask(lower, embed, "initech", *fly)
+    assert hit and reason.startswith("hit: judge ") and "overrules content (" in reason, reason
+
+
+async def test_the_judge_never_overrules_a_number(judged: Cache, embed: Embed) -> None:
+    similarity, reason, hit = await ask(judged, embed, "acme", "Cancel my order 48213", "cancel my order 48231")
+    assert similarity > 0.9
+    assert not hit and reason.startswith("refused: numbers (48") and "judge" not in reason
+
+
+async def test_the_judge_vetoes_what_the_rules_wrongly_accept(judged: Cache, embed: Embed) -> None:
+    similarity, reason, hit = await ask(judged, embed, "acme", VETOED[0], VETOED[1])
+    assert similarity >= 0.7
+    assert not hit and reason.startswith("refused: judge (") and "< veto 0.05)" in reason, reason
+    stats = await judged.stats("acme")
+    assert stats.refusals_by_check["judge"] == 1
+
+
+async def test_without_the_judge_the_rules_decide_alone(start_cache: StartCache, embed: Embed, tmp_path: Path,
+                                                        start_service: StartService, model_dir: Path) -> None:
+    def own(name: str) -> dict[str, str]:  # one Milvus Lite file per cache process
+        return {"WEIR_MILVUS_URI": str(tmp_path / f"{name}.db")}
+
+    gone = await start_cache({"WEIR_CACHE_JUDGE": "true", "WEIR_EMBEDDER_ADDR": f"127.0.0.1:{free_port()}",
+                              **own("gone")})
+    _, reason, hit = await ask(gone, embed, "acme", STORED, PARAPHRASE)
+    assert not hit and reason.startswith("refused: content (") and "judge unavailable (UNAVAILABLE)" in reason
+    _, reason, hit = await ask(gone, embed, "globex", "How do I reset my password?", "how do i reset my password")
+    assert hit and reason == "hit"  # what the rules accept is served without the veto
+
+    plain = start_service("embedder", {"WEIR_EMBEDDER_MODEL_DIR": str(model_dir), "WEIR_EMBEDDER_JUDGE": "false"})
+    unloaded = await start_cache({"WEIR_CACHE_JUDGE": "true", "WEIR_EMBEDDER_ADDR": plain.grpc, **own("unloaded")})
+    _, reason, hit = await ask(unloaded, embed, "initech", STORED, PARAPHRASE)
+    assert not hit and "judge not loaded by the embedder" in reason
+
+    off = await start_cache({"WEIR_CACHE_JUDGE": "false", **own("off")})
+    _, reason, hit = await ask(off, embed, "umbrella", STORED, PARAPHRASE)
+    assert not hit and reason.startswith("refused: content (") and "judge" not in reason

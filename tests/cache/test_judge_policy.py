@@ -1,0 +1,94 @@
+"""When the paraphrase judge has a say (services/cache/judge.py Policy): pure, no processes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from services.cache import judge, verifier
+from services.cache import settings as settings_module
+from services.cache.judge import Policy
+from services.cache.settings import CacheSettings
+from weir.kit.config import ConfigError, load
+
+DEFAULTS = Policy.from_settings(load(CacheSettings, {}))
+# A judge's gate below the rules' threshold (the default is the same 0.70), to test that path too.
+POLICY = dataclasses.replace(DEFAULTS, gate=0.60)
+
+# Refused by the content check alone (every other check passes): vocabulary no rule knows.
+VOCAB = ("whats the best way to clear a blocked bathroom basin", "How do I unclog a bathroom sink?")
+# Refused by the numbers check: never the judge's to overrule.
+NUMBERS = ("Cancel my order 48213", "Cancel my order 48231")
+SAME = ("How do I reset my password?", "how do I reset my password")
+
+
+def test_defaults_are_the_documented_ones() -> None:
+    assert (DEFAULTS.threshold, DEFAULTS.judge, DEFAULTS.gate, DEFAULTS.accept, DEFAULTS.veto) == \
+        (0.70, True, 0.70, 0.99, 0.05)
+    assert set(DEFAULTS.overrules) == {"scope", "intent", "order", "entities", "content"}
+    assert [n for n, _ in DEFAULTS.hard_checks] == ["numbers", "units", "dates", "negation", "opposites"]
+    assert DEFAULTS.floor == 0.70
+
+
+def test_below_the_judges_gate_nobody_reads_it() -> None:
+    assert POLICY.read(*VOCAB, similarity=0.55).kind == judge.BELOW
+    assert POLICY.floor == 0.60
+    assert dataclasses.replace(POLICY, judge=False).floor == 0.70
+
+
+def test_a_vocabulary_refusal_goes_to_the_judge_and_a_number_or_an_opposite_never_does() -> None:
+    reading = POLICY.read(*VOCAB, similarity=0.75)
+    assert (reading.kind, reading.verdict.check) == (judge.OVERRULE, "content")
+    numbers = POLICY.read(*NUMBERS, similarity=0.99)
+    assert (numbers.kind, numbers.verdict.check) == (judge.REFUSE, "numbers")
+    opposite = POLICY.read("how can i raise the seat on my motorbike", "How do I lower my motorcycle's seat height?",
+                           similarity=0.8)
+    assert (opposite.kind, opposite.verdict.check) == (judge.REFUSE, "opposites")
+    # Between the judge's gate and the rules' threshold only the judge can serve it.
+    assert POLICY.read(*SAME, similarity=0.65).kind == judge.OVERRULE
+    assert dataclasses.replace(POLICY, judge=False).read(*VOCAB, similarity=0.75).kind == judge.REFUSE
+
+
+@pytest.mark.parametrize(("score", "served", "check"), [
+    (0.995, True, "accepted"), (0.99, True, "accepted"), (0.98, False, "content"), (None, False, "content")])
+def test_the_judge_overrules_at_accept(score: float | None, served: bool, check: str) -> None:
+    reading = POLICY.read(*VOCAB, similarity=0.75)
+    ok, verdict = POLICY.settle(reading, 0.75, score, "unavailable (UNAVAILABLE)")
+    assert (ok, verdict.check) == (served, check)
+    if score is not None and not served:
+        assert verdict.detail.endswith(f"; judge {score:.3f} < 0.99")
+    if score is None:
+        assert "judge unavailable (UNAVAILABLE)" in verdict.detail
+    elif served:
+        assert verdict.detail.startswith(f"judge {score:.3f} overrules content (")
+
+
+def test_what_the_rules_accept_is_served_unless_the_judge_vetoes_it() -> None:
+    reading = POLICY.read(*SAME, similarity=0.97)
+    assert reading.kind == judge.VETO
+    assert POLICY.settle(reading, 0.97, 0.5)[0]
+    assert POLICY.settle(reading, 0.97, None, "slower than 250 ms")[0]  # no judge: the rules decide alone
+    refused, verdict = POLICY.settle(reading, 0.97, 0.01)
+    assert not refused and verdict.check == "judge" and verdict.detail == "0.010 < veto 0.05"
+    assert dataclasses.replace(POLICY, veto=0.0).read(*SAME, similarity=0.97).kind == judge.SERVE
+
+
+def test_below_the_rules_threshold_the_judge_must_vouch() -> None:
+    reading = POLICY.read(*SAME, similarity=0.65)
+    ok, verdict = POLICY.settle(reading, 0.65, 0.5)
+    assert not ok and verdict.check == "judge" and "similarity 0.650 < 0.700" in verdict.detail
+    ok, verdict = POLICY.settle(reading, 0.65, 0.995)
+    assert ok and "vouches below the similarity threshold" in verdict.detail
+
+
+def test_settings_refuse_unknown_checks_and_crossed_thresholds() -> None:
+    with pytest.raises(ConfigError) as err:
+        load(CacheSettings, {"WEIR_CACHE_JUDGE_OVERRULES": "numbers,vibes", "WEIR_CACHE_JUDGE_VETO": "0.995"})
+    assert "WEIR_CACHE_JUDGE_OVERRULES: unknown checks vibes" in str(err.value)
+    assert "0 <= veto <= accept <= 1" in str(err.value)
+    assert load(CacheSettings, {"WEIR_CACHE_JUDGE_OVERRULES": "content"}).judge_overrules == ("content",)
+
+
+def test_the_settings_know_every_check_of_the_verifier() -> None:
+    assert settings_module._CHECKS == verifier.CHECK_NAMES

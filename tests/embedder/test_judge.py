@@ -1,0 +1,86 @@
+"""The embedder's paraphrase judge (ScorePairs) as a real process: scores, symmetry, errors, model info."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.conftest import StartService
+from tests.embedder.conftest import Connect
+from weir.embedder.v1 import embedder_service_pb2 as pb
+from weir.kit import supervisor
+from weir.kit.config import default_judge_dir
+from weir.kit.errors import parse_rpc_error
+from weir.model.manifest import read_manifest
+
+PARAPHRASES = [
+    ("How do I unclog a bathroom sink?", "whats the best way to clear a blocked bathroom basin"),
+    ("What is the boiling point of water?", "at what temperature does water boil"),
+    ("How can I make my laptop battery last longer?", "tips to extend notebook battery life"),
+]
+TRAPS = [
+    ("How do I convert a PDF to Word?", "How do I convert a Word document to PDF?"),
+    ("Is it safe to take ibuprofen with alcohol?", "Is it safe to take ibuprofen without food?"),
+    ("How do I enable two-factor authentication?", "How do I disable two-factor authentication?"),
+]
+
+
+def pairs(items: list[tuple[str, str]]) -> list[pb.TextPair]:
+    return [pb.TextPair(a=a, b=b) for a, b in items]
+
+
+async def test_paraphrases_score_high_and_traps_low(connect: Connect) -> None:
+    stub = await connect()
+    resp = await stub.ScorePairs(pb.ScorePairsRequest(pairs=pairs(PARAPHRASES + TRAPS)))
+    assert len(resp.scores) == len(PARAPHRASES) + len(TRAPS)
+    paraphrases, traps = resp.scores[:len(PARAPHRASES)], resp.scores[len(PARAPHRASES):]
+    assert min(paraphrases) >= 0.9, list(resp.scores)
+    assert max(traps) < 0.1, list(resp.scores)
+    assert resp.judge_id == read_manifest(default_judge_dir()).model_id
+    # One score per pair whichever side comes first (the lower of the two readings), alone or batched.
+    swapped = await stub.ScorePairs(pb.ScorePairsRequest(pairs=pairs([(b, a) for a, b in PARAPHRASES + TRAPS])))
+    assert list(swapped.scores) == pytest.approx(list(resp.scores), abs=1e-5)
+    alone = await stub.ScorePairs(pb.ScorePairsRequest(pairs=pairs(TRAPS[:1])))
+    assert alone.scores[0] == pytest.approx(resp.scores[len(PARAPHRASES)], abs=1e-5)
+    info = await stub.GetModelInfo(pb.GetModelInfoRequest())
+    assert info.judge_id == resp.judge_id
+
+
+async def test_bad_pairs_get_invalid_argument_with_the_field(connect: Connect) -> None:
+    stub = await connect(max_pairs="2")
+    cases = [
+        (pb.ScorePairsRequest(), "EMPTY_BATCH", "pairs"),
+        (pb.ScorePairsRequest(pairs=pairs([("a b", "c d")] * 3)), "TOO_MANY_PAIRS", "pairs"),
+        (pb.ScorePairsRequest(pairs=[pb.TextPair(a="fine", b="  ")]), "INVALID_TEXTS", "pairs[0].b"),
+    ]
+    for request, reason, field in cases:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.ScorePairs(request)
+        err = parse_rpc_error(info.value)
+        assert err.code == grpc.StatusCode.INVALID_ARGUMENT and err.reason == reason
+        assert field in [f for f, _ in err.field_violations]
+
+
+async def test_without_the_judge_score_pairs_says_so(connect: Connect) -> None:
+    stub = await connect(judge="false")
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.ScorePairs(pb.ScorePairsRequest(pairs=pairs(PARAPHRASES[:1])))
+    err = parse_rpc_error(info.value)
+    assert err.code == grpc.StatusCode.FAILED_PRECONDITION and err.reason == "JUDGE_NOT_LOADED"
+    assert (await stub.GetModelInfo(pb.GetModelInfoRequest())).judge_id == ""
+    assert len((await stub.Embed(pb.EmbedRequest(text="still embeds"))).embedding.vector) == 384 * 4
+
+
+def test_a_missing_judge_fails_start_up_naming_make_model(start_service: StartService, model_dir: Path,
+                                                         tmp_path: Path) -> None:
+    with pytest.raises(supervisor.StartError) as info:
+        start_service("embedder", {"WEIR_EMBEDDER_MODEL_DIR": str(model_dir), "WEIR_EMBEDDER_PORT": "0",
+                                   "WEIR_EMBEDDER_JUDGE_DIR": str(tmp_path / "nowhere")})
+    assert "paraphrase judge" in str(info.value) and "make model" in str(info.value)
+    # The embedding model's directory is not a judge.
+    with pytest.raises(supervisor.StartError) as info:
+        start_service("embedder", {"WEIR_EMBEDDER_MODEL_DIR": str(model_dir), "WEIR_EMBEDDER_PORT": "0",
+                                   "WEIR_EMBEDDER_JUDGE_DIR": str(model_dir)})
+    assert "holds a 'embedding' model, not a 'pair-judge' one" in str(info.value)

