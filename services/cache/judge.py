@@ -10,7 +10,7 @@ once. The cache asks it about the candidates the rules leave open, in one call p
   when the judge scores it at least `WEIR_CACHE_JUDGE_ACCEPT` (0.99); a lower similarity gate for the judge
   (`WEIR_CACHE_JUDGE_SIM_THRESHOLD` below the rules' 0.70) lets it read paraphrases the embedding scores low;
 - a candidate the rules accept is refused when the judge scores it below `WEIR_CACHE_JUDGE_VETO` (0.05;
-  0 turns the veto off).
+  0 turns the veto off), unless both texts normalise alike (case, punctuation, spacing): the same question.
 
 The defaults were chosen on splits the judge was not trained on (docs/cache.md, "The paraphrase judge").
 
@@ -36,6 +36,7 @@ from weir.embedder.v1 import embedder_service_pb2 as embedder_pb
 from weir.embedder.v1 import embedder_service_pb2_grpc as embedder_grpc
 from weir.kit.clients import open_channel
 from weir.kit.errors import parse_rpc_error
+from weir.kit.lru import LruCache, text_key
 
 log = logging.getLogger("weir.cache.judge")
 
@@ -87,7 +88,9 @@ class Policy:
             return Reading(BELOW, verifier.Verdict(False, "below_threshold", f"{similarity:.3f} < {self.floor:.3f}"))
         verdict = verifier.verify(query, stored)
         if verdict.ok and similarity >= self.threshold:
-            return Reading(VETO if self.judge and self.veto > 0 else SERVE, verdict)
+            # Texts that normalise alike are the same question: nothing for the judge to veto.
+            vetoable = self.judge and self.veto > 0 and verdict.detail != verifier.IDENTICAL
+            return Reading(VETO if vetoable else SERVE, verdict)
         may_overrule = verdict.ok or (verdict.check in self.overrules
                                       and verifier.verify(query, stored, self.hard_checks).ok)
         if self.judge and may_overrule:
@@ -130,11 +133,16 @@ class Scores:
 
 
 class JudgeClient:
-    """ScorePairs on the embedder, with a deadline and a back-off after failures."""
+    """ScorePairs on the embedder, with a deadline, a back-off after failures, and an LRU of recent scores.
 
-    def __init__(self, addr: str, timeout_s: float) -> None:
+    The LRU (`WEIR_CACHE_JUDGE_LRU` pairs) spares the hop and the model run when the same question meets the
+    same cached one again, which is what a popular paraphrase does."""
+
+    def __init__(self, addr: str, timeout_s: float, lru_size: int = 4096) -> None:
         self.addr = addr
         self.timeout_s = timeout_s
+        self._lru: LruCache[float] = LruCache(lru_size)
+        self._judge_id = ""
         self._channel: grpc.aio.Channel | None = None
         self._stub: embedder_grpc.EmbedderServiceStub | None = None
         self._down_until = 0.0
@@ -147,10 +155,16 @@ class JudgeClient:
         return self._stub
 
     async def score(self, pairs: Sequence[tuple[str, str]]) -> Scores:
+        keys = [text_key(f"{a}\x00{b}") for a, b in pairs]
+        known = [self._lru.get(k) for k in keys]
+        missing = [i for i, v in enumerate(known) if v is None]
+        if not missing:
+            return Scores(tuple(v for v in known if v is not None), self._judge_id)
         now = time.monotonic()
         if now < self._down_until:
             return Scores(unavailable=self._down_reason)
-        request = embedder_pb.ScorePairsRequest(pairs=[embedder_pb.TextPair(a=a, b=b) for a, b in pairs])
+        request = embedder_pb.ScorePairsRequest(pairs=[embedder_pb.TextPair(a=pairs[i][0], b=pairs[i][1])
+                                                       for i in missing])
         try:
             call = cast("Awaitable[embedder_pb.ScorePairsResponse]",
                         self._client().ScorePairs(request, timeout=self.timeout_s))
@@ -168,9 +182,14 @@ class JudgeClient:
                 log.warning("judge unavailable: the verifier's rules decide alone",
                             extra={"reason": reason, "error": err.message, "retry_s": RETRY_S})
             return Scores(unavailable=reason)
-        if len(resp.scores) != len(pairs):
-            return Scores(unavailable=f"answered {len(resp.scores)} scores for {len(pairs)} pairs")
-        return Scores(tuple(resp.scores), resp.judge_id)
+        if len(resp.scores) != len(missing):
+            return Scores(unavailable=f"answered {len(resp.scores)} scores for {len(missing)} pairs")
+        self._judge_id = resp.judge_id
+        scores = list(known)
+        for i, score in zip(missing, resp.scores, strict=True):
+            scores[i] = score
+            self._lru.put(keys[i], score)
+        return Scores(tuple(v for v in scores if v is not None), resp.judge_id)
 
     async def close(self) -> None:
         if self._channel is not None:

@@ -135,7 +135,8 @@ class CacheService(pb_grpc.CacheServiceServicer):
                                settings.redis_retry_after_s)
         self.semantic = SemanticTier(settings)
         verifier.set_analysis_cache(settings.verifier_cache_texts)
-        self.judge = JudgeClient(settings.embedder_addr, settings.judge_timeout_s) if settings.judge else None
+        self.judge = JudgeClient(settings.embedder_addr, settings.judge_timeout_s, settings.judge_lru) \
+            if settings.judge else None
         self.policy = judge.Policy.from_settings(settings)
         self._counters: dict[str, Counters] = {}
         self._maintenance: asyncio.Task[None] | None = None

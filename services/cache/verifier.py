@@ -42,6 +42,8 @@ from functools import lru_cache
 from services.cache import lexicon as lx
 
 ACCEPTED = "accepted"
+#: The detail of a verdict on two texts that normalise alike (case, punctuation, spacing).
+IDENTICAL = "identical"
 
 #: Content words one side may add that the other lacks ("is [drinking] coffee bad for you").
 MAX_ADDED_WORDS = 1
@@ -1192,7 +1194,7 @@ def verify(query: str, stored: str, checks: Sequence[tuple[str, Check]] = CHECKS
     if not q.normalized or not s.normalized:
         return Verdict(False, "empty", "no question text")
     if q.normalized == s.normalized:
-        return Verdict(True, ACCEPTED, "identical")
+        return Verdict(True, ACCEPTED, IDENTICAL)
     for _, check in checks:
         verdict = check(q, s)
         if not verdict.ok:

@@ -10,7 +10,6 @@ import grpc
 
 from services.embedder.batcher import Embedded, MicroBatcher
 from services.embedder.engine import Engine, EngineOptions, Judge
-from services.embedder.lru import LruCache, text_key
 from services.embedder.settings import EmbedderSettings
 from weir.common.v1 import types_pb2
 from weir.embedder.v1 import embedder_service_pb2 as pb
@@ -18,6 +17,7 @@ from weir.embedder.v1 import embedder_service_pb2_grpc as pb_grpc
 from weir.kit import metrics, telemetry
 from weir.kit import semconv as sc
 from weir.kit.errors import WeirError, invalid_argument
+from weir.kit.lru import LruCache, text_key
 
 log = logging.getLogger("weir.embedder")
 

@@ -80,6 +80,15 @@ async def test_the_judge_serves_a_paraphrase_the_rules_refuse(judged: Cache, emb
     assert hit and reason.startswith("hit: judge ") and "overrules content (" in reason, reason
 
 
+async def test_a_pair_judged_once_is_not_judged_again(judged: Cache, embed: Embed,
+                                                      embedder: supervisor.Process) -> None:
+    await ask(judged, embed, "acme", STORED, PARAPHRASE)
+    v = await embed(PARAPHRASE)
+    embedder.stop()  # the judge is gone: only the cache's LRU of recent scores can answer now
+    resp = await judged.semantic("acme", chat(PARAPHRASE), v)
+    assert resp.hit and resp.reason.startswith("hit: judge "), resp.reason
+
+
 async def test_the_judge_never_overrules_a_number(judged: Cache, embed: Embed) -> None:
     similarity, reason, hit = await ask(judged, embed, "acme", "Cancel my order 48213", "cancel my order 48231")
     assert similarity > 0.9

@@ -20,7 +20,7 @@ POLICY = dataclasses.replace(DEFAULTS, gate=0.60)
 VOCAB = ("whats the best way to clear a blocked bathroom basin", "How do I unclog a bathroom sink?")
 # Refused by the numbers check: never the judge's to overrule.
 NUMBERS = ("Cancel my order 48213", "Cancel my order 48231")
-SAME = ("How do I reset my password?", "how do I reset my password")
+SAME = ("How do I reset my password?", "how can I reset my password")
 
 
 def test_defaults_are_the_documented_ones() -> None:
@@ -72,6 +72,9 @@ def test_what_the_rules_accept_is_served_unless_the_judge_vetoes_it() -> None:
     refused, verdict = POLICY.settle(reading, 0.97, 0.01)
     assert not refused and verdict.check == "judge" and verdict.detail == "0.010 < veto 0.05"
     assert dataclasses.replace(POLICY, veto=0.0).read(*SAME, similarity=0.97).kind == judge.SERVE
+    # The same text but for case and punctuation: nothing to veto.
+    identical = POLICY.read("What is the capital of Kenya?", "what is the capital of kenya", similarity=0.91)
+    assert (identical.kind, identical.verdict.detail) == (judge.SERVE, "identical")
 
 
 def test_below_the_rules_threshold_the_judge_must_vouch() -> None:

@@ -22,8 +22,8 @@ from services.embedder.engine import (
     plan_runs,
     provider_candidates,
 )
-from services.embedder.lru import LruCache
 from weir.kit.errors import WeirError
+from weir.kit.lru import LruCache
 from weir.model.export import CHECK_SENTENCES, cpu_session, verify
 from weir.model.manifest import MODEL_FILE, TOKENIZER_FILE, ModelDirError, read_manifest
 from weir.model.tokenization import TextEncoder

