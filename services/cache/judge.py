@@ -15,8 +15,8 @@ once. The cache asks it about the candidates the rules leave open, in one call p
 The defaults were chosen on splits the judge was not trained on (docs/cache.md, "The paraphrase judge").
 
 When the judge is off, not loaded by the embedder, slow or unreachable, the rules decide alone (a lookup
-never waits longer than `WEIR_CACHE_JUDGE_TIMEOUT_S` for it, and after a failure it is not asked again for
-`RETRY_S`), and the lookup's reason says so.
+never waits longer than `WEIR_CACHE_JUDGE_TIMEOUT_S` for it, and once it is found unreachable or not loaded it
+is not asked again for `RETRY_S`), and the lookup's reason says so.
 """
 
 from __future__ import annotations
@@ -177,7 +177,9 @@ class JudgeClient:
                 reason = f"slower than {self.timeout_s * 1000:.0f} ms"
             else:
                 reason = f"unavailable ({err.code.name})"
-            if err.code != grpc.StatusCode.INVALID_ARGUMENT:  # a bad pair says nothing about the judge
+            # A bad pair says nothing about the judge, and a slow answer only about this lookup: only a judge
+            # that is gone or not loaded is left alone for a while.
+            if err.code not in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.DEADLINE_EXCEEDED):
                 self._down_until, self._down_reason = now + RETRY_S, reason
                 log.warning("judge unavailable: the verifier's rules decide alone",
                             extra={"reason": reason, "error": err.message, "retry_s": RETRY_S})

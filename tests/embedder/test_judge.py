@@ -13,7 +13,8 @@ from weir.embedder.v1 import embedder_service_pb2 as pb
 from weir.kit import supervisor
 from weir.kit.config import default_judge_dir
 from weir.kit.errors import parse_rpc_error
-from weir.model.manifest import read_manifest
+from weir.model import judge_train
+from weir.model.manifest import read_manifest, sha256_file
 
 PARAPHRASES = [
     ("How do I unclog a bathroom sink?", "whats the best way to clear a blocked bathroom basin"),
@@ -88,3 +89,13 @@ def test_a_missing_judge_fails_start_up_naming_make_model(start_service: StartSe
         start_service("embedder", {"WEIR_EMBEDDER_MODEL_DIR": str(model_dir), "WEIR_EMBEDDER_PORT": "0",
                                    "WEIR_EMBEDDER_JUDGE_DIR": str(model_dir)})
     assert "holds a 'embedding' model, not a 'pair-judge' one" in str(info.value)
+
+
+def test_the_committed_adapter_was_trained_on_the_committed_pairs() -> None:
+    # Reproducible from the data: `make judge` after a change to services/cache/eval/pairs.jsonl.
+    meta, state = judge_train.read_adapter()
+    rows = [r for r in judge_train.load_pairs() if r["split"] not in meta["held_out"]]
+    assert meta["data_sha256"] == judge_train.data_digest(rows), "pairs changed since the adapter was trained"
+    assert meta["pairs"] == len(rows) and meta["held_out"] == list(judge_train.DEFAULT_HOLD_OUT)
+    assert sum(v.size for v in state.values()) < 1_000_000  # an adapter, not a model
+    assert read_manifest(default_judge_dir()).adapter == sha256_file(judge_train.ADAPTER)  # and it is exported

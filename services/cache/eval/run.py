@@ -370,6 +370,9 @@ def services(work: Path, threshold: float | None, milvus: str, use_judge: bool =
         else:
             env["WEIR_MILVUS_URI"] = str(work / "state" / "milvus" / "eval.db")
         env["WEIR_CACHE_JUDGE"] = env["WEIR_EMBEDDER_JUDGE"] = "true" if use_judge else "false"
+        # Decisions, not latency: eight lookups at once on two cores may keep the judge longer than the
+        # service's default deadline, and a lookup that stops waiting would be decided by the rules alone.
+        env["WEIR_CACHE_JUDGE_TIMEOUT_S"] = "10"
         procs.append(supervisor.start("embedder", supervisor.python_module("services.embedder"), env,
                                       log_dir=work / "logs"))
         env["WEIR_EMBEDDER_ADDR"] = procs[-1].grpc
