@@ -66,11 +66,18 @@ class Policy:
     accept: float  # score at or above which the judge overrules a refusal by one of `overrules`
     veto: float  # score below which the judge refuses what the rules accept; 0: never
     overrules: tuple[str, ...]  # checks the judge may overrule
+    reading: str = "stored_first"  # how the judge reads a pair: "stored_first" or "both" (the lower)
 
     @classmethod
     def from_settings(cls, st: CacheSettings) -> Policy:
         return cls(threshold=st.sim_threshold, judge=st.judge, gate=st.judge_sim_threshold,
-                   accept=st.judge_accept, veto=st.judge_veto, overrules=st.judge_overrules)
+                   accept=st.judge_accept, veto=st.judge_veto, overrules=st.judge_overrules,
+                   reading=st.judge_reading)
+
+    @property
+    def pair_reading(self) -> embedder_pb.PairReading.ValueType:
+        """`reading` as ScorePairsRequest.reading (pairs are sent as (question, cached question))."""
+        return embedder_pb.PAIR_READING_B_FIRST if self.reading == "stored_first" else embedder_pb.PAIR_READING_BOTH
 
     @cached_property
     def hard_checks(self) -> tuple[tuple[str, verifier.Check], ...]:
@@ -138,9 +145,11 @@ class JudgeClient:
     The LRU (`WEIR_CACHE_JUDGE_LRU` pairs) spares the hop and the model run when the same question meets the
     same cached one again, which is what a popular paraphrase does."""
 
-    def __init__(self, addr: str, timeout_s: float, lru_size: int = 4096) -> None:
+    def __init__(self, addr: str, timeout_s: float, lru_size: int = 4096,
+                 reading: embedder_pb.PairReading.ValueType = embedder_pb.PAIR_READING_BOTH) -> None:
         self.addr = addr
         self.timeout_s = timeout_s
+        self.reading = reading
         self._lru: LruCache[float] = LruCache(lru_size)
         self._judge_id = ""
         self._channel: grpc.aio.Channel | None = None
@@ -164,7 +173,7 @@ class JudgeClient:
         if now < self._down_until:
             return Scores(unavailable=self._down_reason)
         request = embedder_pb.ScorePairsRequest(pairs=[embedder_pb.TextPair(a=pairs[i][0], b=pairs[i][1])
-                                                       for i in missing])
+                                                       for i in missing], reading=self.reading)
         try:
             call = cast("Awaitable[embedder_pb.ScorePairsResponse]",
                         self._client().ScorePairs(request, timeout=self.timeout_s))

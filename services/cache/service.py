@@ -135,9 +135,9 @@ class CacheService(pb_grpc.CacheServiceServicer):
                                settings.redis_retry_after_s)
         self.semantic = SemanticTier(settings)
         verifier.set_analysis_cache(settings.verifier_cache_texts)
-        self.judge = JudgeClient(settings.embedder_addr, settings.judge_timeout_s, settings.judge_lru) \
-            if settings.judge else None
         self.policy = judge.Policy.from_settings(settings)
+        self.judge = JudgeClient(settings.embedder_addr, settings.judge_timeout_s, settings.judge_lru,
+                                 self.policy.pair_reading) if settings.judge else None
         self._counters: dict[str, Counters] = {}
         self._maintenance: asyncio.Task[None] | None = None
         self._entries_at = 0.0

@@ -94,6 +94,10 @@ class CacheSettings:
              "and WEIR_CACHE_SIM_THRESHOLD counts: the judge reads paraphrases the embedding scores lower)")
     judge_timeout_s: float = env("WEIR_CACHE_JUDGE_TIMEOUT_S", 0.25,
                                  help="longest a lookup waits for the judge; then the rules decide alone")
+    judge_reading: str = env(
+        "WEIR_CACHE_JUDGE_READING", "stored_first",
+        help="stored_first: the judge reads the cached question first (one model run per pair); both: the lower "
+             "of its two readings (question first too: two runs)")
     judge_lru: int = env("WEIR_CACHE_JUDGE_LRU", 4096,
                          help="recent (question, cached question) scores kept; 0: ask the judge every time")
     hnsw_ef: int = env("WEIR_CACHE_HNSW_EF", 128,
@@ -141,6 +145,8 @@ class CacheSettings:
             problems.append("WEIR_CACHE_JUDGE_VETO and WEIR_CACHE_JUDGE_ACCEPT must satisfy 0 <= veto <= accept <= 1")
         if not 0.0 < self.judge_sim_threshold <= 1.0:
             problems.append("WEIR_CACHE_JUDGE_SIM_THRESHOLD must be in (0, 1]")
+        if self.judge_reading not in ("both", "stored_first"):
+            problems.append("WEIR_CACHE_JUDGE_READING must be both or stored_first")
         if self.judge_lru < 0:
             problems.append("WEIR_CACHE_JUDGE_LRU must be >= 0")
         if self.judge_timeout_s <= 0:

@@ -255,17 +255,24 @@ class Judge(Engine):
     KIND = "pair-judge"
     WHAT, SETTING = "paraphrase judge", "WEIR_EMBEDDER_JUDGE_DIR"
 
-    def score(self, pairs: Sequence[tuple[str, str]], solo: bool = False) -> npt.NDArray[np.float32]:
-        """Per pair, the lower of the judge's two readings (a-b, b-a): it is not symmetric by construction."""
-        session = self._solo_session if solo and self._solo_session is not None else self.session
-        both = [*pairs, *((b, a) for a, b in pairs)]
-        encodings = self.encoder.tokenize_pairs(both)
-        scores = np.empty(len(both), dtype=np.float32)
+    def score(self, pairs: Sequence[tuple[str, str]], both_readings: bool = True) -> npt.NDArray[np.float32]:
+        """Per pair, the lower of the judge's two readings (a-b, b-a: it is not symmetric by construction), or
+        with `both_readings` false only the reading b-a (one run per pair)."""
+        if not both_readings:
+            return self._readings([(b, a) for a, b in pairs])
+        scores = self._readings([*pairs, *((b, a) for a, b in pairs)])
+        return np.minimum(scores[:len(pairs)], scores[len(pairs):])
+
+    def _readings(self, ordered: Sequence[tuple[str, str]]) -> npt.NDArray[np.float32]:
+        """The judge's score of each (first, second) as given."""
+        session = self.session
+        encodings = self.encoder.tokenize_pairs(ordered)
+        scores = np.empty(len(ordered), dtype=np.float32)
         for run in plan_runs([len(e.ids) for e in encodings]):
             batch = self.encoder.pack([encodings[i] for i in run])
             out = session.run([self.output_name], batch.inputs(self.input_names))[0]
             scores[run] = np.asarray(out, dtype=np.float32).reshape(-1)
-        return np.minimum(scores[:len(pairs)], scores[len(pairs):])
+        return scores
 
 
 def _graph_input_names(path: Path) -> list[str]:

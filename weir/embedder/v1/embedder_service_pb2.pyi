@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from weir.common.v1 import types_pb2 as _types_pb2
 import builtins as _builtins
 import sys
@@ -18,6 +19,30 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _PairReading:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PairReadingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PairReading.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PAIR_READING_UNSPECIFIED: _PairReading.ValueType  # 0
+    """The default: both readings, (a, b) and (b, a), and the lower of the two."""
+    PAIR_READING_BOTH: _PairReading.ValueType  # 1
+    """Both readings, the lower of the two (as UNSPECIFIED)."""
+    PAIR_READING_B_FIRST: _PairReading.ValueType  # 2
+    """Only the reading that puts b first: one model run per pair instead of two."""
+
+class PairReading(_PairReading, metaclass=_PairReadingEnumTypeWrapper):
+    """Which of the judge's readings of a pair make its score."""
+
+PAIR_READING_UNSPECIFIED: PairReading.ValueType  # 0
+"""The default: both readings, (a, b) and (b, a), and the lower of the two."""
+PAIR_READING_BOTH: PairReading.ValueType  # 1
+"""Both readings, the lower of the two (as UNSPECIFIED)."""
+PAIR_READING_B_FIRST: PairReading.ValueType  # 2
+"""Only the reading that puts b first: one model run per pair instead of two."""
+Global___PairReading: _TypeAlias = PairReading  # noqa: Y015
 
 @_typing.final
 class TextPair(_message.Message):
@@ -52,6 +77,9 @@ class ScorePairsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PAIRS_FIELD_NUMBER: _builtins.int
+    READING_FIELD_NUMBER: _builtins.int
+    reading: Global___PairReading.ValueType
+    """Which readings make each score (default: both, the lower)."""
     @_builtins.property
     def pairs(self) -> _containers.RepeatedCompositeFieldContainer[Global___TextPair]:
         """The pairs to score; at least one, at most the configured maximum count."""
@@ -60,10 +88,11 @@ class ScorePairsRequest(_message.Message):
         self,
         *,
         pairs: _abc.Iterable[Global___TextPair] | None = ...,
+        reading: Global___PairReading.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["pairs", b"pairs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pairs", b"pairs", "reading", b"reading"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -82,7 +111,7 @@ class ScorePairsResponse(_message.Message):
     @_builtins.property
     def scores(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """Per pair, in request order: probability in [0, 1] that an answer to one text answers the other
-        (the lower of the judge's two readings, a-b and b-a).
+        (by default the lower of the judge's two readings, a-b and b-a; see ScorePairsRequest.reading).
         """
 
     def __init__(
