@@ -263,6 +263,16 @@ class CacheService(pb_grpc.CacheServiceServicer):
         refused: tuple[float, verifier.Verdict] | None = None
         #: Candidates the judge has a say on, best first.
         pending: list[tuple[Candidate, pb.SemanticCandidate, judge.Reading]] = []
+
+        def refuse(cand: Candidate, verdict: verifier.Verdict) -> None:
+            """Counts a refusal; the most similar refused candidate names the reason (and gives the preview)."""
+            nonlocal refused
+            self._count_refusal(counters, verdict.check)
+            if refused is None or refused[0] < cand.similarity:
+                refused = (cand.similarity, verdict)
+                if request.include_preview:
+                    out.preview.ParseFromString(cand.answer)
+
         for cand in candidates:
             item = out.candidates.add(entry_id=cand.entry_id, similarity=cand.similarity, question=cand.question)
             reading = policy.read(question, cand.question, cand.similarity)
@@ -273,11 +283,7 @@ class CacheService(pb_grpc.CacheServiceServicer):
             if reading.kind in (judge.VETO, judge.OVERRULE):
                 pending.append((cand, item, reading))
             elif reading.kind == judge.REFUSE:
-                self._count_refusal(counters, verdict.check)
-                if refused is None:
-                    refused = (cand.similarity, verdict)
-                    if request.include_preview:
-                        out.preview.ParseFromString(cand.answer)
+                refuse(cand, verdict)
         if pending and self.judge is not None:
             scores = await self.judge.score([(question, cand.question) for cand, _, _ in pending])
             telemetry.set_attributes({sc.WEIR_CACHE_JUDGE: scores.judge_id or scores.unavailable,
@@ -289,11 +295,7 @@ class CacheService(pb_grpc.CacheServiceServicer):
                 if served:
                     return self._serve(out, cand, counters,
                                        "hit" if reading.kind == judge.VETO else f"hit: {verdict.detail}")
-                self._count_refusal(counters, verdict.check)
-                if refused is None or refused[0] < cand.similarity:
-                    refused = (cand.similarity, verdict)
-                    if request.include_preview:
-                        out.preview.ParseFromString(cand.answer)
+                refuse(cand, verdict)
         counters.misses += 1
         if refused is not None:
             out.similarity = refused[0]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,10 +20,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
+from tokenizers import Encoding
 
 from weir.kit.config import cache_home
 from weir.model.manifest import MODEL_FILE, TOKENIZER_FILE, Manifest, ModelDirError, read_manifest
-from weir.model.tokenization import TextEncoder
+from weir.model.tokenization import EncodedBatch, TextEncoder
 
 log = logging.getLogger("weir.embedder.engine")
 
@@ -170,17 +171,20 @@ class Engine:
         `solo`: no other run is going on, so this one may use every core.
         """
         session = self._solo_session if solo and self._solo_session is not None else self.session
-        encodings = self.encoder.tokenize(texts)
         vectors = np.empty((len(texts), self.dim), dtype=np.float32)
         counts = [0] * len(texts)
         truncated = [False] * len(texts)
-        for run in plan_runs([len(e.ids) for e in encodings]):
-            batch = self.encoder.pack([encodings[i] for i in run])
+        for run, batch in self._batches(self.encoder.tokenize(texts)):
             vectors[run] = self._run(session, batch.inputs(self.input_names))
             for row, i in enumerate(run):
                 counts[i] = batch.token_counts[row]
                 truncated[i] = batch.truncated[row]
         return Embeddings(vectors, counts, truncated)
+
+    def _batches(self, encodings: Sequence[Encoding]) -> Iterator[tuple[list[int], EncodedBatch]]:
+        """(indices, padded batch) of each model run, similar lengths together (`plan_runs`)."""
+        for run in plan_runs([len(e.ids) for e in encodings]):
+            yield run, self.encoder.pack([encodings[i] for i in run])
 
     def _run(self, session: ort.InferenceSession, feed: dict[str, Any]) -> FloatMatrix:
         out = session.run([self.output_name], feed)[0]
@@ -265,12 +269,9 @@ class Judge(Engine):
 
     def _readings(self, ordered: Sequence[tuple[str, str]]) -> npt.NDArray[np.float32]:
         """The judge's score of each (first, second) as given."""
-        session = self.session
-        encodings = self.encoder.tokenize_pairs(ordered)
         scores = np.empty(len(ordered), dtype=np.float32)
-        for run in plan_runs([len(e.ids) for e in encodings]):
-            batch = self.encoder.pack([encodings[i] for i in run])
-            out = session.run([self.output_name], batch.inputs(self.input_names))[0]
+        for run, batch in self._batches(self.encoder.tokenize_pairs(ordered)):
+            out = self.session.run([self.output_name], batch.inputs(self.input_names))[0]
             scores[run] = np.asarray(out, dtype=np.float32).reshape(-1)
         return scores
 

@@ -198,13 +198,18 @@ class EmbedderService(pb_grpc.EmbedderServiceServicer):
             )
         return None
 
-    def _check_pairs(self, pairs: list[tuple[str, str]]) -> None:
-        if not pairs:
-            raise invalid_argument("pairs must hold at least one pair", ("pairs", "must not be empty"),
+    @staticmethod
+    def _check_count(field: str, count: int, limit: int, setting: str) -> None:
+        """INVALID_ARGUMENT when a repeated request field (texts, pairs) is empty or longer than `limit`."""
+        if not count:
+            raise invalid_argument(f"{field} must hold at least one {field[:-1]}", (field, "must not be empty"),
                                    reason="EMPTY_BATCH")
-        if len(pairs) > self.settings.max_pairs:
-            description = f"holds {len(pairs)} pairs; the limit is {self.settings.max_pairs} (WEIR_EMBEDDER_MAX_PAIRS)"
-            raise invalid_argument(f"pairs {description}", ("pairs", description), reason="TOO_MANY_PAIRS")
+        if count > limit:
+            description = f"holds {count} {field}; the limit is {limit} ({setting})"
+            raise invalid_argument(f"{field} {description}", (field, description), reason=f"TOO_MANY_{field.upper()}")
+
+    def _check_pairs(self, pairs: list[tuple[str, str]]) -> None:
+        self._check_count("pairs", len(pairs), self.settings.max_pairs, "WEIR_EMBEDDER_MAX_PAIRS")
         violations = [(f"pairs[{i}].{side}", problem[1])
                       for i, pair in enumerate(pairs) for side, text in zip("ab", pair, strict=True)
                       if (problem := self._text_problem(text)) is not None]
@@ -215,12 +220,7 @@ class EmbedderService(pb_grpc.EmbedderServiceServicer):
             )
 
     def _check_batch(self, texts: list[str]) -> None:
-        if not texts:
-            raise invalid_argument("texts must hold at least one text", ("texts", "must not be empty"),
-                                   reason="EMPTY_BATCH")
-        if len(texts) > self.settings.max_items:
-            description = f"holds {len(texts)} texts; the limit is {self.settings.max_items} (WEIR_EMBEDDER_MAX_ITEMS)"
-            raise invalid_argument(f"texts {description}", ("texts", description), reason="TOO_MANY_TEXTS")
+        self._check_count("texts", len(texts), self.settings.max_items, "WEIR_EMBEDDER_MAX_ITEMS")
         violations: list[tuple[str, str]] = []
         reasons: set[str] = set()
         for i, text in enumerate(texts):

@@ -24,10 +24,10 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -44,6 +44,9 @@ MODEL_NAME = "all-MiniLM-L6-v2"
 OPSET = 17
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT_NAME = "sentence_embedding"
+#: Manifest `graph_optimization` of a graph kept after onnxruntime's BERT fusions.
+FUSED = "onnxruntime-bert-fp32"
+R = TypeVar("R")
 
 _LONG = " ".join(
     f"Paragraph {i}: the quick brown fox jumps over the lazy dog while the committee reviews "
@@ -203,6 +206,27 @@ def optimize_bert(src: Path, dst: Path, num_heads: int, hidden_size: int) -> dic
     return {k: int(v) for k, v in model.get_fused_operator_statistics().items() if v}
 
 
+def keep_fused_if_better(plain: Path, fused: Path, config: Any, encoder: TextEncoder, steps: Steps,
+                         check: Callable[[ort.InferenceSession], tuple[bool, str, R]]) -> R | None:
+    """Writes onnxruntime's fused BERT graph of `plain` to `fused`; returns `check`'s result for it when it
+    passes (`check(session)` -> (passed, note, result)) and runs at least 3 % faster, else None (the optimiser
+    is optional: any failure keeps the plain graph)."""
+    try:
+        ops = optimize_bert(plain, fused, config.num_attention_heads, config.hidden_size)
+        steps.note("fused: " + ", ".join(f"{k} {v}" for k, v in sorted(ops.items())))
+        passed, note, result = check(cpu_session(fused))
+        steps.note(note)
+        timings = bench_ms({"plain": cpu_session(plain), "fused": cpu_session(fused)}, encoder)
+        steps.note(f"latency sum: plain {timings['plain']:.1f} ms, fused {timings['fused']:.1f} ms")
+        if passed and timings["fused"] < 0.97 * timings["plain"]:
+            steps.note("keeping the fused graph (faster and verified)")
+            return result
+        steps.note("keeping the plain graph (fused one not faster or not verified)")
+    except Exception as exc:  # the optimiser is optional
+        steps.note(f"optimiser failed ({type(exc).__name__}: {exc}); keeping the plain graph")
+    return None
+
+
 # ------------------------------------------------------------------------------------- verify & bench
 def cpu_session(path: Path, threads: int = 0) -> ort.InferenceSession:
     """A CPU session configured like the embedder's default."""
@@ -320,22 +344,14 @@ def export(out: Path, *, optimize: bool = True, threshold: float = MIN_COSINE) -
                 raise ExportError("the exported model drifts from the reference:\n" + result.describe(10))
         chosen, chosen_result, graph_optimization = plain, result, "none"
         if optimize:
-            fused = build / "fused.onnx"
+            def check(session: ort.InferenceSession) -> tuple[bool, str, VerifyResult]:
+                fused_result = verify(session, encoder, reference, threshold=threshold)
+                return fused_result.passed, fused_result.describe(1).splitlines()[0], fused_result
+
             with steps.step("try onnxruntime's BERT graph fusions (fp32)"):
-                try:
-                    ops = optimize_bert(plain, fused, config.num_attention_heads, config.hidden_size)
-                    steps.note("fused: " + ", ".join(f"{k} {v}" for k, v in sorted(ops.items())))
-                    fused_result = verify(cpu_session(fused), encoder, reference, threshold=threshold)
-                    steps.note(fused_result.describe(1).splitlines()[0])
-                    timings = bench_ms({"plain": cpu_session(plain), "fused": cpu_session(fused)}, encoder)
-                    steps.note(f"latency sum: plain {timings['plain']:.1f} ms, fused {timings['fused']:.1f} ms")
-                    if fused_result.passed and timings["fused"] < 0.97 * timings["plain"]:
-                        chosen, chosen_result, graph_optimization = fused, fused_result, "onnxruntime-bert-fp32"
-                        steps.note("keeping the fused graph (faster and verified)")
-                    else:
-                        steps.note("keeping the plain graph (fused one not faster or not verified)")
-                except Exception as exc:  # the optimiser is optional
-                    steps.note(f"optimiser failed ({type(exc).__name__}: {exc}); keeping the plain graph")
+                kept = keep_fused_if_better(plain, build / "fused.onnx", config, encoder, steps, check)
+                if kept is not None:
+                    chosen, chosen_result, graph_optimization = build / "fused.onnx", kept, FUSED
         with steps.step(f"install into {out}"):
             os.replace(chosen, build / MODEL_FILE)
             for leftover in (plain, build / "fused.onnx"):

@@ -30,15 +30,15 @@ import numpy as np
 
 from weir.model import judge_train
 from weir.model.export import (
+    FUSED,
     PACKAGE,
     ExportError,
     Steps,
     _opset,
-    bench_ms,
     cpu_session,
     export_onnx,
     install_atomically,
-    optimize_bert,
+    keep_fused_if_better,
 )
 from weir.model.manifest import MANIFEST_FILE, MODEL_FILE, TOKENIZER_FILE, Manifest, sha256_file
 from weir.model.tokenization import TextEncoder
@@ -126,23 +126,14 @@ def export(out: Path, adapter: Path = judge_train.ADAPTER, *, optimize: bool = T
                 raise ExportError(f"the exported judge drifts from torch by {error:.2e}")
         chosen, chosen_error, graph_optimization = plain, error, "none"
         if optimize:
-            fused = build / "fused.onnx"
+            def check(session: Any) -> tuple[bool, str, float]:
+                fused_error = max_error(session, encoder, pairs, reference)
+                return fused_error <= MAX_SCORE_ERROR, f"max score error {fused_error:.2e}", fused_error
+
             with steps.step("try onnxruntime's BERT graph fusions (fp32)"):
-                try:
-                    config = model.config
-                    ops = optimize_bert(plain, fused, config.num_attention_heads, config.hidden_size)
-                    steps.note("fused: " + ", ".join(f"{k} {v}" for k, v in sorted(ops.items())))
-                    fused_error = max_error(cpu_session(fused), encoder, pairs, reference)
-                    timings = bench_ms({"plain": cpu_session(plain), "fused": cpu_session(fused)}, encoder)
-                    steps.note(f"max score error {fused_error:.2e}; latency sum: plain {timings['plain']:.1f} ms, "
-                               f"fused {timings['fused']:.1f} ms")
-                    if fused_error <= MAX_SCORE_ERROR and timings["fused"] < 0.97 * timings["plain"]:
-                        chosen, chosen_error, graph_optimization = fused, fused_error, "onnxruntime-bert-fp32"
-                        steps.note("keeping the fused graph (faster and verified)")
-                    else:
-                        steps.note("keeping the plain graph (fused one not faster or not verified)")
-                except Exception as exc:  # the optimiser is optional
-                    steps.note(f"optimiser failed ({type(exc).__name__}: {exc}); keeping the plain graph")
+                kept = keep_fused_if_better(plain, build / "fused.onnx", model.config, encoder, steps, check)
+                if kept is not None:
+                    chosen, chosen_error, graph_optimization = build / "fused.onnx", kept, FUSED
         with steps.step(f"install into {out}"):
             os.replace(chosen, build / MODEL_FILE)
             for leftover in (plain, build / "fused.onnx"):

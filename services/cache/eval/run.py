@@ -239,14 +239,12 @@ async def run_cases(cache_addr: str, embedder_addr: str, cases: Sequence[Case], 
 # ---- metrics ----------------------------------------------------------------------------------------
 
 
-def served_at(o: Outcome, policy: Policy | None) -> bool:
-    """Whether the case would be served under `policy` (None: by similarity alone, at no threshold)."""
+def served_at(o: Outcome, policy: Policy) -> bool:
+    """Whether the case would be served under `policy`."""
     if o.exact:
         return True
     if o.similarity is None:
         return False
-    if policy is None:
-        return True
     reading = policy.read(last_user(o.case.query), o.candidate_question, o.similarity)
     if reading.kind in (judge.VETO, judge.OVERRULE):
         return policy.settle(reading, o.similarity, o.judge_score)[0]
@@ -313,7 +311,7 @@ def report(results: Results, curve: Sequence[float] = DEFAULT_CURVE, failures: b
                  + (" | verifier and judge: hit    trap" if judged else ""))
     rules_only = dataclasses.replace(live, judge=False)
     for t in curve:
-        plain = rates(outs, [served_at(o, None) and (o.exact or (o.similarity or 0) >= t) for o in outs])
+        plain = rates(outs, [o.exact or (o.similarity is not None and o.similarity >= t) for o in outs])
         checked = rates(outs, [served_at(o, at_threshold(rules_only, t)) for o in outs])
         row = (f"  {t:9.2f} |               {_pct(plain.hit)}  {_pct(plain.trap)} |"
                f"            {_pct(checked.hit)}  {_pct(checked.trap)}")
