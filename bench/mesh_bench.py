@@ -37,6 +37,12 @@ COUNTRIES = ["France", "Germany", "Spain", "Italy", "Portugal", "Poland", "Austr
 STORED = "What is the capital of {}?"
 PARAPHRASES = ["What's the capital city of {}?", "Which city is the capital of {}?", "what is the capital of {}",
                "Tell me the capital of {}."]
+#: Paraphrases for the `novel` scenario: each request's text is new to every LRU in the mesh (the embedder's
+#: embeddings, the verifier's analyses, the judge's scores), as a first-time paraphrase is in production.
+NOVEL = ["What is {}'s capital?", "Name the capital of {}.", "What is the capital city of {}?",
+         "Which city is {}'s capital?", "capital of {}?", "Tell me the capital city of {}.",
+         "What city is the capital of {}?", "What's {}'s capital city?", "Which city is the capital city of {}?",
+         "Could you tell me the capital of {}?"]
 
 
 async def run_load(session: aiohttp.ClientSession, url: str, headers: dict[str, str],
@@ -121,7 +127,7 @@ def turn_body(model: str, opening: str, stream: bool = False) -> bytes:
     return orjson.dumps({"model": model, "messages": turn_messages(opening), "temperature": 0.0, "stream": stream})
 
 
-SCENARIOS = ("direct", "miss", "uncached", "turn", "exact", "semantic", "stream")
+SCENARIOS = ("direct", "miss", "uncached", "turn", "exact", "semantic", "novel", "stream")
 
 
 async def bench(mesh: Mesh, n: int, levels: list[int], wanted: list[str], redis_pid: int,
@@ -163,6 +169,14 @@ async def bench(mesh: Mesh, n: int, levels: list[int], wanted: list[str], redis_
                 para = PARAPHRASES[(i // len(COUNTRIES)) % len(PARAPHRASES)]
                 return body("fake-small", para.format(COUNTRIES[i % len(COUNTRIES)]))
 
+            def novel_body(i: int, c: int = conc) -> bytes:
+                # A text no earlier request of this run sent (until the 460 run out: then a note says so).
+                k = levels.index(c) * n + i
+                if k == len(NOVEL) * len(COUNTRIES):
+                    print(f"    note: the novel paraphrases ran out after {k}: later ones repeat")
+                k %= len(NOVEL) * len(COUNTRIES)
+                return body("fake-small", NOVEL[k // len(COUNTRIES)].format(COUNTRIES[k % len(COUNTRIES)]))
+
             scenarios: list[tuple[str, str, dict[str, str], Callable[[int], bytes], str | None]] = [
                 ("direct fake-llm", direct, plain, direct_body, None),
                 ("miss (mesh)", gw, auth, miss_body, "miss"),
@@ -170,6 +184,7 @@ async def bench(mesh: Mesh, n: int, levels: list[int], wanted: list[str], redis_
                 ("turn (mesh)", gw, auth, turn_of, "miss"),
                 ("exact hit", gw, auth, exact_body, "exact"),
                 ("semantic hit", gw, auth, semantic_body, "semantic"),
+                ("novel paraphrase hit", gw, auth, novel_body, "semantic"),
             ]
             for name, url, hdrs, make, expect in scenarios:
                 if name.split()[0] not in wanted:
@@ -212,9 +227,9 @@ async def bench(mesh: Mesh, n: int, levels: list[int], wanted: list[str], redis_
                 async with s.post(f"{mesh.fake_url}/_fake/reset") as r:
                     r.raise_for_status()
         print(f"\nLatency through the REST bridge ({n} requests per row; fake provider latency 0)")
-        print(f"{'conc':>4}  {'scenario':<18} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}")
+        print(f"{'conc':>4}  {'scenario':<20} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}")
         for conc, name, p50, p99, rps in rows:
-            print(f"{conc:>4}  {name:<18} {p50:>8.2f} {p99:>8.2f} {rps:>8.0f}")
+            print(f"{conc:>4}  {name:<20} {p50:>8.2f} {p99:>8.2f} {rps:>8.0f}")
         print("\nMiss-path overhead vs calling the fake provider directly")
         for conc in levels:
             d = next((r for r in rows if r[0] == conc and r[1] == "direct fake-llm"), None)
@@ -238,10 +253,10 @@ async def bench(mesh: Mesh, n: int, levels: list[int], wanted: list[str], redis_
         names = [k for k in pids if k != "fake-llm"]
         print("\nCPU-ms per request by process (from /proc utime+stime)")
         infra = ("milvus", "redis", "embedder")
-        print(f"{'conc':>4}  {'scenario':<18} " + " ".join(f"{k:>9}" for k in names) + f" {'total':>8}"
+        print(f"{'conc':>4}  {'scenario':<20} " + " ".join(f"{k:>9}" for k in names) + f" {'total':>8}"
               f" {'weir excl. embedder':>20}")
         for conc, name, cpu in cpu_rows:
-            print(f"{conc:>4}  {name:<18} " + " ".join(f"{cpu[k]:>9.2f}" for k in names) +
+            print(f"{conc:>4}  {name:<20} " + " ".join(f"{cpu[k]:>9.2f}" for k in names) +
                   f" {sum(cpu.values()):>8.2f} {sum(v for k, v in cpu.items() if k not in infra):>20.2f}")
         print("(the embedder's column is mostly the model itself: ~4-6 CPU-ms per new text on this CPU; "
               "milvus and redis are the stores)")

@@ -399,10 +399,11 @@ DIRECTIONAL = frozenset({"to", "into", "from", "than", "by", "minus", "towards",
 # Symmetric connectors: "A and B", "A vs B", "between A and B" may be written in either order.
 SYMMETRIC = frozenset({"and", "or", "vs", "between", "&", "versus", "compared", "comparing"})
 # Attaching prepositions: "the 404 status code in HTTP" moves HTTP without swapping roles.
-ATTACHING = frozenset({"in", "on", "for", "of", "at", "with", "using", "via", "within", "inside", "about"})
+ATTACHING = frozenset({"in", "on", "for", "of", "at", "with", "using", "via", "within", "inside", "about", "over",
+                       "under", "underneath", "beneath", "atop"})
 # The attaching words of a place or a part: two things swapping sides around one of these swap roles ("a Tesla at
 # a CCS station" / "a CCS car at a Tesla station"); around "with" or "for" they may not ("A with B" / "B with A").
-PLACING = frozenset({"in", "on", "of", "at", "within", "inside"})
+PLACING = frozenset({"in", "on", "of", "at", "within", "inside", "over", "under", "underneath", "beneath", "atop"})
 # Auxiliaries and modals: "where is", "who should", "when does" (question inversion).
 AUXILIARIES = frozenset({"is", "are", "was", "were", "do", "does", "did", "can", "could", "should", "would",
                          "will", "may", "might", "must", "has", "have", "had", "shall", "am"})

@@ -285,17 +285,27 @@ class CacheService(pb_grpc.CacheServiceServicer):
             elif reading.kind == judge.REFUSE:
                 refuse(cand, verdict)
         if pending and self.judge is not None:
-            scores = await self.judge.score([(question, cand.question) for cand, _, _ in pending])
+            # The best candidate first, alone: it is the one served on most hits, and a hit should not wait for
+            # the judge to read the others too (≈ 2.5 ms each). The rest are read, in one call, only when it is
+            # refused, so the outcome is the one a single call for all would give: the first served, best first.
+            # A judge that did not answer is not asked again in this lookup: the rules decide the rest alone.
+            scores = await self.judge.score([(question, pending[0][0].question)])
             telemetry.set_attributes({sc.WEIR_CACHE_JUDGE: scores.judge_id or scores.unavailable,
                                       sc.WEIR_CACHE_JUDGE_SCORE: scores.scores[0] if scores.scores else None})
-            for i, (cand, item, reading) in enumerate(pending):
-                score = scores.scores[i] if scores.scores else None
-                served, verdict = policy.settle(reading, cand.similarity, score, scores.unavailable)
-                item.verdict, item.detail = (verifier.ACCEPTED if verdict.ok else verdict.check), verdict.detail
-                if served:
-                    return self._serve(out, cand, counters,
-                                       "hit" if reading.kind == judge.VETO else f"hit: {verdict.detail}")
-                refuse(cand, verdict)
+            done = 0
+            while done < len(pending):
+                group = pending[done:done + max(1, len(scores.scores))]
+                for i, (cand, item, reading) in enumerate(group):
+                    score = scores.scores[i] if scores.scores else None
+                    served, verdict = policy.settle(reading, cand.similarity, score, scores.unavailable)
+                    item.verdict, item.detail = (verifier.ACCEPTED if verdict.ok else verdict.check), verdict.detail
+                    if served:
+                        return self._serve(out, cand, counters,
+                                           "hit" if reading.kind == judge.VETO else f"hit: {verdict.detail}")
+                    refuse(cand, verdict)
+                done += len(group)
+                if done < len(pending) and scores.scores:
+                    scores = await self.judge.score([(question, cand.question) for cand, _, _ in pending[done:]])
         counters.misses += 1
         if refused is not None:
             out.similarity = refused[0]

@@ -543,6 +543,10 @@ def _analyze(text: str) -> Facts:
             canon_scope = "after"  # "once an offer's accepted" = "after an offer is accepted"; not "once a week"
         if word == "last" and nxt in lx.AFTER_VERB_LAST and prev not in lx.DETERMINERS and prev not in ("at", "#"):
             canon_scope = None  # the verb: "how long does a game last", "will it last in the fridge"
+        if word in ("over", "under") and not (any(c.isdigit() for c in nxt) or nxt in lx.NUMBER_WORDS or nxt in lx.SCOPE
+                                              or nxt.endswith("ed")  # "over-collected" / "under-collected"
+                                              or lx.UNITS.get(after if nxt in ("a", "an") else nxt)):
+            canon_scope = None  # a place ("wax over a ceramic coating", "under the sink"), not "over 50", "under a day"
         if canon_scope is not None:
             if canon_scope:
                 scope.add(canon_scope)
@@ -935,6 +939,12 @@ def check_order(query: Facts, stored: Facts) -> Verdict:
     q_who, s_who = query.asker, stored.asker
     if q_who and s_who and q_who != s_who and {q_who, s_who} <= query.people & stored.people:
         return Verdict(False, "order", f"{q_who} does it vs {s_who} does it")
+    # Two words before the same head swapped: "feed my dog cat food" / "feed my cat dog food".
+    for k in range(len(qs) - 2):
+        a, b, head = qs[k:k + 3]
+        if a in qp and b in qp and head not in _CONNECTORS and a in sp and sp[a] == sp.get(b, -9) + 1 \
+                and sp[a] + 1 < len(ss) and ss[sp[a] + 1] == head:
+            return Verdict(False, "order", f"{a} {b} {head} vs {b} {a} {head}")
     return _ok("order")
 
 

@@ -123,3 +123,29 @@ async def test_without_the_judge_the_rules_decide_alone(start_cache: StartCache,
     off = await start_cache({"WEIR_CACHE_JUDGE": "false", **own("off")})
     _, reason, hit = await ask(off, embed, "umbrella", STORED, PARAPHRASE)
     assert not hit and reason.startswith("refused: content (") and "judge" not in reason
+
+
+async def test_the_best_candidate_is_judged_first_and_alone(judged: Cache, embed: Embed) -> None:
+    for stored in ("How do I cancel my gym membership?", "How do I pause my gym membership?",
+                   "How do I transfer my gym membership?"):
+        await judged.store("acme", chat(stored), f"answer to {stored}", await embed(stored))
+    query = "What's the way to cancel my gym membership?"
+    resp = await judged.semantic("acme", chat(query), await embed(query))
+    assert resp.hit and resp.answer.content == "answer to How do I cancel my gym membership?", resp.reason
+    best, paused = resp.candidates[:2]
+    assert best.verdict == "accepted" and "judge 0.9" in best.detail, best
+    # "pause" is refused by the content check, which the judge may overrule: a single call for every candidate
+    # would have asked the judge about it too, and its detail would carry a judge score.
+    assert paused.question == "How do I pause my gym membership?" and paused.similarity >= 0.7, paused
+    assert paused.verdict == "content" and "judge" not in paused.detail, paused
+
+
+async def test_when_the_best_candidate_is_vetoed_the_next_is_judged(judged: Cache, embed: Embed) -> None:
+    up, down = VETOED[0], "What's the right way to drive a loaded forklift down a ramp?"
+    for stored in (up, down):
+        await judged.store("acme", chat(stored), f"answer to {stored}", await embed(stored))
+    resp = await judged.semantic("acme", chat(VETOED[1]), await embed(VETOED[1]))
+    best, second = resp.candidates[:2]
+    assert best.question == up and best.verdict == "judge", best
+    assert resp.hit and resp.answer.content == f"answer to {down}", resp.reason
+    assert second.question == down and second.verdict == "accepted" and "judge 0.99" in second.detail, second

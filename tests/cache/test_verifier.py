@@ -65,6 +65,8 @@ PARAPHRASES = [
     ("What does HTTP status code 404 mean?", "what does a 404 status code mean in HTTP"),
     ("When traveling to Mexico, do I need a passport?", "Do I need a passport when traveling to Mexico?"),
     ("How do I revert a file to the previous commit in git?", "git: how to revert a file to the previous commit"),
+    ("What should I keep under the kitchen sink?", "what should i keep under my kitchen sink"),
+    ("Is it safe to drive over 80 mph?", "is it safe to drive over 80mph"),
     # question intent expressed two ways
     ("What time does the store open?", "When does the store open?"),
     ("What is the speed of light?", "How fast is light?"),
@@ -198,6 +200,10 @@ DIFFERENT = [
     ("How do I reverse a list in Java?", "How do I reverse a list in Python?", "entities", "java vs python"),
     ("How do I redirect HTTPS to HTTP?", "How do I redirect HTTP to HTTPS?", "order",
      "https to http vs http to https"),
+    ("Can I apply wax over a ceramic coating?", "can i apply ceramic coating over wax", "order",
+     "wax at/in/of ceramic vs ceramic at/in/of wax"),
+    ("Is it okay to feed my cat dog food?", "is it ok to feed my dog cat food", "order",
+     "cat dog food vs dog cat food"),
     # content words replaced: subjects, actions, antonyms, comparatives
     ("How long do dogs live?", "How long do cats live?", "content", "dog vs cat"),
     ("How do I poach an egg?", "How do I boil an egg?", "content", "poach vs boil"),
