@@ -89,7 +89,7 @@ class CacheSettings:
         "WEIR_CACHE_JUDGE_VETO", 0.05,
         help="judge score below which a candidate the rules accept is refused; 0: no veto")
     judge_sim_threshold: float = env(
-        "WEIR_CACHE_JUDGE_SIM_THRESHOLD", 0.70,
+        "WEIR_CACHE_JUDGE_SIM_THRESHOLD", 0.50,
         help="cosine similarity a candidate needs before the judge may overrule a refusal (the lower of this "
              "and WEIR_CACHE_SIM_THRESHOLD counts: the judge reads paraphrases the embedding scores lower)")
     judge_timeout_s: float = env("WEIR_CACHE_JUDGE_TIMEOUT_S", 0.25,

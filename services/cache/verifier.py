@@ -18,7 +18,9 @@ Checks, in order (conservative: when in doubt, refuse; a refusal only costs one 
 - intent:   the kind of question agrees (who / when / where / why / how much / how long / how old ...).
 - order:    two shared words do not swap sides around a directional word or a shared pivot
             ("km to miles" vs "miles to km", "A beat B" vs "B beat A", "I sue my landlord" vs "my landlord
-            sues me": personal pronouns take part by person); units keep their order.
+            sues me": personal pronouns take part by person); units keep their order. A swap of numbers,
+            units or dates is refused under that check's name ("numbers: 3.12 than 3.11 vs 3.11 than 3.12"):
+            those are the checks the paraphrase judge never overrules.
 - entities: names and code-like tokens (capitalised words, acronyms, snake_case, file.ext, quoted text,
             well-known names typed in lower case) of either text appear in the other.
 - content:  after stop words, light verbs, inflection, spelling variants, abbreviations, synonyms
@@ -869,7 +871,7 @@ def check_order(query: Facts, stored: Facts) -> Verdict:
     """
     qu, su = list(dict.fromkeys(query.units)), list(dict.fromkeys(stored.units))
     if len(qu) >= 2 and set(qu) == set(su) and qu != su:
-        return Verdict(False, "order", f"{' to '.join(qu)} vs {' to '.join(su)}")
+        return Verdict(False, "units", f"{' to '.join(qu)} vs {' to '.join(su)}")
     qs, ss = _joint_phrases(query.sequence, stored.sequence)
     qc, sc = Counter(qs), Counter(ss)
     ways = ("to", "into", "from")
@@ -897,7 +899,13 @@ def check_order(query: Facts, stored: Facts) -> Verdict:
             if pivot is not None:
                 first, second = (a, b) if qp[a] < qp[b] else (b, a)
                 pivot = "at/in/of" if pivot == "@" else pivot
-                return Verdict(False, "order", f"{first} {pivot} {second} vs {second} {pivot} {first}")
+                # Numbers or dates that swap roles are refused as such: the checks on explicit tokens are the
+                # ones nothing overrules (services/cache/judge.py), and "a 30 amp RV into a 50 amp pedestal"
+                # differs from "a 50 amp RV into a 30 amp pedestal" in its numbers as much as in its order.
+                swapped = {a, b}
+                check = ("numbers" if swapped & {*query.numbers, *stored.numbers}
+                         else "dates" if swapped & dates else "order")
+                return Verdict(False, check, f"{first} {pivot} {second} vs {second} {pivot} {first}")
     # The same directional words on both sides, and a word right after one on one side and right after
     # another on the other: "from my sister's account to mine" / "from mine to my sister's account".
     if Counter(t for t in qs if t in lx.DIRECTIONAL) == Counter(t for t in ss if t in lx.DIRECTIONAL):

@@ -70,14 +70,16 @@ async def test_the_judge_serves_a_paraphrase_the_rules_refuse(judged: Cache, emb
     _, reason, hit = await ask(judged, embed, "globex", "What is the boiling point of water?",
                                "at what temperature does water boil")
     assert hit and "overrules intent (" in reason, reason
-    # A paraphrase the embedding scores below the rules' threshold: only with a lower gate for the judge.
+    # A paraphrase the embedding scores below the rules' threshold: the judge reads it above its own gate (0.50
+    # by default), and not when its gate is the rules' threshold.
     fly = ("How do I get rid of fruit flies in my kitchen?", "best way to eliminate gnats around the kitchen")
     similarity, reason, hit = await ask(judged, embed, "initech", *fly)
-    assert 0.6 <= similarity < 0.7 and not hit and reason.startswith("miss: below threshold"), reason
-    lower = await start_cache({"WEIR_CACHE_JUDGE": "true", "WEIR_EMBEDDER_ADDR": embedder.grpc,
-                               "WEIR_CACHE_JUDGE_SIM_THRESHOLD": "0.6", "WEIR_MILVUS_URI": str(tmp_path / "gate.db")})
-    _, reason, hit = await ask(lower, embed, "initech", *fly)
-    assert hit and reason.startswith("hit: judge ") and "overrules content (" in reason, reason
+    assert 0.5 <= similarity < 0.7 and hit and reason.startswith("hit: judge ") and "overrules content (" in reason, \
+        reason
+    higher = await start_cache({"WEIR_CACHE_JUDGE": "true", "WEIR_EMBEDDER_ADDR": embedder.grpc,
+                                "WEIR_CACHE_JUDGE_SIM_THRESHOLD": "0.7", "WEIR_MILVUS_URI": str(tmp_path / "gate.db")})
+    _, reason, hit = await ask(higher, embed, "initech", *fly)
+    assert not hit and reason.startswith("miss: below threshold"), reason
 
 
 async def test_a_pair_judged_once_is_not_judged_again(judged: Cache, embed: Embed,
@@ -148,4 +150,4 @@ async def test_when_the_best_candidate_is_vetoed_the_next_is_judged(judged: Cach
     best, second = resp.candidates[:2]
     assert best.question == up and best.verdict == "judge", best
     assert resp.hit and resp.answer.content == f"answer to {down}", resp.reason
-    assert second.question == down and second.verdict == "accepted" and "judge 0.99" in second.detail, second
+    assert second.question == down and second.verdict == "accepted" and "; judge 0.9" in second.detail, second

@@ -14,7 +14,7 @@ from weir.embedder.v1 import embedder_service_pb2 as emb_pb
 from weir.kit.config import ConfigError, load
 
 DEFAULTS = Policy.from_settings(load(CacheSettings, {}))
-# A judge's gate below the rules' threshold (the default is the same 0.70), to test that path too.
+# A judge's gate below the rules' threshold (the default's is 0.50), at a round number for the tests.
 POLICY = dataclasses.replace(DEFAULTS, gate=0.60)
 
 # Refused by the content check alone (every other check passes): vocabulary no rule knows.
@@ -26,10 +26,10 @@ SAME = ("How do I reset my password?", "how can I reset my password")
 
 def test_defaults_are_the_documented_ones() -> None:
     assert (DEFAULTS.threshold, DEFAULTS.judge, DEFAULTS.gate, DEFAULTS.accept, DEFAULTS.veto) == \
-        (0.70, True, 0.70, 0.99, 0.05)
+        (0.70, True, 0.50, 0.99, 0.05)
     assert set(DEFAULTS.overrules) == {"scope", "intent", "order", "entities", "content"}
     assert [n for n, _ in DEFAULTS.hard_checks] == ["numbers", "units", "dates", "negation", "opposites"]
-    assert DEFAULTS.floor == 0.70
+    assert DEFAULTS.floor == 0.50
 
 
 def test_below_the_judges_gate_nobody_reads_it() -> None:
