@@ -902,9 +902,8 @@ def check_order(query: Facts, stored: Facts) -> Verdict:
                 # Numbers or dates that swap roles are refused as such: the checks on explicit tokens are the
                 # ones nothing overrules (services/cache/judge.py), and "a 30 amp RV into a 50 amp pedestal"
                 # differs from "a 50 amp RV into a 30 amp pedestal" in its numbers as much as in its order.
-                swapped = {a, b}
-                check = ("numbers" if swapped & {*query.numbers, *stored.numbers}
-                         else "dates" if swapped & dates else "order")
+                check = ("numbers" if {a, b} & {*query.numbers, *stored.numbers}
+                         else "dates" if {a, b} & dates else "order")
                 return Verdict(False, check, f"{first} {pivot} {second} vs {second} {pivot} {first}")
     # The same directional words on both sides, and a word right after one on one side and right after
     # another on the other: "from my sister's account to mine" / "from mine to my sister's account".
