@@ -59,6 +59,11 @@ _PAREN_SUFFIX = re.compile(r"(\d)\((\w)\)")  # 401(k) -> 401k
 _DIGIT_GROUP_COMMA = re.compile(r"(?<=\d),(?=\d{3}(?:\D|$))")
 _NUMBER_WITH_SUFFIX = re.compile(r"([$€£¥]?)(\d+(?:\.\d+)?)(%|[a-zµ°/]+)?")
 _ORDINAL = re.compile(r"(st|nd|rd|th)")
+# IDs written two ways: one hyphen between a letter run and a digit run (W-2 / W2, F-150 / F150, COVID-19), and
+# three or more digit groups joined by -, / or . (50/30/20 / 50-30-20, 12/05/2026 / 12-05-2026; two groups
+# stay apart: 1-2 is a range, 1/2 a fraction).
+_LETTER_DIGIT_HYPHEN = re.compile(r"[a-z]+-\d+|\d+-[a-z]+")
+_DIGIT_GROUPS = re.compile(r"\d+(?:[-/.]\d+){2,}")
 _SPACES = re.compile(r"\s+")
 # A participle negated by "un" (unopened, unused, unauthorized) reads as "not" + the participle; not "under-".
 _UN_PARTICIPLE = re.compile(r"un(?!der)[a-z]{2,}ed")
@@ -242,8 +247,12 @@ def _number_token(low: str) -> tuple[str | None, list[str], list[str]]:
     """(number, units, dates) of a token holding a digit: $80k -> 80000 + dollar, 5kg -> 5 + kg, 3pm -> 3 + pm."""
     low = _DIGIT_GROUP_COMMA.sub("", low).lstrip("#")
     m = _NUMBER_WITH_SUFFIX.fullmatch(low)
-    if m is None:
-        return low, [], []  # an ID or version: INV-2024-001, 6:30, 3.12.1, w-2
+    if m is None:  # an ID or version: INV-2024-001, 6:30, 3.12.1, w-2 (as w2)
+        if _LETTER_DIGIT_HYPHEN.fullmatch(low):
+            low = low.replace("-", "")
+        if _DIGIT_GROUPS.fullmatch(low):
+            low = re.sub(r"[-/.]", "-", low)
+        return low, [], []
     currency, digits, suffix = m.groups()
     units = [_CURRENCY[currency]] if currency else []
     number = _decimal(digits)

@@ -341,6 +341,13 @@ def test_numbers_units_and_dates_are_canonicalised() -> None:
     assert analyze("meet at 3pm on the 15th").dates == {"pm"} and "15th" in analyze("on the 15th").numbers
     assert analyze("next weekend or last month").dates == {"next weekend", "last month"}
     assert analyze("May I ask in May?").dates == {"may"}  # the modal is not the month
+    # IDs written two ways: a hyphen between letters and digits, three digit groups joined by - / or .
+    assert analyze("W-2, F150 and COVID-19").numbers == ("covid19", "f150", "w2")
+    assert analyze("the 50/30/20 rule").numbers == analyze("the 50-30-20 rule").numbers == ("50-30-20",)
+    assert str(verify("Is 1-2 cups enough?", "is 1/2 cup enough?")) == "numbers: 1-2 vs 1/2"  # range, fraction
+    assert str(verify("How do I file a W2?", "how do i file a w-4")) == "numbers: w2 vs w4"
+    assert verify("w2 employee vs 1099 contractor, how are they different?",
+                  "What's the difference between a W-2 employee and a 1099 contractor?").ok
 
 
 def test_sentence_initial_capitals_are_not_entities() -> None:
