@@ -776,14 +776,22 @@ def check_dates(query: Facts, stored: Facts) -> Verdict:
     return _refuse("dates", query.dates - stored.dates, stored.dates - query.dates)
 
 
+#: Negating prefixes that are written as a word of their own ("non profit", "anti glare").
+_STANDALONE_PREFIXES = frozenset({"non", "anti"})
+
+
 def _negated_words(a: Facts, b: Facts) -> list[str]:
     """Words of `a` that are a word of `b` with a negating prefix (incompatible / compatible)."""
     out = []
     theirs = set(b.content)
     for word in set(a.content) - theirs:
+        if word in _STANDALONE_PREFIXES and not any(w.startswith(word) for w in theirs):
+            out.append(word)  # "a non profit" / "a profit": the prefix written apart still negates
+            continue
         for prefix in lx.NEGATING_PREFIXES:
             if word.startswith(prefix) and len(word) - len(prefix) >= 3 and word[len(prefix):] in theirs:
-                out.append(word)
+                if prefix not in theirs:  # "anti skate" / "anti-skate": the same prefix, written apart
+                    out.append(word)
                 break
     return out
 

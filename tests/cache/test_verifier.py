@@ -66,6 +66,8 @@ PARAPHRASES = [
     ("When traveling to Mexico, do I need a passport?", "Do I need a passport when traveling to Mexico?"),
     ("How do I revert a file to the previous commit in git?", "git: how to revert a file to the previous commit"),
     ("What should I keep under the kitchen sink?", "what should i keep under my kitchen sink"),
+    ("What is anti-skate on a turntable?", "whats anti skate on a turntable"),
+    ("What is a non-capturing group?", "whats a non capturing group"),
     ("Is it safe to drive over 80 mph?", "is it safe to drive over 80mph"),
     # question intent expressed two ways
     ("What time does the store open?", "When does the store open?"),
@@ -220,6 +222,7 @@ DIFFERENT = [
      "buy before sell vs sell before buy"),
     ("Is it illegal to drive with headphones?", "Is it legal to drive with headphones?", "negation",
      "illegal vs none"),
+    ("Is a non profit taxed?", "Is a profit taxed?", "negation", "non vs none"),  # the prefix written apart
     ("Flights to Paris over $300", "Flights to Paris under $300", "scope", "none vs less"),
     ("What time does the bank open on Saturday?", "What time does the bank close on Saturday?", "opposites",
      "open vs clos"),
