@@ -620,6 +620,8 @@ def _analyze(text: str) -> Facts:
         capitals = word in acronyms and len(word) >= 3
         if (word in _SKIP or word in lx.INTENT_WORDS) and not thing and not capitals:
             continue
+        if word in _ASPECT and nxt.endswith("ing"):
+            continue  # "my pump keeps losing its prime" = "my pump loses its prime": not keep vs lose
         if word in acronyms or word in lx.GAZETTEER:
             content.append(word)  # names are compared as written: HTTPS is not HTTP
             sequence.append(word)
@@ -776,6 +778,8 @@ def check_dates(query: Facts, stored: Facts) -> Verdict:
     return _refuse("dates", query.dates - stored.dates, stored.dates - query.dates)
 
 
+#: Verbs that only say a thing goes on when a gerund follows ("keeps losing", "kept crashing").
+_ASPECT = frozenset({"keep", "keeps", "kept", "keeping"})
 #: Negating prefixes that are written as a word of their own ("non profit", "anti glare").
 _STANDALONE_PREFIXES = frozenset({"non", "anti"})
 

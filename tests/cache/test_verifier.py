@@ -68,6 +68,7 @@ PARAPHRASES = [
     ("What should I keep under the kitchen sink?", "what should i keep under my kitchen sink"),
     ("What is anti-skate on a turntable?", "whats anti skate on a turntable"),
     ("What is a non-capturing group?", "whats a non capturing group"),
+    ("Why does my pool pump lose prime?", "pump keeps losing its prime, whats the reason"),  # keep: aspect
     ("Is it safe to drive over 80 mph?", "is it safe to drive over 80mph"),
     # question intent expressed two ways
     ("What time does the store open?", "When does the store open?"),
