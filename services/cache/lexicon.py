@@ -377,6 +377,7 @@ HOW_INTENTS = {
     "small": "size", "tall": "size", "high": "size", "far": "distance", "fast": "speed", "quickly": "speed",
     "quick": "speed", "slow": "speed", "often": "frequency", "frequently": "frequency", "heavy": "weight",
     "hot": "temperature", "cold": "temperature", "deep": "size", "wide": "size", "soon": "when",
+    "likely": "likelihood",
 }
 # Nouns that ask the same as an intent word: "what is the price" asks "how much".
 INTENT_NOUNS = {
@@ -384,7 +385,8 @@ INTENT_NOUNS = {
     "distance": "distance", "speed": "speed", "age": "age", "height": "size", "weight": "weight",
     "temperature": "temperature", "reason": "why", "reasons": "why", "cause": "why", "causes": "why",
     "duration": "duration", "deadline": "when", "deadlines": "when", "amount": "amount", "budget": "amount",
-    "pace": "speed",
+    "pace": "speed", "chance": "likelihood", "chances": "likelihood", "odds": "likelihood",
+    "probability": "likelihood", "likelihood": "likelihood", "ingredients": "composition",
 }
 # "what/which" + one of these asks "when" ("what time does it open").
 WHEN_NOUNS = frozenset({"time", "date", "day", "year", "month", "hour"})

@@ -666,6 +666,8 @@ def _analyze(text: str) -> Facts:
         for m in _QUOTED.finditer(text)
     )
     normalized = _SPACES.sub(" ", text.lower()).strip().rstrip("?.!").strip()
+    if _ASKS_COMPOSITION.search(normalized):
+        intents.add("composition")  # "what is melt and pour soap made of" is not "how do I make it"
     sequence = _mark_others(sequence)
     spaced = normalized.split()
     people = {p for t in spaced if (p := _person(t))}
@@ -778,6 +780,8 @@ def check_dates(query: Facts, stored: Facts) -> Verdict:
     return _refuse("dates", query.dates - stored.dates, stored.dates - query.dates)
 
 
+#: What a thing is made of, as a question: "what is X made of / from", "what goes into X".
+_ASKS_COMPOSITION = re.compile(r"\bwhat(?:'s| is| are)?\b.*\bmade (?:of|from|out of)\b|\bwhat goes into\b")
 #: Verbs that only say a thing goes on when a gerund follows ("keeps losing", "kept crashing").
 _ASPECT = frozenset({"keep", "keeps", "kept", "keeping"})
 #: Negating prefixes that are written as a word of their own ("non profit", "anti glare").

@@ -69,6 +69,7 @@ PARAPHRASES = [
     ("What is anti-skate on a turntable?", "whats anti skate on a turntable"),
     ("What is a non-capturing group?", "whats a non capturing group"),
     ("Why does my pool pump lose prime?", "pump keeps losing its prime, whats the reason"),  # keep: aspect
+    ("What are the odds of getting audited?", "how likely is it that i get audited"),
     ("Is it safe to drive over 80 mph?", "is it safe to drive over 80mph"),
     # question intent expressed two ways
     ("What time does the store open?", "When does the store open?"),
@@ -224,6 +225,9 @@ DIFFERENT = [
     ("Is it illegal to drive with headphones?", "Is it legal to drive with headphones?", "negation",
      "illegal vs none"),
     ("Is a non profit taxed?", "Is a profit taxed?", "negation", "non vs none"),  # the prefix written apart
+    ("What is melt and pour soap made of?", "How do I make melt and pour soap?", "intent", "composition vs none"),
+    ("How likely am I to lose an IRS audit?", "What happens if I lose an IRS audit?", "intent",
+     "likelihood vs none"),
     ("Flights to Paris over $300", "Flights to Paris under $300", "scope", "none vs less"),
     ("What time does the bank open on Saturday?", "What time does the bank close on Saturday?", "opposites",
      "open vs clos"),
