@@ -782,6 +782,10 @@ def check_dates(query: Facts, stored: Facts) -> Verdict:
 
 #: What a thing is made of, as a question: "what is X made of / from", "what goes into X".
 _ASKS_COMPOSITION = re.compile(r"\bwhat(?:'s| is| are)?\b.*\bmade (?:of|from|out of)\b|\bwhat goes into\b")
+#: Opposite prefixes, both ways round (check_opposites: "lefty" / "righty", "upstream" / "downstream").
+_OPPOSITE_PREFIXES = tuple((x, y) for a, b in (("left", "right"), ("up", "down"), ("over", "under"), ("in", "out"),
+                                                ("pre", "post"), ("upper", "lower"), ("front", "back"))
+                           for x, y in ((a, b), (b, a)))
 #: Verbs that only say a thing goes on when a gerund follows ("keeps losing", "kept crashing").
 _ASPECT = frozenset({"keep", "keeps", "kept", "keeping"})
 #: Negating prefixes that are written as a word of their own ("non profit", "anti glare").
@@ -1176,6 +1180,10 @@ def check_opposites(query: Facts, stored: Facts) -> Verdict:
         opposed = next(((a, w) for a in only_q for w in stored.words if frozenset((a, canonical(w))) in _WN_ANTONYMS),
                        None) or next(((w, b) for b in only_s for w in query.words
                                       if frozenset((b, canonical(w))) in _WN_ANTONYMS), None)
+    if opposed is None:  # the same word after opposite prefixes: lefty / righty, overbite / underbite, inbox / outbox
+        opposed = next(((a, b) for a in only_q for b in only_s for x, y in _OPPOSITE_PREFIXES
+                        if a.startswith(x) and b.startswith(y) and len(a) > len(x) and a[len(x):] == b[len(y):]),
+                       None)
     if opposed is not None:
         return _refuse("opposites", [opposed[0]], [opposed[1]])
     # The same verb with another particle: "take off my shoes" / "take on my shoes" (a particle may be

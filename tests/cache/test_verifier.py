@@ -225,6 +225,9 @@ DIFFERENT = [
     ("Is it illegal to drive with headphones?", "Is it legal to drive with headphones?", "negation",
      "illegal vs none"),
     ("Is a non profit taxed?", "Is a profit taxed?", "negation", "non vs none"),  # the prefix written apart
+    ("How do braces fix an overbite?", "can braces correct an underbite", "opposites", "overbit vs underbit"),
+    ("As a right-hander, how do I fence a lefty?", "as a left-hander, how do i fence a righty?", "opposites",
+     "lefty vs righty"),
     ("What is melt and pour soap made of?", "How do I make melt and pour soap?", "intent", "composition vs none"),
     ("How likely am I to lose an IRS audit?", "What happens if I lose an IRS audit?", "intent",
      "likelihood vs none"),
