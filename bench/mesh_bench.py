@@ -41,7 +41,7 @@ PARAPHRASES = ["What's the capital city of {}?", "Which city is the capital of {
 #: embeddings, the verifier's analyses, the judge's scores), as a first-time paraphrase is in production.
 NOVEL = ["What is {}'s capital?", "Name the capital of {}.", "What is the capital city of {}?",
          "Which city is {}'s capital?", "capital of {}?", "Tell me the capital city of {}.",
-         "What city is the capital of {}?", "What's {}'s capital city?", "I'd like to know the capital of {}.",
+         "Do you know the capital of {}?", "What's {}'s capital city?", "I'd like to know the capital of {}.",
          "Could you tell me the capital of {}?"]
 
 
