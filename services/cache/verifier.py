@@ -1171,15 +1171,30 @@ def _differing(query: Facts, stored: Facts) -> tuple[list[str], list[str]]:
     return only_q, only_s
 
 
+def _canonical_words(facts: Facts) -> frozenset[str]:
+    return frozenset(canonical(w) for w in facts.words) | frozenset(facts.content)
+
+
+def _has_both_poles(words: frozenset[str]) -> bool:
+    """Whether a text names both sides of a WordNet opposition ("the pros and cons")."""
+    return any(frozenset((a, b)) in _WN_ANTONYMS for a in words for b in words if a < b)
+
+
 def check_opposites(query: Facts, stored: Facts) -> Verdict:
     """No word is replaced by its opposite, and no verb takes another particle (take off / take on)."""
     only_q, only_s = _differing(query, stored)
+    q_words, s_words = _canonical_words(query), _canonical_words(stored)
+    # Both poles on both sides ("pros and cons" / "advantages and disadvantages") oppose nothing.
+    both_poles = _has_both_poles(q_words) and _has_both_poles(s_words)
     # A word replaced by its WordNet antonym refuses whatever else would match them (a typo, a derivation).
-    opposed = next(((a, b) for a in only_q for b in only_s if frozenset((a, b)) in _WN_ANTONYMS), None)
-    if opposed is None:  # a word opposed to one the other text has as filler: "slowly thaw" / "quickly thaw"
-        opposed = next(((a, w) for a in only_q for w in stored.words if frozenset((a, canonical(w))) in _WN_ANTONYMS),
-                       None) or next(((w, b) for b in only_s for w in query.words
-                                      if frozenset((b, canonical(w))) in _WN_ANTONYMS), None)
+    opposed = None if both_poles else next(((a, b) for a in only_q for b in only_s
+                                            if frozenset((a, b)) in _WN_ANTONYMS), None)
+    if opposed is None and not both_poles:  # a word opposed to one the other text has as filler: "slowly thaw" /
+        # "quickly thaw"; not when its own text has that word too ("clean the dirty pins" / "clean the pins")
+        opposed = next(((a, w) for a in only_q for w in stored.words if (c := canonical(w)) not in q_words
+                        and frozenset((a, c)) in _WN_ANTONYMS), None) or next(
+            ((w, b) for b in only_s for w in query.words if (c := canonical(w)) not in s_words
+             and frozenset((b, c)) in _WN_ANTONYMS), None)
     if opposed is None:  # the same word after opposite prefixes: lefty / righty, overbite / underbite, inbox / outbox
         opposed = next(((a, b) for a in only_q for b in only_s for x, y in _OPPOSITE_PREFIXES
                         if a.startswith(x) and b.startswith(y) and len(a) > len(x) and a[len(x):] == b[len(y):]),

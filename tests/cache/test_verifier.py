@@ -326,6 +326,15 @@ def test_the_issue_example_is_refused_by_numbers_first() -> None:
     assert verify("Don't cancel order 48213", "Cancel my order 48213").check == "negation"
 
 
+def test_both_poles_on_one_side_oppose_nothing() -> None:
+    # "pros and cons" / "advantages and disadvantages": no opposite (the content check may still differ)
+    assert verify("advantages and disadvantages of online homeschool curriculum?",
+                  "What are the pros and cons of using an online curriculum for homeschooling?").check != "opposites"
+    # "clean the dirty pins" names the state it asks to change: not dirty vs clean
+    assert verify("best way to clean dirty nes cartridge pins",
+                  "How do I clean the cartridge contacts on NES games?").check != "opposites"
+
+
 def test_swapped_numbers_are_caught_by_the_order_rules_and_refused_as_numbers() -> None:
     query, stored = "Is Python 3.12 faster than 3.11?", "Is Python 3.11 faster than 3.12?"
     assert check_numbers(analyze(query), analyze(stored)).ok  # the same numbers...
