@@ -63,6 +63,7 @@ _ORDINAL = re.compile(r"(st|nd|rd|th)")
 # three or more digit groups joined by -, / or . (50/30/20 / 50-30-20, 12/05/2026 / 12-05-2026; two groups
 # stay apart: 1-2 is a range, 1/2 a fraction).
 _LETTER_DIGIT_HYPHEN = re.compile(r"[a-z]+-\d+|\d+-[a-z]+")
+_DIMENSIONS = re.compile(r"(\d+(?:\.\d+)?)x(\d+(?:\.\d+)?)")
 _DIGIT_GROUPS = re.compile(r"\d+(?:[-/.]\d+){2,}")
 _SPACES = re.compile(r"\s+")
 # A participle negated by "un" (unopened, unused, unauthorized) reads as "not" + the participle; not "under-".
@@ -488,6 +489,11 @@ def _analyze(text: str) -> Facts:
         i += 1
         participle = be_seen and (word.endswith(("ed", "en")) or word in lx.IRREGULAR)
         be_seen = be_seen or word in _BE
+        if (dims := _DIMENSIONS.fullmatch(word)) is not None:  # "12x24 tile" = "12 by 24 tile"
+            numbers.extend(_decimal(g) for g in dims.groups())
+            sequence.extend(_decimal(g) for g in dims.groups())
+            prev = "#"
+            continue
         if any(c.isdigit() for c in word) and word not in lx.DATE_WORDS:
             number, u, d = _number_token(word)
             if number is not None:
@@ -511,6 +517,8 @@ def _analyze(text: str) -> Facts:
             continue
         if word in lx.RELATIVE and nxt in lx.PERIODS:
             relative = f"{lx.RELATIVE[word]} {lx.DATE_WORDS.get(nxt, lx.UNITS.get(nxt, nxt))}"
+            if relative in _THIS_SEASON:
+                relative = relative[len("this "):]  # "shedding this spring" asks about spring
             dates.add(relative)
             sequence.append(relative)
             i += 1
@@ -786,6 +794,8 @@ _ASKS_COMPOSITION = re.compile(r"\bwhat(?:'s| is| are)?\b.*\bmade (?:of|from|out
 _OPPOSITE_PREFIXES = tuple((x, y) for a, b in (("left", "right"), ("up", "down"), ("over", "under"), ("in", "out"),
                                                 ("pre", "post"), ("upper", "lower"), ("front", "back"))
                            for x, y in ((a, b), (b, a)))
+#: "this spring" is the season as a seasonal question asks it ("is it normal to shed this spring" / "in spring").
+_THIS_SEASON = frozenset(f"this {s}" for s in ("spring", "summer", "autumn", "winter"))
 #: Verbs that only say a thing goes on when a gerund follows ("keeps losing", "kept crashing").
 _ASPECT = frozenset({"keep", "keeps", "kept", "keeping"})
 #: Negating prefixes that are written as a word of their own ("non profit", "anti glare").

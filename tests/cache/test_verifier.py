@@ -70,6 +70,8 @@ PARAPHRASES = [
     ("What is a non-capturing group?", "whats a non capturing group"),
     ("Why does my pool pump lose prime?", "pump keeps losing its prime, whats the reason"),  # keep: aspect
     ("What are the odds of getting audited?", "how likely is it that i get audited"),
+    ("How do I winterize a houseboat?", "steps to get my houseboat ready for winter"),
+    ("how long is a 2x4", "how long is a 2 by 4"),
     ("Is it safe to drive over 80 mph?", "is it safe to drive over 80mph"),
     # question intent expressed two ways
     ("What time does the store open?", "When does the store open?"),
@@ -361,6 +363,9 @@ def test_numbers_units_and_dates_are_canonicalised() -> None:
     assert analyze("meet at 3pm on the 15th").dates == {"pm"} and "15th" in analyze("on the 15th").numbers
     assert analyze("next weekend or last month").dates == {"next weekend", "last month"}
     assert analyze("May I ask in May?").dates == {"may"}  # the modal is not the month
+    assert analyze("is shedding normal this spring").dates == {"spring"}  # this spring: the season
+    assert analyze("next spring").dates == {"next spring"}
+    assert analyze("tiles of 12x24 or 12.5x24").numbers == ("12", "12.5", "24", "24")
     # IDs written two ways: a hyphen between letters and digits, three digit groups joined by - / or .
     assert analyze("W-2, F150 and COVID-19").numbers == ("covid19", "f150", "w2")
     assert analyze("the 50/30/20 rule").numbers == analyze("the 50-30-20 rule").numbers == ("50-30-20",)
