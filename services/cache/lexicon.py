@@ -318,8 +318,8 @@ PERIODS = frozenset({"week", "weekend", "month", "year", "quarter", "day", "nigh
 
 NEGATIONS = frozenset({
     "not", "no", "never", "without", "nor", "neither", "nothing", "nobody", "nowhere", "none",
-    "avoid", "avoiding", "prevent", "preventing", "except", "excluding", "exclude", "lack", "lacking",
-    "unable", "impossible", "refuse", "refuses", "refused", "refusing",
+    "avoid", "avoiding", "prevent", "preventing", "stop", "stopping", "except", "excluding", "exclude", "lack",
+    "lacking", "unable", "impossible", "refuse", "refuses", "refused", "refusing",
 })
 # Negating prefixes: "incompatible" is "not compatible" when the other text has "compatible".
 NEGATING_PREFIXES = ("un", "in", "im", "il", "ir", "dis", "non", "non-", "de", "anti", "mis")

@@ -552,7 +552,7 @@ def _analyze(text: str) -> Facts:
             sequence.append(date)
             prev = word
             continue
-        if word in lx.NEGATIONS:
+        if word in lx.NEGATIONS and (word not in ("stop", "stopping") or _stop_prevents(toks, i, prev)):
             negations.append(written)
             prev = word
             continue
@@ -796,6 +796,18 @@ _OPPOSITE_PREFIXES = tuple((x, y) for a, b in (("left", "right"), ("up", "down")
                            for x, y in ((a, b), (b, a)))
 #: "this spring" is the season as a seasonal question asks it ("is it normal to shed this spring" / "in spring").
 _THIS_SEASON = frozenset(f"this {s}" for s in ("spring", "summer", "autumn", "winter"))
+def _stop_prevents(toks: Sequence[tuple[str, str, bool]], i: int, prev: str) -> bool:
+    """Whether "stop" at toks[i-1] means prevent ("stop getting spam calls", "stop my line from twisting",
+    "stop double faulting"), not halt ("stop the printer queue", "stop on roller skates") or the noun."""
+    if prev in lx.DETERMINERS or prev in _STOP_NOUN_BEFORE:
+        return False
+    after = [t[0] for t in toks[i:i + 5]]
+    return any(w.endswith("ing") for w in after[:3]) or "from" in after
+
+
+#: Words before "stop" the noun ("the bus stop", "a pit stop"), which negates nothing.
+_STOP_NOUN_BEFORE = frozenset({"bus", "pit", "rest", "truck", "tram", "train", "full", "next", "last", "first",
+                               "one", "each", "every", "hard", "emergency"})
 #: Verbs that only say a thing goes on when a gerund follows ("keeps losing", "kept crashing").
 _ASPECT = frozenset({"keep", "keeps", "kept", "keeping"})
 #: Negating prefixes that are written as a word of their own ("non profit", "anti glare").

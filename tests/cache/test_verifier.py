@@ -71,6 +71,8 @@ PARAPHRASES = [
     ("Why does my pool pump lose prime?", "pump keeps losing its prime, whats the reason"),  # keep: aspect
     ("What are the odds of getting audited?", "how likely is it that i get audited"),
     ("How do I winterize a houseboat?", "steps to get my houseboat ready for winter"),
+    ("How do I stop my spinning reel line from twisting?", "any tips to prevent line twist on a spinning reel?"),
+    ("How do I stop on roller skates?", "how do you come to a stop when roller skating?"),  # halt, no negation
     ("how long is a 2x4", "how long is a 2 by 4"),
     ("Is it safe to drive over 80 mph?", "is it safe to drive over 80mph"),
     # question intent expressed two ways
@@ -227,6 +229,7 @@ DIFFERENT = [
     ("Is it illegal to drive with headphones?", "Is it legal to drive with headphones?", "negation",
      "illegal vs none"),
     ("Is a non profit taxed?", "Is a profit taxed?", "negation", "non vs none"),  # the prefix written apart
+    ("How do I stop my car?", "How do I start my car?", "opposites", "stop vs start"),  # halt: no negation
     ("How do braces fix an overbite?", "can braces correct an underbite", "opposites", "overbit vs underbit"),
     ("As a right-hander, how do I fence a lefty?", "as a left-hander, how do i fence a righty?", "opposites",
      "lefty vs righty"),
