@@ -22,7 +22,7 @@ import numpy as np
 
 from services.cache import judge, verifier
 from services.cache.exact import ExactTier, RedisUnavailable
-from services.cache.judge import JudgeClient
+from services.cache.judge import JudgeClient, Scores
 from services.cache.semantic import Candidate, DimensionMismatch, MilvusUnavailable, Row, SemanticTier, fits, quote
 from services.cache.settings import CacheSettings
 from weir import chat
@@ -289,12 +289,15 @@ class CacheService(pb_grpc.CacheServiceServicer):
             # the judge to read the others too (≈ 2.5 ms each). The rest are read, in one call, only when it is
             # refused, so the outcome is the one a single call for all would give: the first served, best first.
             # A judge that did not answer is not asked again in this lookup: the rules decide the rest alone.
-            scores = await self.judge.score([(question, pending[0][0].question)])
-            telemetry.set_attributes({sc.WEIR_CACHE_JUDGE: scores.judge_id or scores.unavailable,
-                                      sc.WEIR_CACHE_JUDGE_SCORE: scores.scores[0] if scores.scores else None})
-            done = 0
-            while done < len(pending):
-                group = pending[done:done + max(1, len(scores.scores))]
+            scores = Scores()
+            for n, group in enumerate((pending[:1], pending[1:])):
+                if not group:
+                    break
+                if n == 0 or scores.scores:
+                    scores = await self.judge.score([(question, cand.question) for cand, _, _ in group])
+                if n == 0:
+                    telemetry.set_attributes({sc.WEIR_CACHE_JUDGE: scores.judge_id or scores.unavailable,
+                                              sc.WEIR_CACHE_JUDGE_SCORE: scores.scores[0] if scores.scores else None})
                 for i, (cand, item, reading) in enumerate(group):
                     score = scores.scores[i] if scores.scores else None
                     served, verdict = policy.settle(reading, cand.similarity, score, scores.unavailable)
@@ -303,9 +306,6 @@ class CacheService(pb_grpc.CacheServiceServicer):
                         return self._serve(out, cand, counters,
                                            "hit" if reading.kind == judge.VETO else f"hit: {verdict.detail}")
                     refuse(cand, verdict)
-                done += len(group)
-                if done < len(pending) and scores.scores:
-                    scores = await self.judge.score([(question, cand.question) for cand, _, _ in pending[done:]])
         counters.misses += 1
         if refused is not None:
             out.similarity = refused[0]

@@ -135,6 +135,8 @@ class Facts:
     people: frozenset[str]  # the persons named: <i> for I / me / my ..., canonical role nouns
     referred: frozenset[str]  # role nouns that stand for a person ("the recipient", "my boss's assistant")
     asker: str  # the person a question opened by a modal or an auxiliary is about ("can my landlord ...")
+    forms: frozenset[str]  # canonical forms of `words` and `content`, where check_opposites looks for opposites
+    both_poles: bool  # names both sides of a WordNet opposition ("the pros and cons")
 
 
 def stem(word: str) -> str:
@@ -233,6 +235,16 @@ def _wordnet_relations() -> tuple[dict[str, frozenset[str]], frozenset[frozenset
 
 
 _WN_SYNONYMS, _WN_ANTONYMS = _wordnet_relations()
+#: Each word's WordNet opposites (the pairs of _WN_ANTONYMS, both ways round).
+_WN_OPPOSITES: dict[str, frozenset[str]] = {}
+for _pair in _WN_ANTONYMS:
+    for _w in _pair:
+        _WN_OPPOSITES[_w] = _WN_OPPOSITES.get(_w, frozenset()) | (_pair - {_w})
+
+
+def _has_both_poles(forms: frozenset[str]) -> bool:
+    """Whether a text names both sides of a WordNet opposition ("the pros and cons")."""
+    return any(_WN_OPPOSITES.get(w, frozenset()) & forms for w in forms)
 
 
 def _decimal(digits: str) -> str:
@@ -410,6 +422,26 @@ def _join_phrases(toks: list[tuple[str, str, bool]]) -> list[tuple[str, str, boo
             out.append(toks[i])
             i += 1
     return out
+
+
+#: What a thing is made of, as a question: "what is X made of / from", "what goes into X".
+_ASKS_COMPOSITION = re.compile(r"\bwhat(?:'s| is| are)?\b.*\bmade (?:of|from|out of)\b|\bwhat goes into\b")
+#: "this spring" is the season as a seasonal question asks it ("is it normal to shed this spring" / "in spring").
+_THIS_SEASON = frozenset(f"this {s}" for s in ("spring", "summer", "autumn", "winter"))
+#: Verbs that only say a thing goes on when a gerund follows ("keeps losing", "kept crashing").
+_ASPECT = frozenset({"keep", "keeps", "kept", "keeping"})
+#: Words before "stop" the noun ("the bus stop", "a pit stop"), which negates nothing.
+_STOP_NOUN_BEFORE = frozenset({"bus", "pit", "rest", "truck", "tram", "train", "full", "next", "last", "first",
+                               "one", "each", "every", "hard", "emergency"})
+
+
+def _stop_prevents(toks: Sequence[tuple[str, str, bool]], i: int, prev: str) -> bool:
+    """Whether "stop" at toks[i-1] means prevent ("stop getting spam calls", "stop my line from twisting",
+    "stop double faulting"), not halt ("stop the printer queue", "stop on roller skates") or the noun."""
+    if prev in lx.DETERMINERS or prev in _STOP_NOUN_BEFORE:
+        return False
+    after = [t[0] for t in toks[i:i + 5]]
+    return any(w.endswith("ing") for w in after[:3]) or "from" in after
 
 
 def _analyze(text: str) -> Facts:
@@ -681,6 +713,7 @@ def _analyze(text: str) -> Facts:
     people = {p for t in spaced if (p := _person(t))}
     referred = {c for k, t in enumerate(spaced) if k and (c := canonical(t.strip("?,.!"))) in _ROLES
                 and (spaced[k - 1] in lx.DETERMINERS or spaced[k - 1].endswith("'s"))}
+    forms = _frozen({canonical(w) for w in words} | set(content))
     return Facts(
         normalized=normalized,
         words=_frozen(words),
@@ -703,6 +736,8 @@ def _analyze(text: str) -> Facts:
         people=_frozen(people),
         referred=_frozen(referred),
         asker=_asker(normalized.replace(",", " ").split()),
+        forms=forms,
+        both_poles=_has_both_poles(forms),
     )
 
 
@@ -788,28 +823,6 @@ def check_dates(query: Facts, stored: Facts) -> Verdict:
     return _refuse("dates", query.dates - stored.dates, stored.dates - query.dates)
 
 
-#: What a thing is made of, as a question: "what is X made of / from", "what goes into X".
-_ASKS_COMPOSITION = re.compile(r"\bwhat(?:'s| is| are)?\b.*\bmade (?:of|from|out of)\b|\bwhat goes into\b")
-#: Opposite prefixes, both ways round (check_opposites: "lefty" / "righty", "upstream" / "downstream").
-_OPPOSITE_PREFIXES = tuple((x, y) for a, b in (("left", "right"), ("up", "down"), ("over", "under"), ("in", "out"),
-                                                ("pre", "post"), ("upper", "lower"), ("front", "back"))
-                           for x, y in ((a, b), (b, a)))
-#: "this spring" is the season as a seasonal question asks it ("is it normal to shed this spring" / "in spring").
-_THIS_SEASON = frozenset(f"this {s}" for s in ("spring", "summer", "autumn", "winter"))
-def _stop_prevents(toks: Sequence[tuple[str, str, bool]], i: int, prev: str) -> bool:
-    """Whether "stop" at toks[i-1] means prevent ("stop getting spam calls", "stop my line from twisting",
-    "stop double faulting"), not halt ("stop the printer queue", "stop on roller skates") or the noun."""
-    if prev in lx.DETERMINERS or prev in _STOP_NOUN_BEFORE:
-        return False
-    after = [t[0] for t in toks[i:i + 5]]
-    return any(w.endswith("ing") for w in after[:3]) or "from" in after
-
-
-#: Words before "stop" the noun ("the bus stop", "a pit stop"), which negates nothing.
-_STOP_NOUN_BEFORE = frozenset({"bus", "pit", "rest", "truck", "tram", "train", "full", "next", "last", "first",
-                               "one", "each", "every", "hard", "emergency"})
-#: Verbs that only say a thing goes on when a gerund follows ("keeps losing", "kept crashing").
-_ASPECT = frozenset({"keep", "keeps", "kept", "keeping"})
 #: Negating prefixes that are written as a word of their own ("non profit", "anti glare").
 _STANDALONE_PREFIXES = frozenset({"non", "anti"})
 
@@ -1193,29 +1206,25 @@ def _differing(query: Facts, stored: Facts) -> tuple[list[str], list[str]]:
     return only_q, only_s
 
 
-def _canonical_words(facts: Facts) -> frozenset[str]:
-    return frozenset(canonical(w) for w in facts.words) | frozenset(facts.content)
-
-
-def _has_both_poles(words: frozenset[str]) -> bool:
-    """Whether a text names both sides of a WordNet opposition ("the pros and cons")."""
-    return any(frozenset((a, b)) in _WN_ANTONYMS for a in words for b in words if a < b)
+#: Opposite prefixes, both ways round (check_opposites: "lefty" / "righty", "upstream" / "downstream").
+_OPPOSITE_PREFIXES = tuple((x, y) for a, b in (("left", "right"), ("up", "down"), ("over", "under"), ("in", "out"),
+                                                ("pre", "post"), ("upper", "lower"), ("front", "back"))
+                           for x, y in ((a, b), (b, a)))
 
 
 def check_opposites(query: Facts, stored: Facts) -> Verdict:
     """No word is replaced by its opposite, and no verb takes another particle (take off / take on)."""
     only_q, only_s = _differing(query, stored)
-    q_words, s_words = _canonical_words(query), _canonical_words(stored)
     # Both poles on both sides ("pros and cons" / "advantages and disadvantages") oppose nothing.
-    both_poles = _has_both_poles(q_words) and _has_both_poles(s_words)
+    both_poles = query.both_poles and stored.both_poles
     # A word replaced by its WordNet antonym refuses whatever else would match them (a typo, a derivation).
     opposed = None if both_poles else next(((a, b) for a in only_q for b in only_s
                                             if frozenset((a, b)) in _WN_ANTONYMS), None)
     if opposed is None and not both_poles:  # a word opposed to one the other text has as filler: "slowly thaw" /
         # "quickly thaw"; not when its own text has that word too ("clean the dirty pins" / "clean the pins")
-        opposed = next(((a, w) for a in only_q for w in stored.words if (c := canonical(w)) not in q_words
+        opposed = next(((a, w) for a in only_q for w in stored.words if (c := canonical(w)) not in query.forms
                         and frozenset((a, c)) in _WN_ANTONYMS), None) or next(
-            ((w, b) for b in only_s for w in query.words if (c := canonical(w)) not in s_words
+            ((w, b) for b in only_s for w in query.words if (c := canonical(w)) not in stored.forms
              and frozenset((b, c)) in _WN_ANTONYMS), None)
     if opposed is None:  # the same word after opposite prefixes: lefty / righty, overbite / underbite, inbox / outbox
         opposed = next(((a, b) for a in only_q for b in only_s for x, y in _OPPOSITE_PREFIXES
