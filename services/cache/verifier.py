@@ -135,7 +135,6 @@ class Facts:
     people: frozenset[str]  # the persons named: <i> for I / me / my ..., canonical role nouns
     referred: frozenset[str]  # role nouns that stand for a person ("the recipient", "my boss's assistant")
     asker: str  # the person a question opened by a modal or an auxiliary is about ("can my landlord ...")
-    forms: frozenset[str]  # canonical forms of `words` and `content`, where check_opposites looks for opposites
     both_poles: bool  # names both sides of a WordNet opposition ("the pros and cons")
 
 
@@ -240,6 +239,11 @@ _WN_OPPOSITES: dict[str, frozenset[str]] = {}
 for _pair in _WN_ANTONYMS:
     for _w in _pair:
         _WN_OPPOSITES[_w] = _WN_OPPOSITES.get(_w, frozenset()) | (_pair - {_w})
+
+
+def _forms(words: Iterable[str], content: Iterable[str]) -> frozenset[str]:
+    """The canonical forms of a text's words and its content words (where an opposite is looked for)."""
+    return frozenset(canonical(w) for w in words) | frozenset(content)
 
 
 def _has_both_poles(forms: frozenset[str]) -> bool:
@@ -713,7 +717,6 @@ def _analyze(text: str) -> Facts:
     people = {p for t in spaced if (p := _person(t))}
     referred = {c for k, t in enumerate(spaced) if k and (c := canonical(t.strip("?,.!"))) in _ROLES
                 and (spaced[k - 1] in lx.DETERMINERS or spaced[k - 1].endswith("'s"))}
-    forms = _frozen({canonical(w) for w in words} | set(content))
     return Facts(
         normalized=normalized,
         words=_frozen(words),
@@ -736,8 +739,7 @@ def _analyze(text: str) -> Facts:
         people=_frozen(people),
         referred=_frozen(referred),
         asker=_asker(normalized.replace(",", " ").split()),
-        forms=forms,
-        both_poles=_has_both_poles(forms),
+        both_poles=_has_both_poles(_forms(words, content)),
     )
 
 
@@ -1222,10 +1224,10 @@ def check_opposites(query: Facts, stored: Facts) -> Verdict:
                                             if frozenset((a, b)) in _WN_ANTONYMS), None)
     if opposed is None and not both_poles:  # a word opposed to one the other text has as filler: "slowly thaw" /
         # "quickly thaw"; not when its own text has that word too ("clean the dirty pins" / "clean the pins")
-        opposed = next(((a, w) for a in only_q for w in stored.words if (c := canonical(w)) not in query.forms
-                        and frozenset((a, c)) in _WN_ANTONYMS), None) or next(
-            ((w, b) for b in only_s for w in query.words if (c := canonical(w)) not in stored.forms
-             and frozenset((b, c)) in _WN_ANTONYMS), None)
+        opposed = next(((a, w) for a in only_q for w in stored.words if frozenset((a, c := canonical(w))) in
+                        _WN_ANTONYMS and c not in _forms(query.words, query.content)), None) or next(
+            ((w, b) for b in only_s for w in query.words if frozenset((b, c := canonical(w))) in _WN_ANTONYMS
+             and c not in _forms(stored.words, stored.content)), None)
     if opposed is None:  # the same word after opposite prefixes: lefty / righty, overbite / underbite, inbox / outbox
         opposed = next(((a, b) for a in only_q for b in only_s for x, y in _OPPOSITE_PREFIXES
                         if a.startswith(x) and b.startswith(y) and len(a) > len(x) and a[len(x):] == b[len(y):]),
