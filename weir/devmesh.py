@@ -17,6 +17,7 @@ class Mesh:
     master_key: str = MASTER_KEY
     gateway_env: dict[str, str] = field(default_factory=dict)  # how the gateway was started (for add_gateway)
     log_dir: Path | None = None
+    launch: supervisor.Launch = field(default_factory=supervisor.Launch)  # every process spawned, ready or not
 
     @property
     def base_url(self) -> str:
@@ -31,7 +32,8 @@ class Mesh:
         return f"http://{self.procs['fake-llm'].http}"
 
     def stop(self) -> None:
-        supervisor.stop_all(list(self.procs.values()))
+        """Stops every process, including any whose start failed or was still running in the start-up threads."""
+        self.launch.stop(list(self.procs.values()))
 
 
 def start_mesh(state: Path, redis_url: str, extra_env: dict[str, str] | None = None, workers: int = 1,
@@ -46,13 +48,14 @@ def start_mesh(state: Path, redis_url: str, extra_env: dict[str, str] | None = N
     env = {"WEIR_STATE_DIR": str(state), "WEIR_REDIS_URL": redis_url, "WEIR_MASTER_KEY": MASTER_KEY,
            "WEIR_CACHE_REDIS_PREFIX": "weir-test:", "WEIR_REASONER_BACKOFF_BASE_MS": "20", **(extra_env or {})}
     try:
-        fake = supervisor.start("fake-llm", supervisor.python_module("weir.fakellm", "--port", "0"), env, log_dir=logs)
+        fake = supervisor.start("fake-llm", supervisor.python_module("weir.fakellm", "--port", "0"), env, log_dir=logs,
+                                launch=mesh.launch)
         mesh.procs["fake-llm"] = fake
         env["WEIR_FAKE_LLM_URL"] = f"http://{fake.http}/v1"
         if milvus == "server":  # the bundled Milvus standalone, as `weir up` runs it (default: Milvus Lite)
             from services.cache.milvus_local import start_milvus
 
-            mesh.procs["milvus"] = start_milvus(state / "milvus-server", log_dir=logs)
+            mesh.procs["milvus"] = start_milvus(state / "milvus-server", log_dir=logs, launch=mesh.launch)
             env["WEIR_MILVUS_URI"] = mesh.procs["milvus"].info["uri"]
         names = ("embedder", "cache", "router", "reasoner")
         port0 = {f"WEIR_{n.upper()}_PORT": "0" for n in names}
@@ -61,7 +64,8 @@ def start_mesh(state: Path, redis_url: str, extra_env: dict[str, str] | None = N
             service_env = {**env, **port0}
             if name == "cache":  # the cache asks the embedder's judge: it needs the embedder's address
                 service_env["WEIR_EMBEDDER_ADDR"] = futures["embedder"].result().grpc
-            return supervisor.start(name, supervisor.python_module(f"services.{name}"), service_env, log_dir=logs)
+            return supervisor.start(name, supervisor.python_module(f"services.{name}"), service_env, log_dir=logs,
+                                    launch=mesh.launch)
 
         with ThreadPoolExecutor(len(names)) as pool:
             futures: dict[str, Future[supervisor.Process]] = {}
@@ -74,7 +78,7 @@ def start_mesh(state: Path, redis_url: str, extra_env: dict[str, str] | None = N
         if gateways > 1:
             mesh.gateway_env["WEIR_REUSE_PORT"] = "1"
         mesh.procs["gateway"] = supervisor.start(
-            "gateway", supervisor.python_module("services.gateway"), mesh.gateway_env, log_dir=logs)
+            "gateway", supervisor.python_module("services.gateway"), mesh.gateway_env, log_dir=logs, launch=mesh.launch)
         if gateways > 1:
             first = mesh.procs["gateway"]
             shared = {"WEIR_GATEWAY_PORT": first.grpc.rsplit(":", 1)[1],
@@ -92,7 +96,7 @@ def start_mesh(state: Path, redis_url: str, extra_env: dict[str, str] | None = N
 def add_gateway(mesh: Mesh, name: str, extra_env: dict[str, str] | None = None) -> supervisor.Process:
     """Another gateway replica on the same Redis and services (stopped with the mesh); see `Process.http`."""
     proc = supervisor.start(name, supervisor.python_module("services.gateway"),
-                            {**mesh.gateway_env, **(extra_env or {})}, log_dir=mesh.log_dir)
+                            {**mesh.gateway_env, **(extra_env or {})}, log_dir=mesh.log_dir, launch=mesh.launch)
     mesh.procs[name] = proc
     return proc
 
@@ -100,6 +104,6 @@ def add_gateway(mesh: Mesh, name: str, extra_env: dict[str, str] | None = None) 
 def add_worker(mesh: Mesh, name: str, extra_env: dict[str, str] | None = None) -> supervisor.Process:
     """Another job worker on the same Redis and services (stopped with the mesh)."""
     proc = supervisor.start(name, supervisor.python_module("services.gateway.worker"),
-                            {**mesh.gateway_env, **(extra_env or {})}, log_dir=mesh.log_dir)
+                            {**mesh.gateway_env, **(extra_env or {})}, log_dir=mesh.log_dir, launch=mesh.launch)
     mesh.procs[name] = proc
     return proc

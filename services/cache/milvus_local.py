@@ -180,10 +180,10 @@ def _stop(child: subprocess.Popen[bytes], why: str) -> int:
 
 
 def start_milvus(data: Path, log_dir: Path | None = None, env: dict[str, str] | None = None,
-                 name: str = "milvus") -> supervisor.Process:
+                 name: str = "milvus", launch: supervisor.Launch | None = None) -> supervisor.Process:
     """Starts the bundled Milvus standalone as its own process; `.info["uri"]` is its URI."""
     return supervisor.start(name, supervisor.python_module("services.cache.milvus_local", "--data", str(data)),
-                            env or {}, log_dir=log_dir, timeout=START_TIMEOUT_S + 10)
+                            env or {}, log_dir=log_dir, timeout=START_TIMEOUT_S + 10, launch=launch)
 
 
 def main() -> None:

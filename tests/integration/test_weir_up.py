@@ -68,3 +68,64 @@ def test_weir_up_serves_openai_clients_and_stops_cleanly(tmp_path: Path, redis_s
     for port in (*ports.values(), http_port, fake_port):
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"http://127.0.0.1:{port}/", timeout=0.5)
+
+
+def processes_of(state: Path) -> dict[int, str]:
+    """pid -> command line of every live process started for the mesh whose state directory is `state`."""
+    marker = f"WEIR_STATE_DIR={state}".encode()
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if marker in (entry / "environ").read_bytes().split(b"\0"):
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                if cmdline and (entry / "stat").read_text().split(") ")[-1][0] != "Z":  # zombies are gone
+                    found[int(entry.name)] = cmdline
+        except OSError:  # exited meanwhile, or not ours to read
+            continue
+    return found
+
+
+def test_sigterm_during_start_up_stops_every_process_started_so_far(tmp_path: Path, redis_server: LocalRedis,
+                                                                  model_dir: Path) -> None:
+    """A stop asked for while the services are still starting (in `weir up`'s start-up threads) leaves nothing
+    running: not the ones already up, not the ones still loading."""
+    state = tmp_path / "state"
+    ports = {name: free_port() for name in ("EMBEDDER", "CACHE", "ROUTER", "REASONER", "GATEWAY")}
+    env = {**os.environ, "WEIR_STATE_DIR": str(state), "WEIR_REDIS_URL": redis_server.url,
+           "WEIR_GATEWAY_HTTP_PORT": str(free_port()), "WEIR_FAKE_LLM_PORT": str(free_port()),
+           "WEIR_REDIS_PREFIX": "weir-up-test:", "WEIR_CACHE_REDIS_PREFIX": "weir-up-test:",
+           **{f"WEIR_{n}_PORT": str(p) for n, p in ports.items()}}
+    env.pop("WEIR_CONFIG", None)
+    log = (tmp_path / "up.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "weir.cli.main", "up"], env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # until the start-up pool has spawned the services
+            assert proc.poll() is None, (tmp_path / "up.log").read_text()
+            running = processes_of(state)
+            if any("services.embedder" in c for c in running.values()):
+                break
+            time.sleep(0.02)
+        else:
+            raise AssertionError("the embedder was never spawned:\n" + (tmp_path / "up.log").read_text())
+        assert not any("services.gateway" in c for c in running.values()), "still starting when stopped"
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    left = processes_of(state)
+    deadline = time.monotonic() + 10
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = processes_of(state)
+    for pid in left:  # leave nothing behind for the next test, whatever the outcome
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"processes left running: {left}"
+    text = (tmp_path / "up.log").read_text()
+    assert code == 0, text
+    assert "interrupted during start-up" in text and "stopped." in text

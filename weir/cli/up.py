@@ -59,17 +59,20 @@ class Mesh:
     def __init__(self, state: Path, console: Console) -> None:
         self.state = state
         self.console = console
-        self.procs: list[supervisor.Process] = []
+        self.procs: list[supervisor.Process] = []  # started and ready, in stop order reversed
+        self.launch = supervisor.Launch()  # every process spawned, ready or still starting
         self.redis: LocalRedis | None = None
         self.logs = state / "logs"
 
     def start(self, name: str, module: str, env: dict[str, str], *args: str) -> supervisor.Process:
-        proc = supervisor.start(name, supervisor.python_module(module, *args), env, log_dir=self.logs, timeout=180)
+        proc = supervisor.start(name, supervisor.python_module(module, *args), env, log_dir=self.logs, timeout=180,
+                                launch=self.launch)
         self.procs.append(proc)
         return proc
 
     def stop(self) -> None:
-        supervisor.stop_all(self.procs)
+        """Stops everything started, including processes still starting in the start-up threads."""
+        self.launch.stop(self.procs)
         if self.redis is not None:
             self.redis.stop()
 
@@ -87,6 +90,14 @@ def up(no_fake: bool = False) -> int:
     key, key_note = master_key(state)
     env: dict[str, str] = {"WEIR_STATE_DIR": str(state), "WEIR_MASTER_KEY": key}
     rows: list[tuple[str, str, str, str]] = []
+
+    # Installed before anything starts: a Ctrl-C or SIGTERM during start-up aborts the starts still waiting
+    # (in this thread and in the start-up pool), and the except below stops every process spawned so far.
+    def on_signal(signum: int, frame: object) -> None:
+        mesh.launch.abort()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
     try:
         redis_url = os.environ.get("WEIR_REDIS_URL", "")
         if redis_url:
@@ -117,15 +128,15 @@ def up(no_fake: bool = False) -> int:
         local_milvus = not os.environ.get("WEIR_MILVUS_URI") and milvus_local.available() \
             and os.environ.get("WEIR_MILVUS_LOCAL", "server") != "lite"
         with console.status("starting embedder, cache, router, reasoner ..."), ThreadPoolExecutor(5) as pool:
-            milvus_future = pool.submit(milvus_local.start_milvus, state / "milvus-server", mesh.logs) \
-                if local_milvus else None
+            milvus_future = pool.submit(milvus_local.start_milvus, state / "milvus-server", mesh.logs,
+                                        launch=mesh.launch) if local_milvus else None
 
             def start_service(name: str) -> supervisor.Process:
                 service_env = env
                 if name == "cache" and milvus_future is not None:  # the cache connects to Milvus at start
                     service_env = {**env, "WEIR_MILVUS_URI": milvus_future.result().info["uri"]}
                 return supervisor.start(name, supervisor.python_module(f"services.{name}"), service_env,
-                                        log_dir=mesh.logs, timeout=180)
+                                        log_dir=mesh.logs, timeout=180, launch=mesh.launch)
 
             futures = {n: pool.submit(start_service, n) for n in addrs}
             errors = []
@@ -162,6 +173,11 @@ def up(no_fake: bool = False) -> int:
                 rows.append((proc.name, proc.grpc + (f"  http://{proc.http}" if proc.http else ""),
                              f"pid {proc.popen.pid}", grpc_health(proc.grpc)))
     except (supervisor.StartError, OSError, RuntimeError) as exc:
+        if mesh.launch.aborted:  # a signal during start-up: not a failure
+            console.print("stopping (interrupted during start-up) ...")
+            mesh.stop()
+            console.print("stopped.")
+            return 0
         console.print(f"[red]weir up failed:[/] {exc}")
         mesh.stop()
         return 1
@@ -179,16 +195,8 @@ def up(no_fake: bool = False) -> int:
                       "`weir fake-llm`. Models: auto, fake-small, fake-large.[/]")
     console.print(f"Logs: {mesh.logs}/   Ctrl-C stops every process started here.")
 
-    stopping = False
-
-    def on_signal(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
     code = 0
-    while not stopping:
+    while not mesh.launch.aborted:  # set by on_signal
         dead = [p for p in mesh.procs if not p.alive()]
         if dead:
             for p in dead:

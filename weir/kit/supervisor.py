@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,10 @@ import orjson
 
 class StartError(RuntimeError):
     """A process exited or stayed silent before signalling readiness."""
+
+
+class Aborted(StartError):
+    """A start given up because its launch was aborted (a stop asked for while the mesh was starting)."""
 
 
 @dataclass
@@ -66,6 +71,41 @@ class Process:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
+class Launch:
+    """Processes started together, some in other threads (a mesh). Each is recorded the moment it is spawned,
+    before it is ready, so `stop()` reaches the ones still starting too; `abort()` makes every start that is
+    still waiting stop its process and raise `Aborted` (and every later start raise it at once)."""
+
+    def __init__(self) -> None:
+        self._spawned: list[Process] = []
+        self._lock = threading.Lock()
+        self._aborted = threading.Event()
+
+    @property
+    def aborted(self) -> bool:
+        return self._aborted.is_set()
+
+    def abort(self) -> None:
+        """Safe from a signal handler: only sets a flag that the waiting starts poll."""
+        self._aborted.set()
+
+    def add(self, proc: Process) -> None:
+        with self._lock:
+            self._spawned.append(proc)
+
+    def spawned(self) -> list[Process]:
+        """Every process spawned so far, in spawn order (ready or not, alive or not)."""
+        with self._lock:
+            return list(self._spawned)
+
+    def stop(self, ordered: Sequence[Process] = (), timeout: float = 10.0) -> None:
+        """Aborts the starts still waiting, then stops the processes not in `ordered` (those still starting,
+        or whose start failed elsewhere), then `ordered` in reverse."""
+        self.abort()
+        rest = [p for p in self.spawned() if all(p is not q for q in ordered)]
+        stop_all([*ordered, *rest], timeout)
+
+
 def start(
     name: str,
     argv: Sequence[str],
@@ -74,8 +114,12 @@ def start(
     timeout: float = 120.0,
     log_dir: Path | None = None,
     stdout: IO[bytes] | int | None = None,
+    launch: Launch | None = None,
 ) -> Process:
-    """Starts argv (e.g. [python, -m, services.cache]) and waits for its ready file."""
+    """Starts argv (e.g. [python, -m, services.cache]) and waits for its ready file. With `launch`, the process
+    is recorded there as soon as it is spawned, and the wait gives up (stopping it) once the launch is aborted."""
+    if launch is not None and launch.aborted:
+        raise Aborted(f"start of {name} aborted")
     run_dir = Path(tempfile.mkdtemp(prefix=f"weir-{name}-"))
     ready = run_dir / "ready.json"
     child_env = {**os.environ, **(env or {}), "WEIR_READY_FILE": str(ready)}
@@ -87,8 +131,13 @@ def start(
         out = open(log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
     popen = subprocess.Popen(list(argv), env=child_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     proc = Process(name=name, popen=popen, log_path=log_path, run_dir=run_dir)
+    if launch is not None:
+        launch.add(proc)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if launch is not None and launch.aborted:  # checked before readiness: see Launch.stop's snapshot
+            proc.stop()
+            raise Aborted(f"start of {name} aborted")
         if ready.exists():
             proc.info = orjson.loads(ready.read_bytes())
             return proc

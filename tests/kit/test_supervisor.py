@@ -1,0 +1,79 @@
+"""The supervisor's Launch: processes started together are all stopped, the ones still starting included."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from weir.kit import supervisor
+
+# A child that never writes its ready file: its start waits until the timeout or an abort.
+NEVER_READY = [sys.executable, "-c", "import time; time.sleep(120)"]
+# A child that is ready at once.
+READY = [sys.executable, "-c",
+         "import os, time; open(os.environ['WEIR_READY_FILE'], 'w').write('{}'); time.sleep(120)"]
+
+
+def wait_for(condition: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if callable(condition) and condition():
+            return
+        time.sleep(0.01)
+    raise AssertionError("condition not met in time")
+
+
+def test_abort_stops_a_start_still_waiting_in_another_thread(tmp_path: Path) -> None:
+    launch = supervisor.Launch()
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(supervisor.start, "slow", NEVER_READY, log_dir=tmp_path, timeout=60, launch=launch)
+        wait_for(lambda: len(launch.spawned()) == 1)
+        child = launch.spawned()[0]
+        assert child.alive()
+        started = time.monotonic()
+        launch.abort()
+        with pytest.raises(supervisor.Aborted, match="start of slow aborted"):
+            pending.result(timeout=10)
+    assert time.monotonic() - started < 5, "the waiting start gives up at once, not at its timeout"
+    assert not child.alive()
+
+
+def test_stop_reaches_ready_processes_and_ones_still_starting(tmp_path: Path) -> None:
+    launch = supervisor.Launch()
+    ready = supervisor.start("ready", READY, log_dir=tmp_path, launch=launch)
+    failures: list[BaseException] = []
+
+    def start_slow() -> None:
+        try:
+            supervisor.start("slow", NEVER_READY, log_dir=tmp_path, timeout=60, launch=launch)
+        except BaseException as exc:  # recorded for the assertion below
+            failures.append(exc)
+
+    thread = threading.Thread(target=start_slow)
+    thread.start()
+    wait_for(lambda: len(launch.spawned()) == 2)
+    slow = launch.spawned()[1]
+
+    launch.stop([ready])
+    thread.join(10)
+    assert not thread.is_alive()
+    assert not ready.alive() and not slow.alive()
+    assert len(failures) == 1 and isinstance(failures[0], supervisor.Aborted)
+    with pytest.raises(supervisor.Aborted):  # a start after the stop does not spawn anything
+        supervisor.start("late", READY, log_dir=tmp_path, launch=launch)
+    assert len(launch.spawned()) == 2
+
+
+def test_a_start_without_a_launch_is_unchanged(tmp_path: Path) -> None:
+    proc = supervisor.start("ready", READY, log_dir=tmp_path)
+    try:
+        assert proc.alive() and proc.info == {}
+    finally:
+        proc.stop()
+    with pytest.raises(supervisor.StartError, match="was not ready within"):
+        supervisor.start("slow", NEVER_READY, log_dir=tmp_path, timeout=0.5)
