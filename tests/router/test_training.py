@@ -19,7 +19,7 @@ from services.router.scorer import (
 )
 from services.router.training.metrics import apgr, cpt, routing_curve
 from services.router.training.models import GainModel, Standardizer, features, fit_logistic
-from services.router.training.train import build_scorer, calibration, holdout_rows
+from services.router.training.train import build_scorer, calibration, cv_shipped_scale, holdout_rows
 from services.router.training.validation import leave_one_subject_out, out_of_fold, subject_folds
 
 # Four prompts: two only the strong model answers, one both answer, one neither.
@@ -140,6 +140,23 @@ def test_gain_model_weights_live_on_raw_features() -> None:
     assert model.score(x) == pytest.approx(model.expected_gain(x) + 0.05 * x[:, -1])
     # The synthetic gain grows with emb[:, 0]: the model ranks by it.
     assert apgr(model.score(x), strong, weak) > 0.6
+
+
+def test_shipped_scale_is_each_folds_training_quantile() -> None:
+    x, strong, weak = _synthetic()
+    folds = np.arange(len(strong)) % 3
+    scaled = cv_shipped_scale(x, strong, weak, folds, 10.0, 0.05)
+    assert ((scaled >= 0) & (scaled <= 1)).all()
+    for f in range(3):  # by hand: the fold's model, the share of its own training scores at or below each score
+        train, test = folds != f, folds == f
+        model = GainModel.fit(x[train], strong[train], weak[train], 10.0, 0.05)
+        seen = model.score(x[train])
+        expected = [(seen <= s).mean() for s in model.score(x[test])]
+        np.testing.assert_allclose(scaled[test], expected)
+    # A monotone map of each fold's scores: within a fold the ranking is the raw score's.
+    raw = out_of_fold(folds, lambda tr, te: GainModel.fit(x[tr], strong[tr], weak[tr], 10.0, 0.05).score(x[te]))
+    for f in range(3):
+        assert (np.diff(scaled[folds == f][np.argsort(raw[folds == f])]) >= 0).all()
 
 
 def test_calibration_puts_the_operating_point_at_one_half() -> None:

@@ -9,7 +9,10 @@ Every method is fitted on some subjects and scored on the others (5 folds of who
 - length prior: the router's fallback, p(strong) rising with prompt tokens;
 - gain (shipped recipe): the hyper-parameters stored in the artefact's metadata;
 - ablations: the gain model without its length term, and single-label logistic regressions ("need" =
-  strong right and weak wrong; "weak_wrong").
+  strong right and weak wrong; "weak_wrong");
+- the gain recipe again, each fold's scores on its own training quantiles before pooling
+  (`train.cv_shipped_scale`): what a deployed router thresholds, where the raw pooled scores also rank the
+  five models' offsets against each other.
 
 Finally the shipped artefact itself is scored on the rows train.py held out (random rows of subjects it
 was trained on) and its threshold 0.5 is checked against the strong-call share it promises.
@@ -31,7 +34,7 @@ from services.router.scorer import GainScorer, load_scorer
 from services.router.settings import SHIPPED_SCORER
 from services.router.training.metrics import Curve, routing_curve
 from services.router.training.models import fit_single, label, sigmoid
-from services.router.training.train import CV_FOLDS, CV_SEEDS, cv_expected_gain, training_set
+from services.router.training.train import CV_FOLDS, CV_SEEDS, cv_expected_gain, cv_shipped_scale, training_set
 from services.router.training.validation import leave_one_subject_out, out_of_fold, subject_folds
 
 Vector = npt.NDArray[np.float64]
@@ -80,13 +83,14 @@ def main(argv: list[str] | None = None) -> None:
 
     methods: dict[str, list[Curve]] = {k: [] for k in (
         "random", "length prior", f"gain (lam={lam:g}, length {lw:g})", "gain without length term",
-        "logistic, label need", "logistic, label weak_wrong")}
+        "logistic, label need", "logistic, label weak_wrong", "gain, each fold on its own scale")}
     names = list(methods)
     for seed in CV_SEEDS:
         folds = subject_folds(data.subjects, CV_FOLDS, seed)
         gain = cv_expected_gain(x, strong, weak, folds, lam)
         scores = [np.zeros(len(data)), data.prompt_tokens.astype(np.float64), gain + lw * log_len, gain,
-                  out_of_fold(folds, single("need")), out_of_fold(folds, single("weak_wrong"))]
+                  out_of_fold(folds, single("need")), out_of_fold(folds, single("weak_wrong")),
+                  cv_shipped_scale(x, strong, weak, folds, lam, lw)]
         for name, s in zip(names, scores, strict=True):
             methods[name].append(routing_curve(s, strong, weak))
         print(f"  seed {seed} done [{time.monotonic() - started:.0f} s]", file=sys.stderr)
@@ -99,8 +103,11 @@ def main(argv: list[str] | None = None) -> None:
     for name in names:
         print(summary(name, methods[name]))
     if args.loso:
-        gain = cv_expected_gain(x, strong, weak, leave_one_subject_out(data.subjects), lam)
+        loso = leave_one_subject_out(data.subjects)
+        gain = cv_expected_gain(x, strong, weak, loso, lam)
         print(summary("gain, leave-one-subject-out", [routing_curve(gain + lw * log_len, strong, weak)]))
+        print(summary("LOSO, each fold on its own scale",
+                      [routing_curve(cv_shipped_scale(x, strong, weak, loso, lam, lw), strong, weak)]))
 
     shown = {"random": names[0], "length prior": names[1], "gain scorer": names[2]}
     print("\nQuality vs strong-call share (held-out subjects, mean over seeds):")

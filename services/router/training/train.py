@@ -99,6 +99,23 @@ def cv_expected_gain(x: Matrix, strong: Vector, weak: Vector, folds: npt.NDArray
     return out_of_fold(folds, fit_score)
 
 
+def cv_shipped_scale(x: Matrix, strong: Vector, weak: Vector, folds: npt.NDArray[np.int64], lam: float,
+                     length_weight: float) -> Vector:
+    """Out-of-fold scores on the scale a deployed router thresholds: each fold's gain score (length term
+    included) mapped to the share of that fold's *training* scores below it, as the artefact's calibration
+    knots map a score (`calibration`, a monotone map of the same training quantiles). Pooling raw scores from
+    five separately fitted models also ranks the models' offsets against each other, which no deployment
+    sees; this pools them as each model would route."""
+    log_len = x[:, -1]
+
+    def fit_score(train: npt.NDArray[np.bool_], test: npt.NDArray[np.bool_]) -> Vector:
+        model = GainModel.fit(x[train], strong[train], weak[train], lam, 0.0)
+        seen = np.sort(model.expected_gain(x[train]) + length_weight * log_len[train])
+        new = model.expected_gain(x[test]) + length_weight * log_len[test]
+        return np.searchsorted(seen, new, side="right") / len(seen)
+    return out_of_fold(folds, fit_score)
+
+
 def select(data: RoutingData, x: Matrix, *, log: bool = True) -> list[Trial]:
     """Every (lam, length_weight) with its mean held-out-subject APGR over CV_SEEDS, best first."""
     strong, weak = data.strong.astype(np.float64), data.weak.astype(np.float64)
