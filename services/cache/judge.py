@@ -6,8 +6,8 @@ the project's labelled pairs (weir/model/judge_train.py) and run by the embedder
 once. The cache asks it about the candidates the rules leave open, in one call per lookup:
 
 - a candidate refused only by checks the judge may overrule (`WEIR_CACHE_JUDGE_OVERRULES`: by default scope,
-  intent, order, entities and content; numbers, units, dates, negation and opposites always decide) is served
-  when the judge scores it at least `WEIR_CACHE_JUDGE_ACCEPT` (0.99); a lower similarity gate for the judge
+  intent, order, entities and content; numbers, units, dates, negation, roles and opposites always decide) is
+  served when the judge scores it at least `WEIR_CACHE_JUDGE_ACCEPT` (0.99); a lower similarity gate for the judge
   (`WEIR_CACHE_JUDGE_SIM_THRESHOLD` below the rules' 0.70) lets it read paraphrases the embedding scores low;
 - a candidate the rules accept is refused when the judge scores it below `WEIR_CACHE_JUDGE_VETO` (0.05;
   0 turns the veto off), unless both texts normalise alike (case, punctuation, spacing): the same question.

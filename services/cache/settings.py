@@ -11,7 +11,8 @@ from weir.kit.server import ServerSettings
 _COLLECTION_PREFIX = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _CONSISTENCY = ("Strong", "Session", "Bounded", "Eventually")
 #: The verifier's checks (services/cache/verifier.py CHECK_NAMES; not imported: settings stay light).
-_CHECKS = ("numbers", "units", "dates", "negation", "scope", "intent", "order", "entities", "opposites", "content")
+_CHECKS = ("numbers", "units", "dates", "negation", "scope", "intent", "roles", "order", "entities", "opposites",
+           "content")
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,8 @@ class CacheSettings:
     judge_overrules: tuple[str, ...] = env(
         "WEIR_CACHE_JUDGE_OVERRULES", ("scope", "intent", "order", "entities", "content"),
         help="verifier checks whose refusal the judge may overrule (every other check must pass: by default "
-             "numbers, units, dates, negation and opposites, whose rules read explicit tokens, always decide)")
+             "numbers, units, dates, negation, roles and opposites, whose rules read explicit tokens, always "
+             "decide)")
     judge_accept: float = env(
         "WEIR_CACHE_JUDGE_ACCEPT", 0.99,
         help="judge score at or above which a candidate refused only by those checks is served")

@@ -65,6 +65,9 @@ _ORDINAL = re.compile(r"(st|nd|rd|th)")
 _LETTER_DIGIT_HYPHEN = re.compile(r"[a-z]+-\d+|\d+-[a-z]+")
 _DIMENSIONS = re.compile(r"(\d+(?:\.\d+)?)x(\d+(?:\.\d+)?)")
 _DIGIT_GROUPS = re.compile(r"\d+(?:[-/.]\d+){2,}")
+# A number hyphenated to a word is the number and the word: 30-minute = 30 minute, 9-ball = 9 ball, 3-year-old =
+# 3 year old (a single letter stays an ID: 3-D = 3D).
+_NUMBER_HYPHEN_WORDS = re.compile(r"(?<![\w-])(\d+(?:\.\d+)?)-([a-z]{2,}(?:-[a-z]+)*)\b", re.IGNORECASE)
 _SPACES = re.compile(r"\s+")
 # A participle negated by "un" (unopened, unused, unauthorized) reads as "not" + the participle; not "under-".
 _UN_PARTICIPLE = re.compile(r"un(?!der)[a-z]{2,}ed")
@@ -448,9 +451,27 @@ def _stop_prevents(toks: Sequence[tuple[str, str, bool]], i: int, prev: str) -> 
     return any(w.endswith("ing") for w in after[:3]) or "from" in after
 
 
+def _inch_marks(text: str) -> str:
+    """A double quote right after a digit, where no quotation is open, is an inch mark: a 10" bowl = a 10 inch
+    bowl ('the "404" page' keeps its quotation)."""
+    if '"' not in text:
+        return text
+    out: list[str] = []
+    quoting = False
+    for i, c in enumerate(text):
+        if c == '"':
+            if not quoting and i > 0 and text[i - 1].isdigit():
+                out.append(" inch")
+                continue
+            quoting = not quoting
+        out.append(c)
+    return "".join(out)
+
+
 def _analyze(text: str) -> Facts:
     """The facts of `text` the checks compare (`analyze` caches them: stored questions recur across lookups)."""
     text = _PAREN_SUFFIX.sub(r"\1\2", text.replace("’", "'").replace("‘", "'"))
+    text = _NUMBER_HYPHEN_WORDS.sub(lambda m: f"{m.group(1)} {m.group(2).replace('-', ' ')}", _inch_marks(text))
     words: set[str] = set()
     entities: set[str] = set()
     acronyms: set[str] = set()
@@ -1118,6 +1139,11 @@ def _before(seq: Sequence[str], at: int) -> str:
     return seq[at - 1] if at else ""
 
 
+def _after(seq: Sequence[str], at: int) -> str:
+    """The token right after position `at` of `seq` ("" at the end)."""
+    return seq[at + 1] if at + 1 < len(seq) else ""
+
+
 def check_entities(query: Facts, stored: Facts) -> Verdict:
     """Names, code-like tokens and quoted text of either text appear in the other (case-insensitively)."""
     # A name in the plural is the same name: "Tesla Superchargers" / "a tesla supercharger".
@@ -1271,6 +1297,39 @@ def check_content(query: Facts, stored: Facts) -> Verdict:
 Check = Callable[[Facts, Facts], Verdict]
 
 #: The checks in the order they run; the first refusal wins. Names are the keys of the refusal counters.
+#: Words whose two sides hold roles (a direction, a comparison, a sequence, an opponent): the thing right after
+#: one is its object, so two things that trade that place trade roles.
+_ROLE_PIVOTS = (lx.DIRECTIONAL - {"by", "minus"}) | {"against", "before", "after", "behind"}
+
+
+def check_roles(query: Facts, stored: Facts) -> Verdict:
+    """Two things that trade places around a role word, each taking the place right after it: "swap cow milk
+    for goat milk" / "goat milk for cow milk", "India against Pakistan" / "Pakistan against India", "catch it
+    from humans" / "humans catch it from parrots".
+
+    A subset of the order check's refusals, named apart because nothing overrules it (the judge may overrule
+    `order`, which also refuses clauses moved around a shared word, and has been seen to serve these swaps at
+    0.99+). The word right after the role word must differ: "to clean stamps, use water" / "use water to
+    clean stamps" keeps "clean" after "to" and is left to the order check; and the asker is no role-holder here
+    ("can I get a refund from LEGO" / "from LEGO can I ...").
+    """
+    verdict = check_order(query, stored)
+    if verdict.ok or verdict.check != "order":
+        return _ok("roles")
+    left, _, _ = verdict.detail.partition(" vs ")
+    parts = left.split(" ")
+    if len(parts) != 3 or parts[1] not in _ROLE_PIVOTS or "<i>" in (parts[0], parts[2]):
+        return _ok("roles")
+    first, pivot, second = parts
+    qs, ss = _joint_phrases(query.sequence, stored.sequence)
+    if qs.count(pivot) != 1 or ss.count(pivot) != 1:
+        return _ok("roles")
+    after_q, after_s = _after(qs, qs.index(pivot)), _after(ss, ss.index(pivot))
+    if {after_q, after_s} == {first, second}:
+        return Verdict(False, "roles", verdict.detail)
+    return _ok("roles")
+
+
 CHECKS: tuple[tuple[str, Check], ...] = (
     ("numbers", check_numbers),
     ("units", check_units),
@@ -1278,6 +1337,7 @@ CHECKS: tuple[tuple[str, Check], ...] = (
     ("negation", check_negation),
     ("scope", check_scope),
     ("intent", check_intent),
+    ("roles", check_roles),
     ("order", check_order),
     ("entities", check_entities),
     ("opposites", check_opposites),

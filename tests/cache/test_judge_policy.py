@@ -28,7 +28,7 @@ def test_defaults_are_the_documented_ones() -> None:
     assert (DEFAULTS.threshold, DEFAULTS.judge, DEFAULTS.gate, DEFAULTS.accept, DEFAULTS.veto) == \
         (0.70, True, 0.50, 0.99, 0.05)
     assert set(DEFAULTS.overrules) == {"scope", "intent", "order", "entities", "content"}
-    assert [n for n, _ in DEFAULTS.hard_checks] == ["numbers", "units", "dates", "negation", "opposites"]
+    assert [n for n, _ in DEFAULTS.hard_checks] == ["numbers", "units", "dates", "negation", "roles", "opposites"]
     assert DEFAULTS.floor == 0.50
 
 
@@ -46,6 +46,13 @@ def test_a_vocabulary_refusal_goes_to_the_judge_and_a_number_or_an_opposite_neve
     opposite = POLICY.read("how can i raise the seat on my motorbike", "How do I lower my motorcycle's seat height?",
                            similarity=0.8)
     assert (opposite.kind, opposite.verdict.check) == (judge.REFUSE, "opposites")
+    # Two things trading roles: the order check's refusal the judge was seen to overrule at 0.99+.
+    roles = POLICY.read("can a guinea pig catch a cold from a rabbit", "Can a rabbit catch a cold from a guinea pig?",
+                        similarity=0.98)
+    assert (roles.kind, roles.verdict.check) == (judge.REFUSE, "roles")
+    moved = POLICY.read("Is it okay to use water to clean old stamps?", "To clean old stamps, is it okay to use water?",
+                        similarity=0.95)
+    assert (moved.kind, moved.verdict.check) == (judge.OVERRULE, "order")
     # Between the judge's gate and the rules' threshold only the judge can serve it.
     assert POLICY.read(*SAME, similarity=0.65).kind == judge.OVERRULE
     assert dataclasses.replace(POLICY, judge=False).read(*VOCAB, similarity=0.75).kind == judge.REFUSE
