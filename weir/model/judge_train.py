@@ -40,7 +40,7 @@ MAX_PAIR_TOKENS = 128
 #: The encoder's linear layers that get an adapter (names inside each BertLayer).
 LORA_TARGETS = ("attention.self.query", "attention.self.key", "attention.self.value",
                 "attention.output.dense", "intermediate.dense", "output.dense")
-DEFAULT_HOLD_OUT = ("blind13", "blind14")
+DEFAULT_HOLD_OUT = ("blind13", "blind14", "blind15")
 
 
 def base_model_dir() -> Path:
