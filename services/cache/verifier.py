@@ -1240,6 +1240,39 @@ _OPPOSITE_PREFIXES = tuple((x, y) for a, b in (("left", "right"), ("up", "down")
                            for x, y in ((a, b), (b, a)))
 
 
+# "left" / "right" naming a side or a direction (not "I left my keys", not "the right answer"): before a hyphen
+# (left-arm, right-handed), after a turn or a determiner, or before a side noun.
+_SIDE = re.compile(
+    r"\b(left|right)(?=-[a-z])"
+    r"|(?:\b(?:turn|turning|turned|veer|keep|stay|move|merge|swipe|scroll|lean|tilt)\s+)(left|right)\b"
+    r"|\b(left|right)(?=\s+(?:side|hand|handed|hander|handers|arm|arms|leg|legs|foot|feet|eye|eyes|ear|ears|knee|"
+    r"knees|shoulder|shoulders|wrist|lane|lanes|turn|turns|click|wing|field|fielder|back|tackle|guard|bank|brain|"
+    r"margin|column|pane|panel|sidebar|shift|stick|trigger|bumper|mouse|button|of\b))")
+_SIDE_ALTERNATIVES = re.compile(r"\b(?:left|right)\b[\w\s-]{0,20}\b(?:or|and|vs|versus|to)\b[\w\s-]{0,20}"
+                                r"\b(?:left|right)\b")
+
+
+def _sides(text: str) -> list[str]:
+    """The sides a text names, in order ("left-arm ... right-handers": left, right)."""
+    if "left" not in text and "right" not in text:
+        return []
+    return [next(g for g in m.groups() if g) for m in _SIDE.finditer(text)]
+
+
+def _sides_swapped(query: Facts, stored: Facts) -> tuple[str, str] | None:
+    """(query side, stored side) where the two texts name opposite sides: "turn left" / "turn right", or both
+    sides in the other order ("left-arm spinners against right-handers" / "right-arm ... left-handers"); not
+    "left or right" written either way round."""
+    qs, ss = _sides(query.normalized), _sides(stored.normalized)
+    if not qs or not ss or qs == ss:
+        return None
+    if _SIDE_ALTERNATIVES.search(query.normalized) or _SIDE_ALTERNATIVES.search(stored.normalized):
+        return None  # "left or right", "from left to right": a choice or a sweep, not two roles
+    if set(qs) != set(ss):  # one side on each: left / right
+        return (qs[0], ss[0]) if len(set(qs)) == 1 and len(set(ss)) == 1 else None
+    return (" ".join(qs), " ".join(ss))
+
+
 def check_opposites(query: Facts, stored: Facts) -> Verdict:
     """No word is replaced by its opposite, and no verb takes another particle (take off / take on)."""
     only_q, only_s = _differing(query, stored)
@@ -1258,6 +1291,8 @@ def check_opposites(query: Facts, stored: Facts) -> Verdict:
         opposed = next(((a, b) for a in only_q for b in only_s for x, y in _OPPOSITE_PREFIXES
                         if a.startswith(x) and b.startswith(y) and len(a) > len(x) and a[len(x):] == b[len(y):]),
                        None)
+    if opposed is None:  # left / right as sides: "turn left" / "turn right", "left-arm ... right-handers" swapped
+        opposed = _sides_swapped(query, stored)
     if opposed is not None:
         return _refuse("opposites", [opposed[0]], [opposed[1]])
     # The same verb with another particle: "take off my shoes" / "take on my shoes" (a particle may be

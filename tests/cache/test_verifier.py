@@ -642,3 +642,21 @@ def test_things_trading_places_around_a_role_word_are_refused_as_roles() -> None
     assert verify("Can I get a replacement from LEGO if a piece is missing from a new set?",
                   "If a piece is missing from a new set, can I get a replacement from LEGO?").check != "roles"
     assert verify("Translate good morning from English to French", "translate good morning to french from english").ok
+
+
+def test_left_and_right_as_sides_are_opposites() -> None:
+    # A side or a direction: the hard opposites check, not the content check the judge may overrule.
+    assert str(verify("Should I turn left at the light?", "should i turn right at the light")) == \
+        "opposites: left vs right"
+    assert verify("How do I bat as a left-handed player?", "how do i bat as a right-handed player").check == \
+        "opposites"
+    # Both sides named, swapped between the two roles.
+    assert str(verify("why are right-arm spinners effective against left-handers",
+                      "Why are left-arm spinners effective against right-handers?")) == \
+        "opposites: right left vs left right"
+    # A choice between the two, either way round, is the same question; "left" the verb and "right" meaning
+    # correct are no sides.
+    assert verify("swipe right or left on tinder", "Should I swipe left or right on Tinder?").ok
+    assert verify("is that the correct answer", "Is that the right answer?").ok
+    assert not str(verify("left my phone in a cab, what now", "I left my phone in a taxi, what do I do?")) \
+        .startswith("opposites")
