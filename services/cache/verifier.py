@@ -950,6 +950,21 @@ def _joint_phrases(qs: Sequence[str], ss: Sequence[str]) -> tuple[tuple[str, ...
     return join(qs), join(ss)
 
 
+#: Words whose two sides hold roles (a direction, a comparison, a sequence, an opponent): the thing right after
+#: one is its object, so two things that trade that place trade roles.
+_ROLE_PIVOTS = (lx.DIRECTIONAL - {"by", "minus"}) | {"against", "before", "after", "behind"}
+
+
+def _trades_roles(qs: Sequence[str], ss: Sequence[str], pivot: str, a: str, b: str) -> bool:
+    """Whether `a` and `b`, swapped around `pivot`, each take the place right after it on one side (not the
+    asker: "from LEGO can I ..." / "can I ... from LEGO"). Single words only: a joined phrase ("boat port" /
+    "boat starboard") stays an order refusal, as the check was measured."""
+    if (pivot not in _ROLE_PIVOTS or "<i>" in (a, b) or " " in a or " " in b
+            or qs.count(pivot) != 1 or ss.count(pivot) != 1):
+        return False
+    return {_after(qs, qs.index(pivot)), _after(ss, ss.index(pivot))} == {a, b}
+
+
 def check_order(query: Facts, stored: Facts) -> Verdict:
     """Shared words do not swap sides around a directional word or a shared pivot; units keep their order.
 
@@ -985,12 +1000,14 @@ def check_order(query: Facts, stored: Facts) -> Verdict:
             pivot = strong[0] if strong else (pivots[0] if pivots and not attached else ("@" if both else None))
             if pivot is not None:
                 first, second = (a, b) if qp[a] < qp[b] else (b, a)
-                pivot = "at/in/of" if pivot == "@" else pivot
                 # Numbers or dates that swap roles are refused as such: the checks on explicit tokens are the
                 # ones nothing overrules (services/cache/judge.py), and "a 30 amp RV into a 50 amp pedestal"
-                # differs from "a 50 amp RV into a 30 amp pedestal" in its numbers as much as in its order.
+                # differs from "a 50 amp RV into a 30 amp pedestal" in its numbers as much as in its order;
+                # so are two things that trade roles around a role word (check_roles).
                 check = ("numbers" if {a, b} & {*query.numbers, *stored.numbers}
-                         else "dates" if {a, b} & dates else "order")
+                         else "dates" if {a, b} & dates else "roles" if _trades_roles(qs, ss, pivot, a, b)
+                         else "order")
+                pivot = "at/in/of" if pivot == "@" else pivot
                 return Verdict(False, check, f"{first} {pivot} {second} vs {second} {pivot} {first}")
     # The same directional words on both sides, and a word right after one on one side and right after
     # another on the other: "from my sister's account to mine" / "from mine to my sister's account".
@@ -1331,40 +1348,22 @@ def check_content(query: Facts, stored: Facts) -> Verdict:
 
 Check = Callable[[Facts, Facts], Verdict]
 
-#: The checks in the order they run; the first refusal wins. Names are the keys of the refusal counters.
-#: Words whose two sides hold roles (a direction, a comparison, a sequence, an opponent): the thing right after
-#: one is its object, so two things that trade that place trade roles.
-_ROLE_PIVOTS = (lx.DIRECTIONAL - {"by", "minus"}) | {"against", "before", "after", "behind"}
-
 
 def check_roles(query: Facts, stored: Facts) -> Verdict:
     """Two things that trade places around a role word, each taking the place right after it: "swap cow milk
     for goat milk" / "goat milk for cow milk", "India against Pakistan" / "Pakistan against India", "catch it
     from humans" / "humans catch it from parrots".
 
-    A subset of the order check's refusals, named apart because nothing overrules it (the judge may overrule
-    `order`, which also refuses clauses moved around a shared word, and has been seen to serve these swaps at
-    0.99+). The word right after the role word must differ: "to clean stamps, use water" / "use water to
-    clean stamps" keeps "clean" after "to" and is left to the order check; and the asker is no role-holder here
-    ("can I get a refund from LEGO" / "from LEGO can I ...").
+    The order check's refusals of that kind (it names them "roles"), run as a check of their own so that the
+    judge, which may overrule `order` (it also refuses clauses moved around a shared word) and has been seen
+    to serve these swaps at 0.99+, never overrules them. The word right after the role word must differ: "to
+    clean stamps, use water" / "use water to clean stamps" keeps "clean" after "to" and stays an order refusal.
     """
     verdict = check_order(query, stored)
-    if verdict.ok or verdict.check != "order":
-        return _ok("roles")
-    left, _, _ = verdict.detail.partition(" vs ")
-    parts = left.split(" ")
-    if len(parts) != 3 or parts[1] not in _ROLE_PIVOTS or "<i>" in (parts[0], parts[2]):
-        return _ok("roles")
-    first, pivot, second = parts
-    qs, ss = _joint_phrases(query.sequence, stored.sequence)
-    if qs.count(pivot) != 1 or ss.count(pivot) != 1:
-        return _ok("roles")
-    after_q, after_s = _after(qs, qs.index(pivot)), _after(ss, ss.index(pivot))
-    if {after_q, after_s} == {first, second}:
-        return Verdict(False, "roles", verdict.detail)
-    return _ok("roles")
+    return verdict if verdict.check == "roles" else _ok("roles")
 
 
+#: The checks in the order they run; the first refusal wins. Names are the keys of the refusal counters.
 CHECKS: tuple[tuple[str, Check], ...] = (
     ("numbers", check_numbers),
     ("units", check_units),
