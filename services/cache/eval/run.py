@@ -29,10 +29,10 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -56,6 +56,7 @@ EMBED_CHUNK = 128
 JUDGE_CHUNK = 64
 BOUNDED_STALENESS_S = 6.0  # Milvus' common.gracefulTime (5 s) and a margin
 CONCURRENCY = 8
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,8 @@ async def embed_all(stub: emb_grpc.EmbedderServiceAsyncStub, texts: list[str]) -
     return out
 
 
-async def _bounded(items: Sequence[Outcome], work: Any) -> None:
+async def _bounded(items: Sequence[T], work: Callable[[T], Awaitable[None]]) -> None:
+    """`work` on every item, CONCURRENCY at a time."""
     queue = list(items)
 
     async def worker() -> None:
@@ -252,43 +254,42 @@ async def run_crowded(cache_addr: str, embedder_addr: str, cases: Sequence[Case]
     looks each query up in that tenant the way the gateway does. A query may now be served the answer of
     *another* question of its topic: the mistake a one-pair tenant (`run_cases`) cannot show."""
     single = [c for c in cases if not c.multi_turn]
-    entries = sorted({(f"crowd:{c.split}:{c.domain}", last_user(c.stored)) for c in single})
+
+    def tenant(c: Case) -> str:
+        return f"crowd:{c.split}:{c.domain}"
+
+    entries = sorted({(tenant(c), last_user(c.stored)) for c in single})
     async with open_channel(embedder_addr) as emb_ch, open_channel(cache_addr) as cache_ch:
         embedder = emb_grpc.EmbedderServiceStub(emb_ch)
         cache = cache_grpc.CacheServiceStub(cache_ch)
         vectors = await embed_all(embedder, [t for _, t in entries] + [last_user(c.query) for c in single])
-        queue = list(entries)
 
-        async def store() -> None:
-            while queue:
-                tenant, text = queue.pop()
-                resp = await cache.Store(cache_pb.StoreRequest(
-                    tenant=tenant, request=chat_request((("user", text),)),
-                    answer=cache_pb.CachedAnswer(content=text, model="fake-small", finish_reason="stop"),
-                    embedding=vectors[text]), timeout=60)
-                if not resp.stored:
-                    raise RuntimeError(f"{text!r}: not stored ({resp.reason})")
+        async def store(entry: tuple[str, str]) -> None:
+            owner, text = entry
+            resp = await cache.Store(cache_pb.StoreRequest(
+                tenant=owner, request=chat_request((("user", text),)),
+                answer=cache_pb.CachedAnswer(content=text, model="fake-small", finish_reason="stop"),
+                embedding=vectors[text]), timeout=60)
+            if not resp.stored:
+                raise RuntimeError(f"{text!r}: not stored ({resp.reason})")
 
-        await asyncio.gather(*(store() for _ in range(CONCURRENCY)))
+        await _bounded(entries, store)
         await asyncio.sleep(settle_s)
         served: list[str | None] = [None] * len(single)
-        todo = list(range(len(single)))
 
-        async def lookup() -> None:
-            while todo:
-                i = todo.pop()
-                c = single[i]
-                tenant, req = f"crowd:{c.split}:{c.domain}", chat_request(c.query)
-                exact = await cache.LookupExact(cache_pb.LookupExactRequest(tenant=tenant, request=req), timeout=10)
-                if exact.hit:
-                    served[i] = exact.answer.content
-                    continue
-                sem = await cache.LookupSemantic(cache_pb.LookupSemanticRequest(
-                    tenant=tenant, request=req, embedding=vectors[last_user(c.query)]), timeout=10)
-                if sem.hit:
-                    served[i] = sem.answer.content
+        async def lookup(i: int) -> None:
+            c = single[i]
+            req = chat_request(c.query)
+            exact = await cache.LookupExact(cache_pb.LookupExactRequest(tenant=tenant(c), request=req), timeout=10)
+            if exact.hit:
+                served[i] = exact.answer.content
+                return
+            sem = await cache.LookupSemantic(cache_pb.LookupSemanticRequest(
+                tenant=tenant(c), request=req, embedding=vectors[last_user(c.query)]), timeout=10)
+            if sem.hit:
+                served[i] = sem.answer.content
 
-        await asyncio.gather(*(lookup() for _ in range(CONCURRENCY)))
+        await _bounded(range(len(single)), lookup)
     return Crowded(tuple(single), tuple(served), len(entries), len({t for t, _ in entries}))
 
 
