@@ -3,6 +3,7 @@ in a whole mesh: a key sees and clears its own team's cache only; an admin key a
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -46,15 +47,33 @@ def until_cached(mesh: Mesh, key: str, question: str) -> None:
         time.sleep(0.2)
 
 
+def semantic_stores(mesh: Mesh) -> float:
+    """Stores that reached both tiers so far, from the cache's metrics."""
+    text = httpx.get(f"http://{mesh.procs['cache'].info['metrics']}/metrics").text
+    found = re.search(r'^weir_cache_stores_total\{outcome="exact\+semantic"\} (\S+)$', text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def until_searchable(mesh: Mesh, stores: float) -> None:
+    """Waits until `stores` stores have written their semantic row: the exact tier serves an entry as soon as
+    Redis holds it, while its Milvus row is still being written."""
+    deadline = time.monotonic() + 20
+    while semantic_stores(mesh) < stores:
+        assert time.monotonic() < deadline, "the semantic row was never written"
+        time.sleep(0.05)
+
+
 def test_stats_and_invalidation_are_scoped_to_the_team(mesh: Mesh) -> None:
     team_a, team_b = "a-" + uuid.uuid4().hex[:8], "b-" + uuid.uuid4().hex[:8]
     key_a, key_b = new_key(mesh, team_a), new_key(mesh, team_b)
     admin = {"Authorization": f"Bearer {mesh.master_key}"}
     question = "What is the boiling point of water at sea level?"
+    stores = semantic_stores(mesh)
     assert ask(mesh, key_a, question) == "miss"
     until_cached(mesh, key_a, question)
     assert ask(mesh, key_b, question) == "miss"  # the same question, another tenant
     until_cached(mesh, key_b, question)
+    until_searchable(mesh, stores + 2)
     assert ask(mesh, key_a, "whats the boiling point of water at sea level??") == "semantic"
 
     with httpx.Client(base_url=f"{mesh.http}/v1/admin/cache", timeout=30) as http:
