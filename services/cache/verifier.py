@@ -953,14 +953,22 @@ def _joint_phrases(qs: Sequence[str], ss: Sequence[str]) -> tuple[tuple[str, ...
 #: Words whose two sides hold roles (a direction, a comparison, a sequence, an opponent): the thing right after
 #: one is its object, so two things that trade that place trade roles.
 _ROLE_PIVOTS = (lx.DIRECTIONAL - {"by", "minus"}) | {"against", "before", "after", "behind"}
+# Words of one direction: "from the US to Canada" / "from Canada into the US" swap the two around one pivot.
+_TOWARD = {"into": "to", "onto": "to", "towards": "to"}
 
 
 def _trades_roles(qs: Sequence[str], ss: Sequence[str], pivot: str, a: str, b: str) -> bool:
     """Whether `a` and `b`, swapped around `pivot`, each take the place right after it on one side (not the
     asker: "from LEGO can I ..." / "can I ... from LEGO"). Single words only: a joined phrase ("boat port" /
     "boat starboard") stays an order refusal, as the check was measured."""
-    if (pivot not in _ROLE_PIVOTS or "<i>" in (a, b) or " " in a or " " in b
-            or qs.count(pivot) != 1 or ss.count(pivot) != 1):
+    if pivot not in _ROLE_PIVOTS or "<i>" in (a, b) or " " in a or " " in b:
+        return False
+    if qs.count(pivot) == 1 and ss.count(pivot) == 1:
+        return {_after(qs, qs.index(pivot)), _after(ss, ss.index(pivot))} == {a, b}
+    # "to" on one side, "into" on the other ("from the US to Canada" / "from Canada into the US").
+    pivot = _TOWARD.get(pivot, pivot)
+    qs, ss = [_TOWARD.get(t, t) for t in qs], [_TOWARD.get(t, t) for t in ss]
+    if qs.count(pivot) != 1 or ss.count(pivot) != 1:
         return False
     return {_after(qs, qs.index(pivot)), _after(ss, ss.index(pivot))} == {a, b}
 
@@ -990,7 +998,8 @@ def check_order(query: Facts, stored: Facts) -> Verdict:
             seg_q, seg_s = _between(qs, qp[a], qp[b]), _between(ss, sp[a], sp[b])
             if "&" in seg_q or "&" in seg_s:
                 continue  # a symmetric relation
-            pivots = [p for p in seg_q if p in seg_s and p not in _NOT_PIVOTS]
+            toward_s = {_TOWARD.get(p, p) for p in seg_s}
+            pivots = [p for p in seg_q if _TOWARD.get(p, p) in toward_s and p not in _NOT_PIVOTS]
             strong = [p for p in pivots if p in lx.DIRECTIONAL or p in dates]
             # A phrase attached by in/of/at that moved ("the 404 code in HTTP" / "HTTP 404 code") keeps its role;
             # the two swapping around the same in/of/at on both sides do not ("a Tesla at a CCS station" /

@@ -16,6 +16,7 @@ PARAPHRASES = [
     ("How do I reset my Gmail password?", "How can I reset my password in gmail?"),
     ("Why doesn't my code work?", "Why is my code not working?"),
     ("Transfer $1,200.50 to savings", "transfer $1200.5 to savings"),
+    ("moving photos from my phone into my laptop", "How do I move photos from my phone to my laptop?"),
     ("Python: how to sort a list", "How do I sort a list in Python?"),
     ("What does `os.path.join` do?", "Explain what os.path.join does"),
     ("Convert 5 km to miles", "convert five km to miles"),
@@ -200,6 +201,11 @@ DIFFERENT = [
     ("Flights from Paris to London", "Flights from London to Paris", "roles", "paris to london vs london to paris"),
     ("Is C++ faster than Python?", "Is Python faster than C++?", "roles", "c++ than python vs python than c++"),
     ("How to convert Word to PDF", "How to convert PDF to Word", "roles", "word to pdf vs pdf to word"),
+    # "to" on one side, "into" on the other: one direction
+    ("shipping a pinball machine from Canada into the US, how?", "How do I ship a pinball machine from the US to "
+     "Canada?", "roles", "canada into <we> vs <we> into canada"),
+    ("how do i convert ppm defective into a cpk value", "How do I convert Cpk to PPM defective?", "roles",
+     "ppm into cpk vs cpk into ppm"),
     ("Did Liverpool beat Manchester United?", "Did Manchester United beat Liverpool?", "order",
      "liverpool beat manchester vs manchester beat liverpool"),
     # names, products, languages

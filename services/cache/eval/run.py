@@ -50,7 +50,7 @@ from weir.kit.redis_local import start_local_redis
 EVAL_DIR = Path(__file__).resolve().parent
 PAIRS = EVAL_DIR / "pairs.jsonl"
 CONVERSATIONS = EVAL_DIR / "conversations.jsonl"
-SPLITS = ("dev", "test", "holdout", *(f"blind{k}" for k in range(2, 16)), "vocab", "vocab2", "vocab3", "all")
+SPLITS = ("dev", "test", "holdout", *(f"blind{k}" for k in range(2, 16)), "vocab", "vocab2", "vocab3", "vocab4", "all")
 DEFAULT_CURVE = tuple(round(0.60 + 0.02 * i, 2) for i in range(20))  # 0.60 .. 0.98
 EMBED_CHUNK = 128
 JUDGE_CHUNK = 64
