@@ -42,7 +42,10 @@ MAX_PAIR_TOKENS = 128
 #: The encoder's linear layers that get an adapter (names inside each BertLayer).
 LORA_TARGETS = ("attention.self.query", "attention.self.key", "attention.self.value",
                 "attention.output.dense", "intermediate.dense", "output.dense")
-DEFAULT_HOLD_OUT = ("blind13", "blind14", "blind15")
+#: Splits never trained on by default. `vocab4` was written as training data; an adapter trained with it served
+#: 56.1 % / 0.7 % of the held-out splits' should-hits / traps against the shipped one's 57.2 % / 1.0 %, and scored
+#: paraphrases lower (docs/cache.md, step 10), so it was not shipped and the split measures instead.
+DEFAULT_HOLD_OUT = ("blind13", "blind14", "blind15", "vocab4")
 #: Share of the training queries also paired with another stored question of their domain (label 0).
 OTHER_QUESTIONS = 0.5
 #: Each is paired with one of its OTHER_TOP most similar others below OTHER_MAX_SIMILARITY (cosine), at random.
