@@ -168,11 +168,12 @@ async def check_concurrent_lookups(cache: Cache) -> None:
 
 def _searches(cache: Cache) -> tuple[float, float]:
     """(Milvus search calls, query vectors searched) from the cache's Prometheus metrics."""
-    values = cache_metrics(cache)
+    values = cache_metrics(cache.proc)
     return values["weir_cache_milvus_searches_total"], values["weir_cache_milvus_searched_vectors_total"]
 
 
-def cache_metrics(cache: Cache) -> dict[str, float]:
-    """The cache's own unlabelled Prometheus series (it must run with WEIR_METRICS_PORT set)."""
-    text = httpx.get(f"http://{cache.proc.info['metrics']}/metrics").text
+def cache_metrics(proc: supervisor.Process) -> dict[str, float]:
+    """The cache process' own Prometheus series, by name with its labels as written ('weir_cache_x{a="b"}'; it
+    must run with WEIR_METRICS_PORT set)."""
+    text = httpx.get(f"http://{proc.info['metrics']}/metrics").text
     return {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith("weir_cache_")}

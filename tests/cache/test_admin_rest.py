@@ -3,7 +3,6 @@ in a whole mesh: a key sees and clears its own team's cache only; an admin key a
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ import httpx
 import pytest
 
 from services.cache.verifier import CHECK_NAMES
+from tests.cache.conftest import cache_metrics
 from weir.devmesh import Mesh, start_mesh
 from weir.kit.redis_local import LocalRedis
 
@@ -49,9 +49,7 @@ def until_cached(mesh: Mesh, key: str, question: str) -> None:
 
 def semantic_stores(mesh: Mesh) -> float:
     """Stores that reached both tiers so far, from the cache's metrics."""
-    text = httpx.get(f"http://{mesh.procs['cache'].info['metrics']}/metrics").text
-    found = re.search(r'^weir_cache_stores_total\{outcome="exact\+semantic"\} (\S+)$', text, re.MULTILINE)
-    return float(found.group(1)) if found else 0.0
+    return cache_metrics(mesh.procs["cache"]).get('weir_cache_stores_total{outcome="exact+semantic"}', 0.0)
 
 
 def until_searchable(mesh: Mesh, stores: float) -> None:

@@ -380,7 +380,7 @@ async def test_concurrent_lookups_share_searches_and_each_gets_its_own_answer(st
 async def test_rows_stored_within_the_write_interval_go_to_milvus_together(start_cache: StartCache) -> None:
     cache = await start_cache({"WEIR_METRICS_PORT": "0", "WEIR_CACHE_MILVUS_WRITE_INTERVAL_MS": "1000"})
     await cache.store("acme", chat("Warm-up question"), "warm", unit(500))  # creates the collection
-    before = cache_metrics(cache)
+    before = cache_metrics(cache.proc)
 
     async def store(i: int) -> pb.StoreResponse:
         await asyncio.sleep(0.01 * i)  # spread over 100 ms: most arrive after the first write has returned
@@ -388,7 +388,7 @@ async def test_rows_stored_within_the_write_interval_go_to_milvus_together(start
 
     stored = await asyncio.gather(*(store(i) for i in range(10)))
     assert all(s.reason == "stored: exact+semantic" for s in stored)
-    after = cache_metrics(cache)
+    after = cache_metrics(cache.proc)
     rows = after["weir_cache_milvus_written_rows_total"] - before["weir_cache_milvus_written_rows_total"]
     calls = after["weir_cache_milvus_writes_total"] - before["weir_cache_milvus_writes_total"]
     assert rows == 10 and calls <= 2  # all ten arrive within one interval of the warm-up write: one call
