@@ -963,14 +963,13 @@ def _trades_roles(qs: Sequence[str], ss: Sequence[str], pivot: str, a: str, b: s
     "boat starboard") stays an order refusal, as the check was measured."""
     if pivot not in _ROLE_PIVOTS or "<i>" in (a, b) or " " in a or " " in b:
         return False
-    if qs.count(pivot) == 1 and ss.count(pivot) == 1:
-        return {_after(qs, qs.index(pivot)), _after(ss, ss.index(pivot))} == {a, b}
-    # "to" on one side, "into" on the other ("from the US to Canada" / "from Canada into the US").
-    pivot = _TOWARD.get(pivot, pivot)
-    qs, ss = [_TOWARD.get(t, t) for t in qs], [_TOWARD.get(t, t) for t in ss]
-    if qs.count(pivot) != 1 or ss.count(pivot) != 1:
-        return False
-    return {_after(qs, qs.index(pivot)), _after(ss, ss.index(pivot))} == {a, b}
+    # As written, else with "into" / "onto" / "towards" read as "to" ("from the US to Canada" / "from Canada
+    # into the US"): the first reading with the pivot once on each side decides.
+    for p, q, s in ((pivot, qs, ss), (_TOWARD.get(pivot, pivot), [_TOWARD.get(t, t) for t in qs],
+                                      [_TOWARD.get(t, t) for t in ss])):
+        if q.count(p) == 1 and s.count(p) == 1:
+            return {_after(q, q.index(p)), _after(s, s.index(p))} == {a, b}
+    return False
 
 
 def check_order(query: Facts, stored: Facts) -> Verdict:
