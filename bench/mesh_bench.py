@@ -18,6 +18,7 @@ import os
 import statistics
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import orjson
 
 from bench.measure import cpu_seconds, pct
 from services.cache.eval.run import BOUNDED_STALENESS_S
+from services.gateway.hub import RACE_WON
 from weir.devmesh import Mesh, start_mesh
 from weir.kit.redis_local import start_local_redis
 
@@ -86,8 +88,10 @@ async def quiesce(pids: dict[str, int], idle_cpu_s: float = 0.02, step_s: float 
 
 async def run_ttft(session: aiohttp.ClientSession, url: str, headers: dict[str, str],
                    bodies: Callable[[int], bytes], n: int,
-                   expect: str | None = None) -> tuple[list[float], list[float]]:
-    """Streams `n` answers one after another; returns the times to the first content chunk and to the end."""
+                   expect: str | None = None,
+                   reasons: Counter[str] | None = None) -> tuple[list[float], list[float]]:
+    """Streams `n` answers one after another; returns the times to the first content chunk and to the end
+    (and counts the x-weir-cache-reason headers into `reasons`)."""
     first: list[float] = []
     whole: list[float] = []
     for i in range(n):
@@ -99,6 +103,8 @@ async def run_ttft(session: aiohttp.ClientSession, url: str, headers: dict[str, 
             if expect is not None and r.headers.get("x-weir-cache") != expect:
                 raise RuntimeError(f"expected a cache {expect}, got {r.headers.get('x-weir-cache')}: "
                                    f"{r.headers.get('x-weir-cache-reason')}")
+            if reasons is not None:
+                reasons[r.headers.get("x-weir-cache-reason", "")] += 1
             async for line in r.content:
                 if not seen and line.startswith(b"data: {") and b'"content":"' in line:
                     first.append((time.perf_counter() - t) * 1000)
@@ -200,6 +206,7 @@ async def bench(mesh: Mesh, n: int, levels: list[int], wanted: list[str], redis_
                     cpu = {k: (after[k] - before[k]) * 1000 / n for k in pids if k != "fake-llm"}
                     cpu_rows.append((conc, name, cpu))
         ttft_rows = []
+        model_first = 0
         if "stream" in wanted:
             streams = max(50, n // 4)
             if provider_ttft_ms:
@@ -214,8 +221,12 @@ async def bench(mesh: Mesh, n: int, levels: list[int], wanted: list[str], redis_
                 def stream_of(i: int, k: int = row, tp: float = temp) -> bytes:
                     return stream_body("fake-small", f"Stream {run_id} question {k * 100_000 + i}?", tp)
 
-                first, whole = await run_ttft(s, url, hdrs, stream_of, streams, None if url == direct else "miss")
+                reasons: Counter[str] = Counter()
+                first, whole = await run_ttft(s, url, hdrs, stream_of, streams, None if url == direct else "miss",
+                                              reasons)
                 ttft_rows.append((name, statistics.median(first), pct(first, 0.99), statistics.median(whole)))
+                if hdrs is raced:
+                    model_first = reasons[RACE_WON]
                 await quiesce(pids)
 
             def turn_stream(i: int) -> bytes:
@@ -250,6 +261,8 @@ async def bench(mesh: Mesh, n: int, levels: list[int], wanted: list[str], redis_
                   "(temperature 0.7: policy, route, reasoner relay), "
                   f"+{ttft['turn (mesh)'] - base:.2f} ms for a cacheable later turn of a conversation never "
                   "seen (exact lookup only; the store embeds after the answer)")
+            print(f"  raced: the model's first token came before the lookup ended in {model_first} of {streams} "
+                  "streams (the rest waited for the lookup to miss)")
         names = [k for k in pids if k != "fake-llm"]
         print("\nCPU-ms per request by process (from /proc utime+stime)")
         infra = ("milvus", "redis", "embedder")

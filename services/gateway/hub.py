@@ -6,7 +6,9 @@ For one request the hub obtains ONE embedding and hands it to both the semantic 
     embed         ─┘ -> exact hit? answer.  ->  route           ─┘ -> semantic hit? answer. -> reasoner
 
 A stream that races (`x-weir-stream-race: on`) opens the reasoner call as soon as it is routed, beside the
-embedding and the semantic lookup; a semantic hit cancels it (and is charged its prompt), a miss relays it.
+embedding and the semantic lookup; whichever answers first wins: a semantic hit cancels the call (and is charged
+its prompt), a miss relays it, and a model whose first token comes before the lookup has ended answers at once
+(the lookup is given up).
 
 Both the REST bridge and the gRPC GatewayService call `admit()` (the policy: key, limits, budgets) and then
 `complete()` / `stream()`, which settle the admission (real usage, ledger, metrics) however the request ends.
@@ -53,6 +55,7 @@ MISS, EXACT, SEMANTIC = "miss", "exact", "semantic"
 _TIER = {MISS: types_pb2.CACHE_TIER_MISS, EXACT: types_pb2.CACHE_TIER_EXACT, SEMANTIC: types_pb2.CACHE_TIER_SEMANTIC}
 STORABLE_FINISH = ("stop", "length")
 NO_CONTEXT = "miss: nothing stored in this conversation context"
+RACE_WON = "miss: the raced model call answered before the lookup ended"
 _BIG_PROMPT_CHARS = 32_768  # counted in a worker thread above this
 
 
@@ -393,7 +396,10 @@ class Hub:
             if embed_task is None and text.strip():
                 embed_task = asyncio.ensure_future(self._embed(text, timings))
             if embed_task is not None:
-                emb, embed_reason = await embed_task
+                got = await self._first(d, asyncio.shield(embed_task) if d.race else embed_task)
+                if got is None:  # the raced model call answered first: only the store will want the embedding
+                    return await self._model_first(d, embed_task, None, plan_task)
+                emb, embed_reason = got
         d.embedding = emb
         if route_task is None:
             route_task = asyncio.ensure_future(self._route(principal, req, emb, adm.prompt_tokens, timings))
@@ -405,7 +411,9 @@ class Hub:
             if emb is None:
                 d.cache_reason = embed_reason or "miss: nothing to embed"
             else:
-                sem = await self._semantic(principal.team, req, emb, timings, control.preview)
+                sem = await self._first(d, self._semantic(principal.team, req, emb, timings, control.preview))
+                if sem is None:
+                    return await self._model_first(d, None, emb, plan_task)
                 if sem.hit:
                     self.drop_race(d)
                     if plan_task is not None:
@@ -422,6 +430,37 @@ class Hub:
         except BaseException:
             d.drop_embedding()
             raise
+        return d
+
+    async def _first(self, d: Decision, lookup: Awaitable[T]) -> T | None:
+        """Awaits a lookup step; a stream that races returns None instead if its model call answers first (its
+        first token is in: the client gets that at once, and the lookup is given up). A raced call that failed
+        leaves the lookup to finish: a hit can still answer."""
+        race = d.race
+        if race is None:
+            return await lookup
+        step = asyncio.ensure_future(lookup)
+        try:
+            await asyncio.wait((step, race), return_when=asyncio.FIRST_COMPLETED)
+            if not step.done() and not race.cancelled() and race.exception() is None:
+                step.cancel()
+                return None
+            return await step
+        except BaseException:
+            step.cancel()
+            raise
+
+    async def _model_first(self, d: Decision, embed_task: asyncio.Future[tuple[types_pb2.Embedding | None, str]]
+                           | None, emb: types_pb2.Embedding | None,
+                           plan_task: asyncio.Future[tuple[list[types_pb2.RouteTarget], str]] | None) -> Decision:
+        """The raced model call answered before the lookup ended: the request is answered by the model (a miss),
+        and the store gets the embedding (the one computed, or the one still being computed)."""
+        assert plan_task is not None and d.race is not None
+        d.cache_reason = RACE_WON
+        d.embedding = emb
+        if embed_task is not None:
+            d.pending_embedding, d.embed_text = embed_task, ""
+        d.plan, d.route_reason = await plan_task
         return d
 
     async def _plan(self, adm: Admission, req: types_pb2.ChatRequest,

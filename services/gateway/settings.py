@@ -42,9 +42,10 @@ class GatewaySettings:
                                        help="timeout of one exact-tier read (then the lookup degrades to a miss)")
     stream_race: bool = env(
         "WEIR_GATEWAY_STREAM_RACE", False,
-        help="cacheable streams open the model call while the semantic lookup runs (after an exact miss): the "
-             "lookup leaves a miss's time to first token, and a semantic hit is charged the cancelled call's "
-             "prompt; per request: header x-weir-stream-race: on|off, gRPC CacheControl.race")
+        help="cacheable streams open the model call while the semantic lookup runs (after an exact miss); "
+             "whichever answers first is streamed: the lookup leaves a miss's time to first token, and a "
+             "semantic hit is charged the cancelled call's prompt; per request: header x-weir-stream-race: "
+             "on|off, gRPC CacheControl.race")
     max_body_bytes: int = env("WEIR_GATEWAY_MAX_BODY_BYTES", 4 * 1024 * 1024)
     jobs_result_ttl_s: int = env("WEIR_JOBS_RESULT_TTL_S", 86400,
                                  help="seconds a finished job and its events are kept")

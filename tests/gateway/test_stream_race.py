@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import uuid
 
 import grpc
@@ -9,6 +11,7 @@ import httpx
 import orjson
 import pytest
 
+from services.gateway.hub import RACE_WON
 from tests.gateway.conftest import NewKey, wait_events
 from weir.common.v1 import types_pb2
 from weir.devmesh import Mesh
@@ -64,6 +67,9 @@ def test_a_raced_semantic_hit_serves_the_cache_and_is_charged_the_prompt_it_sent
     key, view = new_key()
     system = f"You help with accounts ({uuid.uuid4().hex[:8]})."
     answer = seed(mesh, key, "How do I reset my password on the company laptop?", system)
+    # The model is slower to its first token than the lookup, as real providers are: the hit comes first.
+    httpx.post(f"{mesh.fake_url}/_fake/faults", json={"fault": "slow_first_token:3000", "count": 3,
+                                                        "model": "fake-small"}).raise_for_status()
     paraphrases = ["How can I reset the password on my company laptop?",
                    "how do i reset my password on the company laptop",
                    "How do I reset the password on my company laptop?"]
@@ -93,6 +99,41 @@ def test_a_raced_semantic_hit_serves_the_cache_and_is_charged_the_prompt_it_sent
     assert charged >= 1
     unraced = events[ids[3]]
     assert (unraced["prompt_tokens"], unraced["cost_usd"], unraced["cache"]) == (0, 0, "semantic")
+
+
+def test_a_raced_stream_is_answered_by_the_model_when_its_first_token_beats_the_lookup(
+        mesh: Mesh, new_key: NewKey) -> None:
+    """The lookup is stalled (the cache process stopped): a raced stream gets the model's answer as soon as its
+    first token is in, and says why; the same request unraced waits for the lookup's deadline."""
+    key, _ = new_key()
+    system = f"You answer briefly ({uuid.uuid4().hex[:8]})."
+    seed(mesh, key, "Name a mountain in Africa", system)  # the context holds an entry: a semantic search runs
+    question = f"How high is Kilimanjaro in metres {uuid.uuid4().hex[:6]}?"
+    cache = mesh.procs["cache"].popen.pid
+    os.kill(cache, signal.SIGSTOP)
+    try:
+        raced, raced_text = stream(mesh, key, question, "on", system)
+        unraced, unraced_text = stream(mesh, key, question + " again", "off", system)
+    finally:
+        os.kill(cache, signal.SIGCONT)
+    assert (raced["x-weir-cache"], raced["x-weir-cache-reason"]) == ("miss", RACE_WON)
+    assert raced_text.startswith("[fake-small:")
+    # Unraced, the answer waited for the stalled lookup to give up (the exact tier is read from Redis directly).
+    assert unraced["x-weir-cache"] == "miss" and "deadline_exceeded" in unraced["x-weir-cache-reason"]
+    assert unraced_text.startswith("[fake-small:")
+
+
+def test_a_raced_call_that_fails_leaves_the_answer_to_the_lookup(mesh: Mesh, new_key: NewKey) -> None:
+    """The raced model call is refused at once (a content filter, never retried): the lookup still ends, and its
+    semantic hit answers the stream instead of the model's error."""
+    key, _ = new_key()
+    system = f"You help with travel ({uuid.uuid4().hex[:8]})."
+    answer = seed(mesh, key, "How do I renew my passport?", system)
+    httpx.post(f"{mesh.fake_url}/_fake/faults", json={"fault": "content_filter", "count": 1,
+                                                        "model": "fake-small"}).raise_for_status()
+    headers, served = stream(mesh, key, "How can I renew my passport?", "on", system)
+    assert headers["x-weir-cache"] == "semantic", headers.get("x-weir-cache-reason")
+    assert served.strip() == answer.strip()
 
 
 def test_the_race_header_takes_on_or_off_only(mesh: Mesh) -> None:

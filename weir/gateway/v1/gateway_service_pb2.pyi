@@ -35,8 +35,9 @@ class _UpstreamRaceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Upstream
 
 class UpstreamRace(_UpstreamRace, metaclass=_UpstreamRaceEnumTypeWrapper):
     """Whether a cacheable stream races its model call against the semantic lookup. Racing takes the lookup out of
-    the time to first token of a miss; a semantic hit then cancels the call already made, and that call's prompt
-    is charged (providers bill the prompt of a cancelled call).
+    the time to first token of a miss: whichever answers first (a semantic hit, or the model's first token) is
+    streamed. A semantic hit then cancels the call already made, and that call's prompt is charged (providers bill
+    the prompt of a cancelled call).
     """
 
 UPSTREAM_RACE_UNSPECIFIED: UpstreamRace.ValueType  # 0
