@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.cache.conftest import cache_metrics
 from weir.devmesh import Mesh, add_gateway, start_mesh
 from weir.kit import supervisor
 from weir.kit.redis_local import LocalRedis
@@ -18,7 +19,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, redis_server: LocalRedis, mod
     """One mesh for the gateway tests (each test uses its own questions, so cache entries never collide)."""
     m = start_mesh(tmp_path_factory.mktemp("mesh"), redis_server.url, {
         "WEIR_JOBS_RETRY_BACKOFF_MS": "50", "WEIR_JOBS_MAX_ATTEMPTS": "2", "WEIR_WEBHOOK_BACKOFF_MS": "50",
-        "WEIR_JOBS_VISIBILITY_TIMEOUT_S": "5",
+        "WEIR_JOBS_VISIBILITY_TIMEOUT_S": "5", "WEIR_METRICS_PORT": "0",
         # Provider faults queued by one test must not open a circuit breaker that a later test runs into.
         "WEIR_REASONER_BREAKER_FAILURES": "50"})
     yield m
@@ -58,6 +59,20 @@ def new_key(admin: httpx.Client) -> NewKey:
 def unique_question(text: str = "Question") -> list[dict[str, str]]:
     """A prompt no other test asks (hex tokenizes densely, so the gateway's count is >= the fake's)."""
     return [{"role": "user", "content": f"{text} {uuid.uuid4().hex}"}]
+
+
+def semantic_stores(mesh: Mesh) -> float:
+    """Stores that reached both tiers so far (the cache's own counter)."""
+    return cache_metrics(mesh.procs["cache"]).get('weir_cache_stores_total{outcome="exact+semantic"}', 0.0)
+
+
+def until_searchable(mesh: Mesh, stores: float) -> None:
+    """Waits until `stores` stores have written their Milvus row: a Store writes the exact tier first, so an
+    exact hit does not yet mean that a paraphrase can find the entry."""
+    deadline = time.monotonic() + 20
+    while semantic_stores(mesh) < stores:
+        assert time.monotonic() < deadline, "the semantic row was never written"
+        time.sleep(0.02)
 
 
 def wait_events(admin: httpx.Client, n: int, **filters: str) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ import openai
 import orjson
 import pytest
 
+from tests.gateway.conftest import semantic_stores, until_searchable
 from weir.devmesh import Mesh
 from weir.embedder.v1 import embedder_service_pb2 as embedder_pb
 from weir.embedder.v1 import embedder_service_pb2_grpc as embedder_grpc
@@ -88,20 +89,24 @@ def _wait_stored(client: openai.OpenAI, messages: list[dict[str, str]], model: s
     raise AssertionError("answer was never stored")
 
 
-def test_paraphrase_is_answered_from_the_semantic_tier(client: openai.OpenAI) -> None:
+def test_paraphrase_is_answered_from_the_semantic_tier(client: openai.OpenAI, mesh: Mesh) -> None:
     original = ask("How do I reset my password on the company laptop?")
+    stores = semantic_stores(mesh)
     first = client.chat.completions.create(model="fake-small", messages=original, temperature=0)
     _wait_stored(client, original, "fake-small")
+    until_searchable(mesh, stores + 1)
     raw = client.chat.completions.with_raw_response.create(
         model="fake-small", messages=ask("How can I reset the password on my company laptop?"), temperature=0)
     assert raw.headers["x-weir-cache"] == "semantic", raw.headers.get("x-weir-cache-reason")
     assert raw.parse().choices[0].message.content == first.choices[0].message.content
 
 
-def test_different_numbers_are_not_served_from_the_semantic_tier(client: openai.OpenAI) -> None:
+def test_different_numbers_are_not_served_from_the_semantic_tier(client: openai.OpenAI, mesh: Mesh) -> None:
     original = ask("Cancel my order 48213")
+    stores = semantic_stores(mesh)
     client.chat.completions.create(model="fake-small", messages=original, temperature=0)
     _wait_stored(client, original, "fake-small")
+    until_searchable(mesh, stores + 1)
     raw = client.chat.completions.with_raw_response.create(
         model="fake-small", messages=ask("Cancel my order 48231"), temperature=0)
     assert raw.headers["x-weir-cache"] == "miss"

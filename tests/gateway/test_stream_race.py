@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from services.gateway.hub import RACE_WON
-from tests.gateway.conftest import NewKey, wait_events
+from tests.gateway.conftest import NewKey, semantic_stores, until_searchable, wait_events
 from weir.common.v1 import types_pb2
 from weir.devmesh import Mesh
 from weir.gateway.v1 import gateway_service_pb2 as pb
@@ -37,11 +37,13 @@ def stream(mesh: Mesh, key: str, content: str, race: str | None, system: str) ->
 
 
 def seed(mesh: Mesh, key: str, question: str, system: str) -> str:
-    """Asks once and waits until the answer is stored (a repeat is an exact hit); returns the answer."""
+    """Asks once and waits until the answer is stored in both tiers; returns the answer."""
+    stores = semantic_stores(mesh)
     _, answer = stream(mesh, key, question, "off", system)
     for _ in range(50):
         headers, _ = stream(mesh, key, question, "off", system)
         if headers["x-weir-cache"] == "exact":
+            until_searchable(mesh, stores + 1)
             return answer
     raise AssertionError("the answer was never stored")
 
