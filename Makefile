@@ -23,7 +23,7 @@ deploy-check:
 
 lint:
 	@$(VENV)/bin/ruff check .
-	@$(VENV)/bin/mypy weir services bench
+	@$(VENV)/bin/mypy weir services bench tests
 
 proto:
 	@bash scripts/codegen.sh

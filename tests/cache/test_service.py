@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import cast
 
 import grpc
 
@@ -363,7 +364,8 @@ async def test_the_context_index_lists_contexts_with_semantic_entries(cache: Cac
         exact_only = chat("Which gate does the Porto flight leave from?", system="Another desk.")
         await cache.store("ctx-t", with_vector, "Gate 12.", unit(7), ttl_seconds=600)
         await cache.store("ctx-t", exact_only, "Gate 14.")  # no embedding: nothing to search for
-        listed = {m.decode(): s for m, s in await r.zrange(key, 0, -1, withscores=True)}
+        scored = cast(list[tuple[bytes, float]], await r.zrange(key, 0, -1, withscores=True))
+        listed = {m.decode(): s for m, s in scored}
         assert list(listed) == [chat_keys.context_key("ctx-t", with_vector)]
         expires = listed[chat_keys.context_key("ctx-t", with_vector)]
         assert 0 < expires - time.time() * 1000 <= 600_000

@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.cache.conftest import cache_metrics
 from weir.devmesh import Mesh, add_gateway, start_mesh
@@ -56,7 +57,7 @@ def new_key(admin: httpx.Client) -> NewKey:
     return create
 
 
-def unique_question(text: str = "Question") -> list[dict[str, str]]:
+def unique_question(text: str = "Question") -> list[ChatCompletionMessageParam]:
     """A prompt no other test asks (hex tokenizes densely, so the gateway's count is >= the fake's)."""
     return [{"role": "user", "content": f"{text} {uuid.uuid4().hex}"}]
 

@@ -31,7 +31,7 @@ def test_budget_refuses_before_the_upstream_call(mesh: Mesh, new_key: NewKey) ->
     before = fake_calls(mesh, "fake-large")
     client = openai.OpenAI(base_url=mesh.base_url, api_key=raw, max_retries=0)
     with pytest.raises(openai.RateLimitError) as info:
-        client.chat.completions.create(model="fake-large", messages=unique_question(),  # type: ignore[arg-type]
+        client.chat.completions.create(model="fake-large", messages=unique_question(),
                                        max_tokens=50)
     body = info.value.body
     assert isinstance(body, dict) and body["code"] == "insufficient_quota" and body["type"] == "insufficient_quota"

@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import httpx
 import pytest
@@ -20,7 +22,7 @@ from weir.kit.redis_local import LocalRedis
 PRICES = {"fake-small": (0.15, 0.60), "fake-large": (2.50, 10.00)}
 
 
-def post(mesh: Mesh, key: str, messages: list[dict[str, str]] | None = None, model: str = "fake-small",
+def post(mesh: Mesh, key: str, messages: Sequence[Mapping[str, Any]] | None = None, model: str = "fake-small",
          **body: object) -> httpx.Response:
     r = httpx.post(f"{mesh.base_url}/chat/completions", headers={"Authorization": f"Bearer {key}"},
                    json={"model": model, "messages": messages or unique_question(), "max_tokens": 30, **body})

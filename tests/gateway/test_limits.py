@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ LIMIT_HEADERS = ("x-ratelimit-limit-requests", "x-ratelimit-limit-tokens", "x-ra
 DURATION = re.compile(r"^(\d+ms|\d+(\.\d+)?s|\d+m\d+s)$")
 
 
-def post(mesh: Mesh, key: str, messages: list[dict[str, str]] | None = None, **body: Any) -> httpx.Response:
+def post(mesh: Mesh, key: str, messages: Sequence[Mapping[str, Any]] | None = None, **body: Any) -> httpx.Response:
     return httpx.post(f"{mesh.base_url}/chat/completions", headers={"Authorization": f"Bearer {key}"},
                       json={"model": "fake-small", "messages": messages or unique_question(), **body})
 
@@ -46,11 +47,11 @@ def test_every_limit_header_on_success_and_on_429(mesh: Mesh, new_key: NewKey) -
         assert DURATION.match(h["x-ratelimit-reset-requests"]) and DURATION.match(h["x-ratelimit-reset-tokens"])
     client = openai.OpenAI(base_url=mesh.base_url, api_key=raw, max_retries=0)
     with pytest.raises(openai.RateLimitError) as info:
-        client.chat.completions.create(model="fake-small", messages=unique_question())  # type: ignore[arg-type]
-    h = info.value.response.headers
-    assert all(name in h for name in LIMIT_HEADERS), h
-    assert h["x-ratelimit-remaining-requests"] == "0"
-    assert int(h["retry-after"]) >= 1 and int(h["retry-after-ms"]) > 0
+        client.chat.completions.create(model="fake-small", messages=unique_question())
+    limited = info.value.response.headers
+    assert all(name in limited for name in LIMIT_HEADERS), limited
+    assert limited["x-ratelimit-remaining-requests"] == "0"
+    assert int(limited["retry-after"]) >= 1 and int(limited["retry-after-ms"]) > 0
     body = info.value.body
     assert isinstance(body, dict) and body["code"] == "rate_limit_exceeded" and body["type"] == "requests"
     assert view["id"] in body["message"] and "requests per minute" in body["message"]

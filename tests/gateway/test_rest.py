@@ -11,6 +11,7 @@ import httpx
 import openai
 import orjson
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.gateway.conftest import semantic_stores, until_searchable
 from weir.devmesh import Mesh
@@ -23,13 +24,14 @@ def client(mesh: Mesh) -> openai.OpenAI:
     return openai.OpenAI(base_url=mesh.base_url, api_key=mesh.master_key, max_retries=0)
 
 
-def ask(text: str) -> list[dict[str, str]]:
+def ask(text: str) -> list[ChatCompletionMessageParam]:
     return [{"role": "user", "content": text}]
 
 
 def test_answer_carries_weir_headers(client: openai.OpenAI) -> None:
     # A conversation context that holds an entry, so the answer waits for the embedding and the semantic search.
-    context = [{"role": "system", "content": f"You answer in one line ({uuid.uuid4().hex[:8]})."}]
+    context: list[ChatCompletionMessageParam] = [
+        {"role": "system", "content": f"You answer in one line ({uuid.uuid4().hex[:8]})."}]
     _wait_stored(client, [*context, *ask("Name a colour")], "fake-small")
     raw = client.chat.completions.with_raw_response.create(
         model="fake-small", messages=[*context, *ask(f"Name a prime number {uuid.uuid4()}")], temperature=0)
@@ -81,7 +83,7 @@ def test_repeated_question_is_answered_from_the_exact_tier(client: openai.OpenAI
     assert again.headers["x-weir-model"] == first.headers["x-weir-model"]
 
 
-def _wait_stored(client: openai.OpenAI, messages: list[dict[str, str]], model: str) -> None:
+def _wait_stored(client: openai.OpenAI, messages: list[ChatCompletionMessageParam], model: str) -> None:
     for _ in range(50):
         r = client.chat.completions.with_raw_response.create(model=model, messages=messages, temperature=0)
         if r.headers["x-weir-cache"] == "exact":
@@ -192,7 +194,7 @@ def test_a_conversation_never_seen_skips_the_semantic_search(mesh: Mesh, client:
     """The gateway learns from the exact lookup's round trip that nothing is stored in a conversation context
     (weir/exact_cache.py), so it does not ask the semantic tier; once an answer is stored there, it does."""
     tag = uuid.uuid4().hex[:8]
-    context = [{"role": "system", "content": f"You are a travel agent ({tag})."},
+    context: list[ChatCompletionMessageParam] = [{"role": "system", "content": f"You are a travel agent ({tag})."},
                {"role": "user", "content": "I am flying to Lisbon in May."},
                {"role": "assistant", "content": "Lovely: mild weather, long days."}]
     first = client.chat.completions.with_raw_response.create(
@@ -212,7 +214,7 @@ def test_a_conversation_never_seen_skips_the_semantic_search(mesh: Mesh, client:
             break
         time.sleep(0.1)
     assert same_context.headers["x-weir-cache"] == "semantic", same_context.headers["x-weir-cache-reason"]
-    other = [*context[:2], {"role": "assistant", "content": "Pack for rain."}]
+    other: list[ChatCompletionMessageParam] = [*context[:2], {"role": "assistant", "content": "Pack for rain."}]
     elsewhere = client.chat.completions.with_raw_response.create(
         model="fake-small", messages=[*other, *ask("What should I pack?")], temperature=0)
     assert elsewhere.headers["x-weir-cache"] == "miss"
@@ -223,7 +225,7 @@ def test_a_conversation_never_seen_is_embedded_only_to_store_its_answer(mesh: Me
     """Where nothing is stored in the context and the model is concrete, no decision needs the embedding: the
     store computes it after the answer, and an answer that is not stored (an error) is never embedded."""
     tag = uuid.uuid4().hex[:8]
-    context = [{"role": "user", "content": f"I am planning a garden party ({tag})."},
+    context: list[ChatCompletionMessageParam] = [{"role": "user", "content": f"I am planning a garden party ({tag})."},
                {"role": "assistant", "content": "How lovely."}]
     refused, answered = f"How many chairs do I need ({tag})?", f"What food should I order ({tag})?"
     httpx.post(f"{mesh.fake_url}/_fake/faults", json={"fault": "content_filter", "count": 1, "model": "fake-small"})

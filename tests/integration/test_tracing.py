@@ -61,7 +61,7 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
 def receiver() -> Iterator[tuple[Receiver, int]]:
     server = grpc.server(futures.ThreadPoolExecutor(4))
     rec = Receiver()
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(rec, server)
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(rec, server)  # type: ignore[no-untyped-call]
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     yield rec, port

@@ -14,7 +14,7 @@ from weir.router.v1 import router_service_pb2_grpc as pb_grpc
 
 
 class Probe(pb_grpc.RouterServiceServicer):
-    service_names = (pb.DESCRIPTOR.services_by_name["RouterService"].full_name,)
+    service_names: tuple[str, ...] = (pb.DESCRIPTOR.services_by_name["RouterService"].full_name,)
     closed = False
 
     async def start(self) -> None:
@@ -35,6 +35,14 @@ class Probe(pb_grpc.RouterServiceServicer):
         if request.requested_model == "bug":
             raise RuntimeError("a bug with a secret inside")
         return pb.RouteResponse(reason="ok")
+
+    async def ListModels(self, request: pb.ListModelsRequest,
+                         context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse()
+
+    async def ReportOutcome(self, request: pb.ReportOutcomeRequest,
+                            context: grpc.aio.ServicerContext) -> pb.ReportOutcomeResponse:
+        return pb.ReportOutcomeResponse()
 
 
 async def test_health_reflection_errors_and_graceful_stop() -> None:
