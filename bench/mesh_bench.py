@@ -53,6 +53,7 @@ async def run_load(session: aiohttp.ClientSession, url: str, headers: dict[str, 
     latencies: list[float] = []
     counter = iter(range(n))
     wrong = 0
+    seen: list[str] = []  # what the first few unexpected responses were, and why
 
     async def worker() -> None:
         nonlocal wrong
@@ -65,11 +66,14 @@ async def run_load(session: aiohttp.ClientSession, url: str, headers: dict[str, 
                     raise RuntimeError(f"HTTP {r.status}: {await r.text()}")
                 if expect is not None and r.headers.get("x-weir-cache") != expect:
                     wrong += 1
+                    if len(seen) < 3:
+                        seen.append(f"{orjson.loads(body)['messages'][-1]['content']!r}: "
+                                    f"{r.headers.get('x-weir-cache')} ({r.headers.get('x-weir-cache-reason')})")
             latencies.append((time.perf_counter() - t) * 1000)
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     if wrong:
-        print(f"    note: {wrong}/{n} responses were not '{expect}'")
+        print(f"    note: {wrong}/{n} responses were not '{expect}': " + "; ".join(seen))
     return latencies
 
 

@@ -8,7 +8,9 @@ names the check and why (e.g. ``numbers: 48231 vs 48213``). Details read "<query
 A text is analysed once (cached), so the checks of a candidate cost microseconds.
 
 Checks, in order (conservative: when in doubt, refuse; a refusal only costs one model call):
-- numbers:  numbers, IDs, amounts, versions, ordinals must match as multisets (1,200.50 = 1200.5, five = 5).
+- numbers:  numbers, IDs, amounts, versions, ordinals must match as multisets (1,200.50 = 1200.5, five = 5) and
+            keep their places (the same words with the numbers elsewhere, or a number that keeps neither of its
+            neighbours, is refused; numbers listed with and / or / vs may come in any order).
 - units:    units of measure and currencies must match (kg vs lb, °C vs °F, per month vs per week).
 - dates:    weekdays, months, seasons, holidays, parts of the day, today/tomorrow, next/last week agree.
 - negation: the same number of negation cues (not, never, without, avoid, ...), and no word that is the
@@ -800,11 +802,50 @@ def _ok(check: str) -> Verdict:
 
 
 def check_numbers(query: Facts, stored: Facts) -> Verdict:
-    """Numbers, IDs and amounts must match as multisets."""
+    """Numbers, IDs and amounts must match as multisets, and keep their places: the same numbers in another order
+    are refused where the words around them stay ("subtract 20 from 7" / "subtract 7 from 20", "ticket 16 1" /
+    "ticket 1 16") or where a number loses both its neighbours ("38 psi ... at 40" / "40 psi ... at 38"); numbers
+    listed with and / or / vs may come in any order ("Cat6 or Cat5e" = "Cat5e or Cat6")."""
     if query.numbers == stored.numbers:
-        return _ok("numbers")
+        moved = _numbers_moved(query, stored)
+        if moved is None:
+            return _ok("numbers")
+        around = check_order(query, stored)  # a swap around a pivot reads better: "20 from 7 vs 7 from 20"
+        if around.check == "numbers":
+            return around
+        return Verdict(False, "numbers", f"{', '.join(moved[0])} vs {', '.join(moved[1])}")
     q, s = Counter(query.numbers), Counter(stored.numbers)
     return _refuse("numbers", (q - s).elements(), (s - q).elements())
+
+
+def _numbers_moved(query: Facts, stored: Facts) -> tuple[list[str], list[str]] | None:
+    """The numbers of both texts in their order, where the same numbers changed places; None where they did not
+    (or where they only trade places in a list: "16 and 1")."""
+    if len(set(query.numbers)) < 2:
+        return None
+    numbers = set(query.numbers)
+    q_at = [i for i, t in enumerate(query.sequence) if t in numbers]
+    s_at = [i for i, t in enumerate(stored.sequence) if t in numbers]
+    q_order, s_order = [query.sequence[i] for i in q_at], [stored.sequence[i] for i in s_at]
+    if q_order == s_order:
+        return None
+    q_frame = ["#" if t in numbers else t for t in query.sequence]
+    s_frame = ["#" if t in numbers else t for t in stored.sequence]
+    if q_frame == s_frame:  # the same words, the numbers in other places
+        listed = all("&" in q_frame[max(i - 1, 0):i + 2]
+                     for i, (a, b) in zip(q_at, zip(q_order, s_order, strict=True), strict=True) if a != b)
+        return None if listed else (q_order, s_order)
+
+    def around(facts: Facts, at: list[int]) -> dict[str, set[str]]:
+        seq, out = facts.sequence, {}
+        for i in at:
+            out.setdefault(seq[i], set()).update((seq[i - 1] if i else "^", seq[i + 1] if i + 1 < len(seq) else "$"))
+        return out
+
+    q_near, s_near = around(query, q_at), around(stored, s_at)
+    if any(not (near & s_near.get(n, set())) for n, near in q_near.items()):
+        return q_order, s_order
+    return None
 
 
 _RATE = re.compile(r"\b(per|a|an|each|every) ([a-z][a-z'-]*)")
