@@ -837,7 +837,8 @@ def _numbers_moved(query: Facts, stored: Facts) -> tuple[list[str], list[str]] |
         return None if listed else (q_order, s_order)
 
     def around(facts: Facts, at: list[int]) -> dict[str, set[str]]:
-        seq, out = facts.sequence, {}
+        seq = facts.sequence
+        out: dict[str, set[str]] = {}
         for i in at:
             out.setdefault(seq[i], set()).update((seq[i - 1] if i else "^", seq[i + 1] if i + 1 < len(seq) else "$"))
         return out
