@@ -833,17 +833,17 @@ def _numbers_moved(query: Facts, stored: Facts) -> tuple[list[str], list[str]] |
     s_frame = ["#" if t in numbers else t for t in stored.sequence]
     if q_frame == s_frame:  # the same words, the numbers in other places
         listed = all("&" in q_frame[max(i - 1, 0):i + 2]
-                     for i, (a, b) in zip(q_at, zip(q_order, s_order, strict=True), strict=True) if a != b)
+                     for i, a, b in zip(q_at, q_order, s_order, strict=True) if a != b)
         return None if listed else (q_order, s_order)
 
-    def around(facts: Facts, at: list[int]) -> dict[str, set[str]]:
+    def neighbours(facts: Facts, at: list[int]) -> dict[str, set[str]]:
         seq = facts.sequence
         out: dict[str, set[str]] = {}
         for i in at:
             out.setdefault(seq[i], set()).update((seq[i - 1] if i else "^", seq[i + 1] if i + 1 < len(seq) else "$"))
         return out
 
-    q_near, s_near = around(query, q_at), around(stored, s_at)
+    q_near, s_near = neighbours(query, q_at), neighbours(stored, s_at)
     if any(not (near & s_near.get(n, set())) for n, near in q_near.items()):
         return q_order, s_order
     return None

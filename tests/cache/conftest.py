@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ import pytest
 from weir.cache.v1 import cache_service_pb2 as pb
 from weir.cache.v1 import cache_service_pb2_grpc as pb_grpc
 from weir.common.v1 import types_pb2
+from weir.devmesh import Mesh
 from weir.kit import supervisor
 from weir.kit.clients import open_channel
 from weir.kit.errors import RemoteError, parse_rpc_error
@@ -177,3 +179,17 @@ def cache_metrics(proc: supervisor.Process) -> dict[str, float]:
     must run with WEIR_METRICS_PORT set)."""
     text = httpx.get(f"http://{proc.info['metrics']}/metrics").text
     return {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith("weir_cache_")}
+
+
+def semantic_stores(mesh: Mesh) -> float:
+    """Stores that reached both tiers so far, from the cache's metrics."""
+    return cache_metrics(mesh.procs["cache"]).get('weir_cache_stores_total{outcome="exact+semantic"}', 0.0)
+
+
+def until_searchable(mesh: Mesh, stores: float) -> None:
+    """Waits until `stores` stores have written their semantic row: the exact tier serves an entry as soon as
+    Redis holds it, while its Milvus row is still being written."""
+    deadline = time.monotonic() + 20
+    while semantic_stores(mesh) < stores:
+        assert time.monotonic() < deadline, "the semantic row was never written"
+        time.sleep(0.05)

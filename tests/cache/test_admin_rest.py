@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from services.cache.verifier import CHECK_NAMES
-from tests.cache.conftest import cache_metrics
+from tests.cache.conftest import semantic_stores, until_searchable
 from weir.devmesh import Mesh, start_mesh
 from weir.kit.redis_local import LocalRedis
 
@@ -45,20 +45,6 @@ def until_cached(mesh: Mesh, key: str, question: str) -> None:
     while ask(mesh, key, question) != "exact":
         assert time.monotonic() < deadline, "the answer was never stored"
         time.sleep(0.2)
-
-
-def semantic_stores(mesh: Mesh) -> float:
-    """Stores that reached both tiers so far, from the cache's metrics."""
-    return cache_metrics(mesh.procs["cache"]).get('weir_cache_stores_total{outcome="exact+semantic"}', 0.0)
-
-
-def until_searchable(mesh: Mesh, stores: float) -> None:
-    """Waits until `stores` stores have written their semantic row: the exact tier serves an entry as soon as
-    Redis holds it, while its Milvus row is still being written."""
-    deadline = time.monotonic() + 20
-    while semantic_stores(mesh) < stores:
-        assert time.monotonic() < deadline, "the semantic row was never written"
-        time.sleep(0.05)
 
 
 def test_stats_and_invalidation_are_scoped_to_the_team(mesh: Mesh) -> None:

@@ -9,7 +9,6 @@ import httpx
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from tests.cache.conftest import cache_metrics
 from weir.devmesh import Mesh, add_gateway, start_mesh
 from weir.kit import supervisor
 from weir.kit.redis_local import LocalRedis
@@ -60,20 +59,6 @@ def new_key(admin: httpx.Client) -> NewKey:
 def unique_question(text: str = "Question") -> list[ChatCompletionMessageParam]:
     """A prompt no other test asks (hex tokenizes densely, so the gateway's count is >= the fake's)."""
     return [{"role": "user", "content": f"{text} {uuid.uuid4().hex}"}]
-
-
-def semantic_stores(mesh: Mesh) -> float:
-    """Stores that reached both tiers so far (the cache's own counter)."""
-    return cache_metrics(mesh.procs["cache"]).get('weir_cache_stores_total{outcome="exact+semantic"}', 0.0)
-
-
-def until_searchable(mesh: Mesh, stores: float) -> None:
-    """Waits until `stores` stores have written their Milvus row: a Store writes the exact tier first, so an
-    exact hit does not yet mean that a paraphrase can find the entry."""
-    deadline = time.monotonic() + 20
-    while semantic_stores(mesh) < stores:
-        assert time.monotonic() < deadline, "the semantic row was never written"
-        time.sleep(0.02)
 
 
 def wait_events(admin: httpx.Client, n: int, **filters: str) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ import orjson
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from tests.gateway.conftest import semantic_stores, until_searchable
+from tests.cache.conftest import semantic_stores, until_searchable
 from weir.devmesh import Mesh
 from weir.embedder.v1 import embedder_service_pb2 as embedder_pb
 from weir.embedder.v1 import embedder_service_pb2_grpc as embedder_grpc

@@ -12,7 +12,8 @@ import orjson
 import pytest
 
 from services.gateway.hub import RACE_WON
-from tests.gateway.conftest import NewKey, semantic_stores, until_searchable, wait_events
+from tests.cache.conftest import semantic_stores, until_searchable
+from tests.gateway.conftest import NewKey, wait_events
 from weir.common.v1 import types_pb2
 from weir.devmesh import Mesh
 from weir.gateway.v1 import gateway_service_pb2 as pb

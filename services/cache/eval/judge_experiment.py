@@ -36,12 +36,12 @@ from typing import Any
 import numpy as np
 
 from services.cache import verifier
+from services.cache.eval import SPLITS
 from weir.model import judge_train
 
 EVAL_DIR = Path(__file__).parent
 #: The checks the cache never lets the judge overrule (its default WEIR_CACHE_JUDGE_OVERRULES is the others).
 HARD_CHECKS = ("numbers", "units", "dates", "negation", "roles", "opposites")
-SPLITS = ("dev", "test", "holdout", *(f"blind{k}" for k in range(2, 16)), "vocab", "vocab2", "vocab3", "vocab4")
 
 
 def load_pairs() -> list[dict[str, Any]]:

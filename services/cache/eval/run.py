@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 import orjson
 
 from services.cache import judge
+from services.cache.eval import SPLITS as LABELLED_SPLITS
 from services.cache.judge import Policy
 from weir.cache.v1 import cache_service_pb2 as cache_pb
 from weir.cache.v1 import cache_service_pb2_grpc as cache_grpc
@@ -50,7 +51,7 @@ from weir.kit.redis_local import start_local_redis
 EVAL_DIR = Path(__file__).resolve().parent
 PAIRS = EVAL_DIR / "pairs.jsonl"
 CONVERSATIONS = EVAL_DIR / "conversations.jsonl"
-SPLITS = ("dev", "test", "holdout", *(f"blind{k}" for k in range(2, 16)), "vocab", "vocab2", "vocab3", "vocab4", "all")
+SPLITS = (*LABELLED_SPLITS, "all")
 DEFAULT_CURVE = tuple(round(0.60 + 0.02 * i, 2) for i in range(20))  # 0.60 .. 0.98
 EMBED_CHUNK = 128
 JUDGE_CHUNK = 64
