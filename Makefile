@@ -1,5 +1,5 @@
 # Weir developer commands. `make up` and `make test` bootstrap what they need (see scripts/bootstrap.sh).
-.PHONY: up test check lint proto proto-check deploy-check model judge bench bench-soak profile bootstrap clean
+.PHONY: up test check lint proto proto-check deploy-check model judge fuzz bench bench-soak profile bootstrap clean
 
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -40,6 +40,11 @@ judge: bootstrap
 	@PYTHONPATH=. "$$($(PY) -c 'from weir.kit.config import cache_home; print(cache_home())')/export-venv/bin/python" \
 		-m weir.model.judge_train
 	@bash scripts/export-model.sh
+
+## A longer run of the fuzzing test (the suite runs 250 cases per surface; FUZZ_CASES, FUZZ_SEED to vary).
+fuzz: bootstrap
+	@WEIR_FUZZ_CASES=$${FUZZ_CASES:-5000} WEIR_FUZZ_SEED=$${FUZZ_SEED:-$$(date +%s)} \
+		$(VENV)/bin/pytest tests/integration/test_fuzz.py -q
 
 ## Benchmarks (not part of `make test`).
 bench: bootstrap

@@ -5,12 +5,15 @@
 - `context_key`: the same, minus the last user message. The semantic tier only compares questions that
   share a context key, so two conversations ending in the same question after different turns never match.
 - `semantic_text`: the text the embedder sees (the last user message).
+- `violations`: what is wrong with a ChatRequest that arrived over gRPC (the REST bridge checks the same while
+  parsing JSON); every service that takes one checks it with this function, so none of them meets a malformed
+  JSON field or an out-of-range sampling value deeper in.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -18,6 +21,17 @@ from weir.common.v1 import types_pb2
 
 # Bumped whenever the canonical form changes, so old entries stop matching instead of matching wrongly.
 CANON_VERSION = "1"
+
+#: Message roles of OpenAI's chat API.
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+SampledValue = Literal["temperature", "top_p", "presence_penalty", "frequency_penalty"]
+#: Sampling values OpenAI's chat API accepts (the REST bridge checks the same ranges while parsing).
+SAMPLING_RANGES: dict[SampledValue, tuple[float, float]] = {
+    "temperature": (0.0, 2.0), "top_p": (0.0, 1.0), "presence_penalty": (-2.0, 2.0), "frequency_penalty": (-2.0, 2.0)}
+# JSON fields of a ChatRequest and of its messages, with the JSON type each must hold (None: any).
+_JSON_FIELDS: tuple[tuple[str, type | None], ...] = (
+    ("tools_json", list), ("tool_choice_json", None), ("response_format_json", dict), ("extra_json", dict))
+_MESSAGE_JSON_FIELDS: tuple[tuple[str, type | None], ...] = (("content_parts_json", list), ("tool_calls_json", list))
 
 
 def _messages(msgs: Any) -> list[list[str]]:
@@ -41,6 +55,46 @@ def _sampling(req: types_pb2.ChatRequest) -> dict[str, Any]:
 
 def _json(raw: str) -> Any:
     return orjson.loads(raw) if raw else None
+
+
+def _json_violation(raw: str, kind: type | None) -> str | None:
+    if not raw:
+        return None
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return f"not valid JSON: {exc}"
+    if kind is not None and not isinstance(value, kind):
+        return f"must be a JSON {'array' if kind is list else 'object'}"
+    return None
+
+
+def violations(req: types_pb2.ChatRequest, prefix: str = "request.") -> list[tuple[str, str]]:
+    """(field, what is wrong) for each problem of a chat request; empty when it can be served. Field names are
+    the proto's, after `prefix`."""
+    bad: list[tuple[str, str]] = []
+    if not req.messages:
+        bad.append((f"{prefix}messages", "at least one message is required"))
+    elif not any(m.role == "user" for m in req.messages):
+        bad.append((f"{prefix}messages", "at least one user message is required"))
+    for i, m in enumerate(req.messages):
+        if m.role not in ROLES:
+            bad.append((f"{prefix}messages[{i}].role", f"must be one of {sorted(ROLES)}"))
+        for name, kind in _MESSAGE_JSON_FIELDS:
+            if (problem := _json_violation(getattr(m, name), kind)) is not None:
+                bad.append((f"{prefix}messages[{i}].{name}", problem))
+    for name, kind in _JSON_FIELDS:
+        if (problem := _json_violation(getattr(req, name), kind)) is not None:
+            bad.append((f"{prefix}{name}", problem))
+    s = req.sampling
+    for name, (lo, hi) in SAMPLING_RANGES.items():
+        if s.HasField(name) and not lo <= getattr(s, name) <= hi:
+            bad.append((f"{prefix}sampling.{name}", f"must be between {lo:g} and {hi:g}"))
+    if s.HasField("max_tokens") and s.max_tokens < 1:
+        bad.append((f"{prefix}sampling.max_tokens", "must be at least 1"))
+    if s.HasField("n") and s.n != 1:
+        bad.append((f"{prefix}sampling.n", "only n=1 is supported"))
+    return bad
 
 
 def _base(req: types_pb2.ChatRequest) -> dict[str, Any]:

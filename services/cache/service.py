@@ -102,8 +102,8 @@ def _check_tenant(tenant: str) -> None:
 
 
 def _check_request(req: types_pb2.ChatRequest) -> None:
-    if not req.messages:
-        raise invalid_argument("request has no messages", ("request.messages", "must not be empty"))
+    if bad := chat.violations(req):
+        raise invalid_argument("invalid chat request", *bad)
 
 
 def _vector(emb: types_pb2.Embedding, name: str) -> np.ndarray:

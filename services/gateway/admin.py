@@ -91,7 +91,7 @@ def _fields(body: dict[str, Any], allowed: tuple[str, ...]) -> dict[str, str]:
 
 
 def _name(value: str, param: str) -> str:
-    if not NAME_RE.match(value):
+    if not NAME_RE.fullmatch(value):
         raise _bad(param, f"{param} must be 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit")
     return value
 
@@ -259,7 +259,7 @@ class AdminApi:
     async def usage_events(self, request: web.Request, principal: Principal) -> web.Response:
         team, key = self._scope(request, principal)
         raw_limit = request.query.get("limit", "100")
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 1000:
+        if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= 1000:
             raise _bad("limit", "'limit' must be an integer between 1 and 1000")
         events = await self.usage.events(int(raw_limit), team=team, key=key)
         return _json({"object": "list", "data": events})

@@ -31,7 +31,7 @@ log = logging.getLogger("weir.gateway.auth")
 DEFAULT_TEAM = "default"
 MASTER_KEY_ID = "master"
 PERIODS = ("day", "month")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")  # matched whole (fullmatch)
 
 _AUTH = r"""
 local kid = redis.call('GET', KEYS[1])

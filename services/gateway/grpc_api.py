@@ -13,6 +13,7 @@ from services.gateway.hub import Hub
 from services.gateway.jobs import JobStore
 from services.gateway.jobs_api import EVENT_ID, job_options
 from services.gateway.openai_wire import ApiError
+from weir import chat
 from weir.common.v1 import types_pb2
 from weir.gateway.v1 import gateway_service_pb2 as pb
 from weir.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
@@ -87,9 +88,9 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         if not req.request.model:
             raise WeirError(grpc.StatusCode.INVALID_ARGUMENT, "request.model is required",
                             reason="INVALID_ARGUMENT", field_violations=[("request.model", "required")])
-        if not any(m.role == "user" for m in req.request.messages):
-            raise WeirError(grpc.StatusCode.INVALID_ARGUMENT, "request.messages needs a user message",
-                            reason="INVALID_ARGUMENT", field_violations=[("request.messages", "no user message")])
+        if bad := chat.violations(req.request):
+            raise WeirError(grpc.StatusCode.INVALID_ARGUMENT, "invalid chat request", reason="INVALID_ARGUMENT",
+                            field_violations=bad)
 
     @staticmethod
     def _key(context: grpc.aio.ServicerContext) -> str:
@@ -206,7 +207,7 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
     async def WatchJob(self, request: pb.WatchJobRequest,
                        context: grpc.aio.ServicerContext) -> AsyncIterator[pb.WatchJobResponse]:
         store, _ = await self._own_job(request.id, context)
-        if request.after_event_id and not EVENT_ID.match(request.after_event_id):
+        if request.after_event_id and not EVENT_ID.fullmatch(request.after_event_id):
             raise WeirError(grpc.StatusCode.INVALID_ARGUMENT, "after_event_id must be an event id like 1700000000000-0",
                             reason="INVALID_ARGUMENT", field_violations=[("after_event_id", "not an event id")])
         async for ev in store.events(request.id, request.after_event_id):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
@@ -202,7 +202,7 @@ class JobStore:
                               **(orjson.loads(doc["webhook"]) if doc.get("webhook") else {"status": "pending"})}
         return out
 
-    async def events(self, job_id: str, after: str = "", block_ms: int = 5000) -> AsyncIterator[Event | None]:
+    async def events(self, job_id: str, after: str = "", block_ms: int = 5000) -> AsyncGenerator[Event | None, None]:
         """The job's events after `after` (a previous event id; empty: from the start), following the log live
         until a final event; yields None after `block_ms` without news (a keep-alive point)."""
         last = after or "0-0"

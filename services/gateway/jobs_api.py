@@ -12,8 +12,10 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,9 +28,11 @@ from services.gateway.openai_wire import ApiError, parse_chat_request
 from services.gateway.tracing import request_trace
 from weir.gateway.v1 import gateway_service_pb2 as gateway_pb
 
+log = logging.getLogger("weir.gateway.jobs")
+
 Authenticate = Callable[[web.Request], Awaitable[Principal]]
 CacheControlOf = Callable[[Any], gateway_pb.CacheControl]
-EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+EVENT_ID = re.compile(r"\d{1,20}-\d{1,20}", re.ASCII)  # a Redis stream id; matched whole (fullmatch)
 _METADATA_MAX = 16
 
 
@@ -120,12 +124,16 @@ class JobsApi:
     async def events(self, request: web.Request) -> web.StreamResponse:
         job_id, _, _ = await self._own(request)
         after = request.headers.get("Last-Event-ID") or request.query.get("after", "")
-        if after and not EVENT_ID.match(after):
+        if after and not EVENT_ID.fullmatch(after):
             raise ApiError(400, "Last-Event-ID must be an event id like 1700000000000-0", param="Last-Event-ID",
                            code="invalid_value")
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                            "X-Accel-Buffering": "no"})
         await resp.prepare(request)
-        async for ev in self.store.events(job_id, after):
-            await resp.write(b": keep-alive\n\n" if ev is None else ev.sse())
+        try:
+            async with aclosing(self.store.events(job_id, after)) as events:
+                async for ev in events:
+                    await resp.write(b": keep-alive\n\n" if ev is None else ev.sse())
+        except ConnectionResetError:  # the client stopped listening; the job goes on
+            log.info("client disconnected from job events", extra={"job_id": job_id})
         return resp

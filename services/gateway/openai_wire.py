@@ -8,6 +8,7 @@ from typing import Any
 import grpc
 import orjson
 
+from weir import chat
 from weir.common.v1 import types_pb2
 from weir.kit.errors import RemoteError
 from weir.reasoner.v1 import reasoner_service_pb2 as reasoner_pb
@@ -17,7 +18,6 @@ _KNOWN = {
     "presence_penalty", "frequency_penalty", "n", "stream", "stream_options", "tools", "tool_choice",
     "response_format", "user",
 }
-_ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 
 
 @dataclass
@@ -52,14 +52,20 @@ def _number(body: dict[str, Any], name: str, lo: float, hi: float) -> float | No
     return float(value)
 
 
-def _int(body: dict[str, Any], name: str, lo: int) -> int | None:
+INT32_MAX = 2**31 - 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _int(body: dict[str, Any], name: str, lo: int, hi: int = INT32_MAX) -> int | None:
+    """An integer field within [lo, hi] (hi: the largest value its proto field holds)."""
     value = body.get(name)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
         raise ApiError(400, f"'{name}' must be an integer", param=name, code="invalid_type")
-    if value < lo:
-        raise ApiError(400, f"'{name}' must be >= {lo}, got {value}", param=name, code="invalid_value")
+    if not lo <= value <= hi:
+        raise ApiError(400, f"'{name}' must be between {lo} and {hi}, got {value}", param=name,
+                       code="invalid_value")
     return value
 
 
@@ -101,8 +107,8 @@ def parse_chat_request(raw: bytes) -> tuple[types_pb2.ChatRequest, bool]:
         if not isinstance(msg, dict):
             raise ApiError(400, f"messages[{i}] must be an object", param=f"messages[{i}]", code="invalid_type")
         role = msg.get("role")
-        if role not in _ROLES:
-            raise ApiError(400, f"messages[{i}].role must be one of {sorted(_ROLES)}, got {role!r}",
+        if not isinstance(role, str) or role not in chat.ROLES:
+            raise ApiError(400, f"messages[{i}].role must be one of {sorted(chat.ROLES)}, got {role!r}",
                            param=f"messages[{i}].role", code="invalid_value")
         text, parts = _content(msg, i)
         out = req.messages.add(role=role, content=text, content_parts_json=parts)
@@ -116,20 +122,15 @@ def parse_chat_request(raw: bytes) -> tuple[types_pb2.ChatRequest, bool]:
         raise ApiError(400, "'messages' must contain at least one user message", param="messages",
                        code="invalid_value")
     s = req.sampling
-    if (t := _number(body, "temperature", 0, 2)) is not None:
-        s.temperature = t
-    if (p := _number(body, "top_p", 0, 1)) is not None:
-        s.top_p = p
-    if (pp := _number(body, "presence_penalty", -2, 2)) is not None:
-        s.presence_penalty = pp
-    if (fp := _number(body, "frequency_penalty", -2, 2)) is not None:
-        s.frequency_penalty = fp
+    for sampled, (lo, hi) in chat.SAMPLING_RANGES.items():
+        if (value := _number(body, sampled, lo, hi)) is not None:
+            setattr(s, sampled, value)
     max_tokens = _int(body, "max_completion_tokens", 1)
     if max_tokens is None:
         max_tokens = _int(body, "max_tokens", 1)
     if max_tokens is not None:
         s.max_tokens = max_tokens
-    if (seed := _int(body, "seed", -(2**63))) is not None:
+    if (seed := _int(body, "seed", INT64_MIN, INT64_MAX)) is not None:
         s.seed = seed
     n = _int(body, "n", 1)
     if n is not None and n != 1:
@@ -154,6 +155,11 @@ def parse_chat_request(raw: bytes) -> tuple[types_pb2.ChatRequest, bool]:
     extra = {k: v for k, v in body.items() if k not in _KNOWN}
     if extra:
         req.extra_json = orjson.dumps(extra).decode()
+    if bad := chat.violations(req, prefix=""):
+        # What JSON parsing above leaves to the shared check (the type a JSON field must hold), by its REST name.
+        field, problem = bad[0]
+        param = field.replace("content_parts_json", "content").removesuffix("_json")
+        raise ApiError(400, f"'{param}' {problem}", param=param, code="invalid_value")
     opts = body.get("stream_options")
     include_usage = isinstance(opts, dict) and bool(opts.get("include_usage"))
     return req, include_usage

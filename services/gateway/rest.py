@@ -61,7 +61,7 @@ def cache_control(headers: Any) -> gateway_pb.CacheControl:
         elif name == "no-cache":
             ctl.no_cache = True
         elif name in ("max-age", "s-maxage"):
-            if not value.isdigit() or int(value) > 10 * 365 * 86400:
+            if not (value.isascii() and value.isdigit()) or int(value) > 10 * 365 * 86400:
                 raise ApiError(400, f"Cache-Control {name} must be a number of seconds, got {value!r}",
                                param="Cache-Control")
             ctl.ttl_seconds = int(value)
@@ -220,6 +220,9 @@ class RestApi:
             # The answer is incomplete: say so and end without [DONE], never pass it off as whole.
             log.warning("stream interrupted", extra={"error": err.message})
             await resp.write(error_sse(err))
+        except ConnectionResetError:
+            # The client went away mid-stream: nothing to answer; the caller's aclose() cancels the model call.
+            log.info("client disconnected mid-stream", extra={"path": request.path})
         return resp
 
     async def models(self, request: web.Request) -> web.Response:

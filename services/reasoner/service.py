@@ -38,6 +38,7 @@ from services.reasoner.breaker import Breakers, Permit
 from services.reasoner.coalesce import StreamFlights, UnaryFlights
 from services.reasoner.settings import ReasonerSettings
 from services.reasoner.upstream import Upstream
+from weir.chat import violations
 from weir.common.v1 import types_pb2
 from weir.kit import metrics, telemetry
 from weir.kit import semconv as sc
@@ -338,29 +339,9 @@ class PlanRun:
                          "UPSTREAM_UNAVAILABLE", md)
 
 
-def _validate(chat: types_pb2.ChatRequest) -> None:
+def _validate(req: types_pb2.ChatRequest) -> None:
     """Fails fast on what no provider could take (JSON fields are parsed here once, not mid-plan)."""
-    bad: list[tuple[str, str]] = []
-    if not chat.messages:
-        bad.append(("request.messages", "at least one message is required"))
-    fields = [("request.tools_json", chat.tools_json), ("request.tool_choice_json", chat.tool_choice_json),
-              ("request.response_format_json", chat.response_format_json), ("request.extra_json", chat.extra_json)]
-    for i, m in enumerate(chat.messages):
-        fields += [(f"request.messages[{i}].content_parts_json", m.content_parts_json),
-                   (f"request.messages[{i}].tool_calls_json", m.tool_calls_json)]
-    for name, raw in fields:
-        if not raw:
-            continue
-        try:
-            value = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            bad.append((name, f"not valid JSON: {exc}"))
-            continue
-        if name == "request.extra_json" and not isinstance(value, dict):
-            bad.append((name, "must be a JSON object"))
-        if name.endswith(("tools_json", "content_parts_json", "tool_calls_json")) and not isinstance(value, list):
-            bad.append((name, "must be a JSON array"))
-    if bad:
+    if bad := violations(req):
         raise invalid_argument("invalid chat request", *bad)
 
 

@@ -277,6 +277,13 @@ async def test_bad_input_is_invalid_argument_with_field_violations(cache: Cache)
     assert await violations(cache.stub.LookupSemantic(pb.LookupSemanticRequest(tenant="acme", request=req))) == [
         "embedding.model_id", "embedding.dim"]
     assert await violations(cache.stub.LookupExact(pb.LookupExactRequest(tenant=" ", request=req))) == ["tenant"]
+    # JSON fields are checked before anything reads them (found by fuzzing: they once ended in INTERNAL)
+    malformed = chat("Anything?")
+    malformed.tools_json, malformed.sampling.temperature = "junk", 9.0
+    assert await violations(cache.stub.LookupExact(pb.LookupExactRequest(tenant="acme", request=malformed))) == [
+        "request.tools_json", "request.sampling.temperature"]
+    assert await violations(store(pb.StoreRequest(tenant="acme", request=malformed, answer=answer("x")))) == [
+        "request.tools_json", "request.sampling.temperature"]
     assert await violations(cache.stub.Invalidate(pb.InvalidateRequest(tenant="acme"))) == ["scope"]
     assert await violations(cache.stub.Invalidate(pb.InvalidateRequest(tenant="acme", entry_id="nope"))) == [
         "entry_id"]

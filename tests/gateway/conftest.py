@@ -3,6 +3,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -69,4 +70,20 @@ def wait_events(admin: httpx.Client, n: int, **filters: str) -> list[dict[str, A
         if len(events) >= n or time.monotonic() > deadline:
             assert len(events) >= n, f"only {len(events)} of {n} ledger events were written"
             return events
+        time.sleep(0.05)
+
+
+def gateway_log_size(mesh: Mesh) -> int:
+    """Where the gateway's log ends now (an offset for `gateway_log_after`)."""
+    return Path(mesh.procs["gateway"].log_path or "").stat().st_size
+
+
+def gateway_log_after(mesh: Mesh, offset: int, until: str, timeout_s: float = 15.0) -> str:
+    """The gateway's log written after `offset`, once it holds `until` (or the timeout passed)."""
+    path = Path(mesh.procs["gateway"].log_path or "")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        text = path.read_bytes()[offset:].decode(errors="replace")
+        if until in text or time.monotonic() > deadline:
+            return text
         time.sleep(0.05)

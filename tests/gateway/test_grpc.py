@@ -49,8 +49,21 @@ async def test_unauthenticated_and_invalid(mesh: Mesh) -> None:
                                             metadata=(("authorization", "Bearer nope"),))
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert parse_rpc_error(info.value).reason == "INVALID_API_KEY"
+        md = (("authorization", f"Bearer {mesh.master_key}"),)
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await stub.CreateChatCompletion(pb.CreateChatCompletionRequest(request=types_pb2.ChatRequest(model="x")),
-                                            metadata=(("authorization", f"Bearer {mesh.master_key}"),))
+                                            metadata=md)
         err = parse_rpc_error(info.value)
         assert err.code == grpc.StatusCode.INVALID_ARGUMENT and err.field_violations
+        # the same checks as the REST bridge's: sampling ranges, roles, JSON fields (found by fuzzing)
+        bad = _request("hi")
+        bad.sampling.temperature, bad.tools_json = 1e30, "junk"
+        bad.messages.add(role="robot", content="x")
+        for call in (stub.CreateChatCompletion(pb.CreateChatCompletionRequest(request=bad), metadata=md),
+                     stub.SubmitJob(pb.SubmitJobRequest(request=bad), metadata=md)):
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await call
+            err = parse_rpc_error(info.value)
+            assert err.code == grpc.StatusCode.INVALID_ARGUMENT
+            assert [f for f, _ in err.field_violations] == [
+                "request.messages[1].role", "request.tools_json", "request.sampling.temperature"]

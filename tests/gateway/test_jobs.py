@@ -16,7 +16,7 @@ import pytest
 import redis
 from aiohttp import web
 
-from tests.gateway.conftest import NewKey, unique_question, wait_events
+from tests.gateway.conftest import NewKey, gateway_log_after, gateway_log_size, unique_question, wait_events
 from weir import webhooks
 from weir.common.v1 import types_pb2
 from weir.devmesh import Mesh, add_gateway
@@ -121,6 +121,24 @@ def test_events_resume_after_a_dropped_connection(mesh: Mesh, new_key: NewKey) -
     r = httpx.get(f"{mesh.base_url}/jobs/{job['id']}/events", params={"after": whole[-2][0]},
                   headers={"Authorization": f"Bearer {key}"})
     assert [t for _, t, _ in sse(r)] == ["done"]
+
+
+def test_a_listener_that_leaves_is_not_an_error_and_a_bad_event_id_is_400(mesh: Mesh, new_key: NewKey) -> None:
+    """Found by fuzzing: a client closing its event stream logged an unhandled error; "١-١" (Arabic-Indic digits)
+    passed the event-id check."""
+    key, _ = new_key()
+    offset = gateway_log_size(mesh)
+    httpx.post(f"{mesh.fake_url}/_fake/faults", json={"fault": "pace:100", "count": 1, "model": "fake-small"})
+    job = submit(mesh, key, max_tokens=32)
+    assert events(mesh, key, job["id"], stop_after="delta")[-1][1] == "delta"
+    text = gateway_log_after(mesh, offset, "client disconnected from job events")
+    assert "client disconnected from job events" in text
+    assert '"level":"error"' not in text, text
+    assert wait_job(mesh, key, job["id"], "succeeded")["status"] == "succeeded"  # the job went on
+    for after in ("\u0661-\u0661", "1-1\n"):
+        r = httpx.get(f"{mesh.base_url}/jobs/{job['id']}/events", params={"after": after},
+                      headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "Last-Event-ID", (after, r.text)
 
 
 def test_cancel_stops_a_running_job(mesh: Mesh, new_key: NewKey) -> None:

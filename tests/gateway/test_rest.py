@@ -14,6 +14,7 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from tests.cache.conftest import semantic_stores, until_searchable
+from tests.gateway.conftest import gateway_log_after, gateway_log_size
 from weir.devmesh import Mesh
 from weir.embedder.v1 import embedder_service_pb2 as embedder_pb
 from weir.embedder.v1 import embedder_service_pb2_grpc as embedder_grpc
@@ -161,6 +162,27 @@ def test_bad_request_gets_400_in_openai_shape(mesh: Mesh, client: openai.OpenAI)
         assert err["type"] == "invalid_request_error" and err["message"] and err["param"] == param
 
 
+def test_values_the_wire_cannot_carry_get_400_not_500(mesh: Mesh) -> None:
+    """Found by fuzzing: integers beyond their proto field, a role that is not a string, a JSON field of the wrong
+    type and a max-age in non-ASCII digits each once ended in an unhandled error (500)."""
+    auth = {"Authorization": f"Bearer {mesh.master_key}"}
+    base = {"model": "fake-small", "messages": ask("hi")}
+    for extra, param in (({"max_tokens": 2**63}, "max_tokens"), ({"max_completion_tokens": 2**31},
+                                                                  "max_completion_tokens"),
+                         ({"seed": 2**63}, "seed"), ({"seed": -(2**63) - 1}, "seed"),
+                         ({"messages": [{"role": {"a": 1}, "content": "x"}]}, "messages[0].role"),
+                         ({"tools": {"type": "function"}}, "tools"), ({"response_format": "json"}, "response_format")):
+        r = httpx.post(f"{mesh.base_url}/chat/completions", json={**base, **extra}, headers=auth)
+        assert r.status_code == 400, (extra, r.text)
+        assert r.json()["error"]["param"] == param
+    r = httpx.post(f"{mesh.base_url}/chat/completions", json=base,
+                   headers={b"Authorization": f"Bearer {mesh.master_key}".encode(),
+                            b"Cache-Control": "max-age=\u00b2".encode()})  # "²": isdigit(), but not int()
+    assert r.status_code == 400 and r.json()["error"]["param"] == "Cache-Control"
+    r = httpx.get(f"{mesh.http}/v1/usage/events", params={"limit": "\u00b2"}, headers=auth)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "limit"
+
+
 def test_unknown_model_is_404(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as info:
         client.chat.completions.create(model="no-such-model", messages=ask("hi"))
@@ -262,3 +284,21 @@ def test_stream_chunks_are_relayed_as_they_arrive_not_buffered(mesh: Mesh) -> No
     # Buffered, the deltas would arrive together (gaps near 0); relayed, most gaps are near the pace.
     assert sorted(gaps)[len(gaps) // 2] > 0.05, gaps
     assert arrivals[-1] - arrivals[0] > 0.05 * (len(arrivals) - 1)
+
+
+def test_a_client_that_leaves_mid_stream_is_not_an_error(mesh: Mesh) -> None:
+    """Closing the connection during a stream (found by fuzzing: each one logged an unhandled error with its
+    traceback) is an ordinary event: logged at info, the model call cancelled."""
+    offset = gateway_log_size(mesh)
+    httpx.post(f"{mesh.fake_url}/_fake/faults", json={"fault": "pace:200", "count": 1, "model": "fake-large"})
+    with httpx.stream("POST", f"{mesh.base_url}/chat/completions", timeout=60,
+                      headers={"Authorization": f"Bearer {mesh.master_key}"},
+                      json={"model": "fake-large", "temperature": 0.7, "stream": True,
+                            "messages": ask(f"Tell me about lakes {uuid.uuid4()}")}) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if '"content":"' in line and '"content":""' not in line:
+                break  # the first token: leave
+    text = gateway_log_after(mesh, offset, "client disconnected mid-stream")
+    assert "client disconnected mid-stream" in text
+    assert '"level":"error"' not in text, text

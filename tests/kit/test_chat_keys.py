@@ -38,3 +38,44 @@ def test_only_temperature_zero_is_deterministic() -> None:
     assert chat.is_deterministic(req(("user", "x")))
     assert not chat.is_deterministic(req(("user", "x"), temperature=None))
     assert not chat.is_deterministic(req(("user", "x"), temperature=0.2))
+
+
+def test_a_well_formed_request_has_no_violations() -> None:
+    r = req(("system", "be brief"), ("user", "hi"))
+    r.tools_json = '[{"type": "function", "function": {"name": "f"}}]'
+    r.tool_choice_json = '"auto"'
+    r.response_format_json = '{"type": "json_object"}'
+    r.extra_json = '{"logprobs": true}'
+    r.messages.add(role="assistant", tool_calls_json='[{"id": "c1", "type": "function"}]')
+    r.messages.add(role="tool", tool_call_id="c1", content="42")
+    r.messages.add(role="user", content_parts_json='[{"type": "text", "text": "and?"}]')
+    r.sampling.top_p, r.sampling.max_tokens, r.sampling.n = 1.0, 16, 1
+    assert chat.violations(r) == []
+
+
+def test_violations_name_each_malformed_field() -> None:
+    r = req(("robot", "x"), ("user", "hi"), temperature=2.5)
+    r.tools_json = "junk"
+    r.tool_choice_json = "{"
+    r.response_format_json = "[]"
+    r.extra_json = '"text"'
+    r.messages[1].content_parts_json = '{"type": "text"}'
+    r.messages[1].tool_calls_json = "nope"
+    r.sampling.top_p = float("nan")
+    r.sampling.max_tokens = 0
+    r.sampling.n = 3
+    fields = [field for field, _ in chat.violations(r)]
+    assert fields == [
+        "request.messages[0].role", "request.messages[1].content_parts_json", "request.messages[1].tool_calls_json",
+        "request.tools_json", "request.tool_choice_json", "request.response_format_json", "request.extra_json",
+        "request.sampling.temperature", "request.sampling.top_p", "request.sampling.max_tokens", "request.sampling.n"]
+    problems = dict(chat.violations(r))
+    assert problems["request.tools_json"].startswith("not valid JSON")
+    assert problems["request.response_format_json"] == "must be a JSON object"
+    assert problems["request.messages[1].content_parts_json"] == "must be a JSON array"
+
+
+def test_a_request_needs_a_user_message() -> None:
+    assert chat.violations(types_pb2.ChatRequest(model="m")) == [("request.messages",
+                                                                 "at least one message is required")]
+    assert chat.violations(req(("system", "x")), prefix="") == [("messages", "at least one user message is required")]
