@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -112,9 +113,30 @@ async def errors_middleware(request: web.Request,
         return _json_response(http_err.body(), exc.status)
     except asyncio.CancelledError:
         raise
+    except ConnectionResetError:
+        # The client left before the request was read (a prepared stream handles this itself): nobody to answer.
+        log.info("client disconnected", extra={"path": request.path})
+        return _json_response(ApiError(400, "the client closed the connection").body(), 400)
     except Exception:
         log.exception("unhandled error", extra={"path": request.path})
         return _json_response(ApiError(500, "internal error", type="internal_error").body(), 500)
+
+
+class MalformedHttpFilter(logging.Filter):
+    """aiohttp logs a request its HTTP parser refuses (a header over 8 KiB, a broken request line) at error level
+    with a traceback, then answers 400 itself: that is the client's error, so it is logged at info, without the
+    traceback, where a flood of them cannot bury the server's own errors."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and record.levelno > logging.INFO:
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg, record.args = f"malformed HTTP request refused: {exc.message}"[:300], None
+            record.exc_info = record.exc_text = None
+        return True
+
+
+MALFORMED_HTTP = MalformedHttpFilter()
 
 
 class RestApi:

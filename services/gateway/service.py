@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import grpc
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -12,7 +14,7 @@ from services.gateway.grpc_api import GatewayServicer
 from services.gateway.jobs import JobStore
 from services.gateway.ledger import UsageReader
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.rest import RestApi
+from services.gateway.rest import MALFORMED_HTTP, RestApi
 from services.gateway.settings import GatewaySettings
 from services.gateway.webhooks import Webhooks
 from services.gateway.worker import JobWorker
@@ -51,6 +53,7 @@ class GatewayService:
         await self.jobs.ensure_group()
         if self.worker is not None:
             await self.worker.start()
+        logging.getLogger("aiohttp.server").addFilter(MALFORMED_HTTP)  # the same object: added once
         self._runner = web.AppRunner(self.rest.app(), access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.http_host, self.settings.http_port, backlog=1024,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import socket
 import time
 import uuid
 
@@ -302,3 +303,20 @@ def test_a_client_that_leaves_mid_stream_is_not_an_error(mesh: Mesh) -> None:
     text = gateway_log_after(mesh, offset, "client disconnected mid-stream")
     assert "client disconnected mid-stream" in text
     assert '"level":"error"' not in text, text
+
+
+def test_malformed_http_and_a_body_never_sent_are_not_server_errors(mesh: Mesh) -> None:
+    """Found by fuzzing: a header over aiohttp's 8 KiB limit, and a client that closes before sending the body
+    it announced, each logged an error with a traceback. Both are the client's doing: info lines."""
+    offset = gateway_log_size(mesh)
+    r = httpx.get(f"{mesh.http}/v1/models", headers={"Authorization": f"Bearer {mesh.master_key}", "x-big": "a" * 9000})
+    assert r.status_code == 400
+    host, port = mesh.http.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port))) as s:
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: weir\r\nAuthorization: Bearer "
+                  + mesh.master_key.encode() + b"\r\nContent-Length: 1000\r\n\r\n{\"model\"")
+        time.sleep(0.2)
+    text = gateway_log_after(mesh, offset, '"msg":"client disconnected"')
+    assert "malformed HTTP request refused" in text and '"msg":"client disconnected"' in text, text
+    assert '"level":"error"' not in text, text
+    assert httpx.get(f"{mesh.http}/healthz").status_code == 200
