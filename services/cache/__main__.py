@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from services.cache.service import CacheService
 from services.cache.settings import CacheSettings
-from weir.kit.config import load
+from weir.kit.config import load_or_exit
 from weir.kit.server import serve
 
 
 def main() -> None:
-    settings = load(CacheSettings)
+    settings = load_or_exit(CacheSettings, "cache")
     serve("cache", lambda: CacheService(settings), settings.server, settings.port)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from weir.kit.config import env, load, state_dir
+from weir.kit.config import Port, env, load, state_dir
 from weir.kit.server import ServerSettings
 
 _COLLECTION_PREFIX = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
@@ -13,13 +13,16 @@ _CONSISTENCY = ("Strong", "Session", "Bounded", "Eventually")
 #: The verifier's checks (services/cache/verifier.py CHECK_NAMES; not imported: settings stay light).
 _CHECKS = ("numbers", "units", "dates", "negation", "scope", "intent", "roles", "order", "entities", "opposites",
            "content")
+#: Checks whose rules read explicit tokens (48213 / 48231, °C / °F, without, enable / disable): the judge, which
+#: has been seen to lose exactly those, may never overrule them.
+NEVER_OVERRULED = ("numbers", "units", "dates", "negation", "roles", "opposites")
 
 
 @dataclass(frozen=True)
 class CacheSettings:
     """Where the two tiers live, how long entries last and how strict the semantic tier is."""
 
-    port: int = env("WEIR_CACHE_PORT", 50052)
+    port: Port = env("WEIR_CACHE_PORT", 50052)
     redis_url: str = env("WEIR_REDIS_URL", "redis://127.0.0.1:6379/0", secret=True,
                          help="the exact tier's Redis (may carry a password, so never logged)")
     redis_prefix: str = env("WEIR_CACHE_REDIS_PREFIX", "weir:cache:",
@@ -80,7 +83,7 @@ class CacheSettings:
              "(services/cache/judge.py); false: the rules decide alone")
     embedder_addr: str = env("WEIR_EMBEDDER_ADDR", "127.0.0.1:50051", help="the embedder, for its judge")
     judge_overrules: tuple[str, ...] = env(
-        "WEIR_CACHE_JUDGE_OVERRULES", ("scope", "intent", "order", "entities", "content"),
+        "WEIR_CACHE_JUDGE_OVERRULES", tuple(c for c in _CHECKS if c not in NEVER_OVERRULED),
         help="verifier checks whose refusal the judge may overrule (every other check must pass: by default "
              "numbers, units, dates, negation, roles and opposites, whose rules read explicit tokens, always "
              "decide)")
@@ -143,6 +146,9 @@ class CacheSettings:
         if unknown:
             problems.append(f"WEIR_CACHE_JUDGE_OVERRULES: unknown checks {', '.join(unknown)} "
                             f"(checks: {', '.join(_CHECKS)})")
+        if hard := [c for c in NEVER_OVERRULED if c in self.judge_overrules]:
+            problems.append(f"WEIR_CACHE_JUDGE_OVERRULES may not name {', '.join(hard)}: the judge never overrules "
+                            f"{', '.join(NEVER_OVERRULED)}")
         if not 0.0 <= self.judge_veto <= self.judge_accept <= 1.0:
             problems.append("WEIR_CACHE_JUDGE_VETO and WEIR_CACHE_JUDGE_ACCEPT must satisfy 0 <= veto <= accept <= 1")
         if not 0.0 < self.judge_sim_threshold <= 1.0:

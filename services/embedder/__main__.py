@@ -7,15 +7,12 @@ import sys
 from services.embedder.engine import EngineError
 from services.embedder.service import EmbedderService
 from services.embedder.settings import EmbedderSettings
-from weir.kit.config import ConfigError, load
+from weir.kit.config import load_or_exit
 from weir.kit.server import serve
 
 
 def main() -> None:
-    try:
-        settings = load(EmbedderSettings)
-    except ConfigError as exc:
-        sys.exit(f"embedder: {exc}")
+    settings = load_or_exit(EmbedderSettings, "embedder")
     try:
         serve("embedder", lambda: EmbedderService(settings), settings.server, settings.port)
     except EngineError as exc:

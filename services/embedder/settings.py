@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from weir.kit.config import default_judge_dir, default_model_dir, env, load
+from weir.kit.config import Port, default_judge_dir, default_model_dir, env, load
 from weir.kit.server import ServerSettings
 
 
 @dataclass(frozen=True)
 class EmbedderSettings:
-    port: int = env("WEIR_EMBEDDER_PORT", 50051, help="gRPC EmbedderService port")
+    port: Port = env("WEIR_EMBEDDER_PORT", 50051, help="gRPC EmbedderService port")
     model_dir: Path = env(
         "WEIR_EMBEDDER_MODEL_DIR", default_model_dir(),
         help="exported model (manifest.json, model.onnx, tokenizer.json); `make model` creates it",

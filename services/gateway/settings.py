@@ -5,15 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from weir.kit.clients import Deadlines
-from weir.kit.config import env, load
+from weir.kit.config import Port, env, load
 from weir.kit.server import ServerSettings
 
 
 @dataclass(frozen=True)
 class GatewaySettings:
-    port: int = env("WEIR_GATEWAY_PORT", 50055, help="gRPC GatewayService port")
+    port: Port = env("WEIR_GATEWAY_PORT", 50055, help="gRPC GatewayService port")
     http_host: str = env("WEIR_GATEWAY_HTTP_HOST", "127.0.0.1")
-    http_port: int = env("WEIR_GATEWAY_HTTP_PORT", 8080, help="REST bridge (OpenAI wire format)")
+    http_port: Port = env("WEIR_GATEWAY_HTTP_PORT", 8080, help="REST bridge (OpenAI wire format)")
     embedder_addr: str = env("WEIR_EMBEDDER_ADDR", "127.0.0.1:50051")
     cache_addr: str = env("WEIR_CACHE_ADDR", "127.0.0.1:50052")
     router_addr: str = env("WEIR_ROUTER_ADDR", "127.0.0.1:50053")

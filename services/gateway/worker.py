@@ -39,7 +39,7 @@ from weir.common.v1 import types_pb2
 from weir.gateway.v1 import gateway_service_pb2 as gateway_pb
 from weir.kit import semconv as sc
 from weir.kit import tasks, telemetry
-from weir.kit.config import load
+from weir.kit.config import load_or_exit
 from weir.kit.server import run_process, wait_for_stop_signal, write_ready_file
 from weir.reasoner.v1 import reasoner_service_pb2 as reasoner_pb
 
@@ -397,7 +397,7 @@ class WorkerProcess:
 
 
 def main() -> None:
-    settings = load(GatewaySettings)
+    settings = load_or_exit(GatewaySettings, "worker")
 
     async def run() -> None:
         proc = WorkerProcess(settings)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.router.health import HealthPolicy
-from weir.kit.config import env, load
+from weir.kit.config import Port, env, load
 from weir.kit.server import ServerSettings
 
 #: The trained scorer shipped with the router (services/router/training/train.py writes it).
@@ -21,7 +21,7 @@ def _default_scorer() -> Path | None:
 class RouterSettings:
     """How the router listens, scores virtual models and weighs provider health."""
 
-    port: int = env("WEIR_ROUTER_PORT", 50053)
+    port: Port = env("WEIR_ROUTER_PORT", 50053)
     quality_bias: float = env(
         "WEIR_ROUTER_QUALITY_BIAS", 0.0,
         help="default cost/quality knob in [-1, 1]; a request's quality_bias adds to it",

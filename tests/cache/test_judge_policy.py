@@ -97,6 +97,7 @@ def test_settings_refuse_unknown_checks_and_crossed_thresholds() -> None:
     with pytest.raises(ConfigError) as err:
         load(CacheSettings, {"WEIR_CACHE_JUDGE_OVERRULES": "numbers,vibes", "WEIR_CACHE_JUDGE_VETO": "0.995"})
     assert "WEIR_CACHE_JUDGE_OVERRULES: unknown checks vibes" in str(err.value)
+    assert "WEIR_CACHE_JUDGE_OVERRULES may not name numbers" in str(err.value)  # it was accepted before
     assert "0 <= veto <= accept <= 1" in str(err.value)
     assert load(CacheSettings, {"WEIR_CACHE_JUDGE_OVERRULES": "content"}).judge_overrules == ("content",)
 

@@ -1,17 +1,20 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from weir.kit.config import ConfigError, describe, env, load
+from weir.kit.config import ConfigError, Port, describe, env, load
 from weir.mesh_config import parse
 
 
 @dataclass(frozen=True)
 class Sample:
-    port: int = env("T_PORT", 5000)
+    port: Port = env("T_PORT", 5000)
     ratio: float = env("T_RATIO", 0.5)
     on: bool = env("T_ON", False)
     path: Path | None = env("T_PATH", None)
@@ -34,6 +37,26 @@ def test_lists_every_problem_at_once_and_hides_secrets() -> None:
     with pytest.raises(ConfigError) as info:
         load(Sample, {"T_TOKEN": "x", "T_RATIO": "nope-secret"})
     assert "T_RATIO" in str(info.value)
+
+
+def test_a_port_outside_0_to_65535_is_refused_not_wrapped() -> None:
+    """gRPC took 99999 as 34463 (99999 - 65536) and served there."""
+    assert load(Sample, {"T_PORT": "0", "T_TOKEN": "x"}).port == 0
+    assert load(Sample, {"T_PORT": "65535", "T_TOKEN": "x"}).port == 65535
+    for bad in ("99999", "-1", "65536"):
+        with pytest.raises(ConfigError, match=f"T_PORT='{bad}': a port is 0 \\(any free port\\) to 65535"):
+            load(Sample, {"T_PORT": bad, "T_TOKEN": "x"})
+
+
+@pytest.mark.parametrize("module", ["services.cache", "services.router", "services.reasoner", "services.embedder",
+                                    "services.gateway", "services.gateway.worker"])
+def test_a_service_with_a_bad_setting_exits_with_one_line_naming_it(module: str) -> None:
+    env_vars = {**os.environ, "WEIR_METRICS_PORT": "99999", "WEIR_MASTER_KEY": "k"}
+    out = subprocess.run([sys.executable, "-m", module], env=env_vars, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.strip().splitlines()[-1].endswith("WEIR_METRICS_PORT='99999': a port is 0 (any free port) "
+                                                        "to 65535, got 99999"), out.stderr
 
 
 def test_mesh_config_validation() -> None:

@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import hashlib
 import logging
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -35,7 +34,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from weir.kit.config import ConfigError, env, load
+from weir.kit.config import Port, env, load_or_exit
 from weir.kit.logging import setup_logging
 from weir.kit.server import install_event_loop, wait_for_stop_signal, write_ready_file
 
@@ -58,7 +57,7 @@ class FakeLLMSettings:
     """How the fake provider listens and answers (CLI flags override these)."""
 
     host: str = env("WEIR_FAKE_LLM_HOST", "127.0.0.1", help="interface to bind")
-    port: int = env("WEIR_FAKE_LLM_PORT", 8090, help="0 picks a free port")
+    port: Port = env("WEIR_FAKE_LLM_PORT", 8090, help="0 picks a free port")
     latency_ms: float = env("WEIR_FAKE_LLM_LATENCY_MS", 0.0, help="time to first token / to the whole answer")
     per_token_ms: float = env("WEIR_FAKE_LLM_PER_TOKEN_MS", 0.0, help="added for every output token")
     tokens: int = env("WEIR_FAKE_LLM_TOKENS", 24, help="answer length in tokens")
@@ -878,10 +877,7 @@ def parse_args(argv: list[str] | None) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     """`weir fake-llm [flags]`: runs the simulated provider in this process until SIGTERM/SIGINT."""
-    try:
-        settings = load(FakeLLMSettings, **parse_args(argv))
-    except ConfigError as exc:
-        sys.exit(f"weir fake-llm: {exc}")
+    settings = load_or_exit(FakeLLMSettings, "weir fake-llm", **parse_args(argv))
     setup_logging("fake-llm", settings.log_level)
     install_event_loop()
     asyncio.run(run(settings))

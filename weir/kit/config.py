@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NewType, TypeVar
 
 T = TypeVar("T")
 
@@ -43,6 +44,10 @@ def env(name: str, default: Any = dataclasses.MISSING, *, secret: bool = False, 
     return dataclasses.field(default=default, metadata=meta)
 
 
+Port = NewType("Port", int)
+"""A TCP port: a settings field of this type takes 0 (any free port) to 65535 and refuses anything else."""
+
+
 def _convert(raw: str, typ: Any) -> Any:
     origin = typing.get_origin(typ)
     if origin is typing.Union or origin is types.UnionType:
@@ -57,6 +62,11 @@ def _convert(raw: str, typ: Any) -> Any:
         if low in _FALSE:
             return False
         raise ValueError(f"expected a boolean (true/false), got {raw!r}")
+    if typ is Port:
+        port = int(raw)
+        if not 0 <= port <= 65535:
+            raise ValueError(f"a port is 0 (any free port) to 65535, got {port}")
+        return port
     if typ is int:
         return int(raw)
     if typ is float:
@@ -100,6 +110,15 @@ def load(cls: type[T], environ: Mapping[str, str] | None = None, **overrides: An
         if problems:
             raise ConfigError(f"invalid configuration for {cls.__name__}: " + "; ".join(problems))
     return obj
+
+
+def load_or_exit(cls: type[T], process: str, **overrides: Any) -> T:
+    """`load` for a process' entry point: a configuration error ends the process with one line on stderr naming
+    every problem (exit status 1), not a traceback."""
+    try:
+        return load(cls, **overrides)
+    except ConfigError as exc:
+        sys.exit(f"{process}: {exc}")
 
 
 def describe(obj: Any) -> dict[str, Any]:

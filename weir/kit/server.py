@@ -30,7 +30,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from weir.kit import metrics, telemetry
-from weir.kit.config import env
+from weir.kit.config import Port, env
 from weir.kit.errors import WeirError
 from weir.kit.logging import setup_logging
 
@@ -59,7 +59,7 @@ class ServerSettings:
     log_level: str = env("WEIR_LOG_LEVEL", "info")
     grace_s: float = env("WEIR_SHUTDOWN_GRACE_S", 5.0, help="seconds in-flight calls get on SIGTERM")
     ready_file: Path | None = env("WEIR_READY_FILE", None, help="written with the bound address once serving")
-    metrics_port: int | None = env("WEIR_METRICS_PORT", None, help="Prometheus /metrics port (0 = any free port)")
+    metrics_port: Port | None = env("WEIR_METRICS_PORT", None, help="Prometheus /metrics port (0 = any free port)")
     reuse_port: bool = env("WEIR_REUSE_PORT", False,
                            help="let several processes of this service share its ports (SO_REUSEPORT: the kernel "
                                 "spreads connections over them); off, a taken port is an error")
