@@ -6,12 +6,15 @@ WEIR_CONFIG names the file; without it the mesh uses config/fake.toml, the simul
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from weir.kit.config import ConfigError
 
@@ -103,42 +106,78 @@ def _expand(value: Any) -> Any:
     return value
 
 
-def _build(cls: type[Any], raw: dict[str, Any], where: str) -> Any:
-    known = set(cls.__dataclass_fields__)
-    unknown = set(raw) - known
+def _typed(value: Any, typ: Any, where: str) -> Any:
+    """`value` as the field type `typ` (str, int, float, tuple[str, ...]); ConfigError naming `where` otherwise."""
+    if typ is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: must be a finite number, got {value!r}")
+        return float(value)
+    if typ in (int, str) and isinstance(value, typ) and not isinstance(value, bool):
+        return value
+    if typing.get_origin(typ) is tuple and isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    shown = {float: "a number", int: "an integer", str: "a string"}.get(typ, "a list of strings")
+    raise ConfigError(f"{where}: must be {shown}, got {value!r}")
+
+
+def _build(cls: type[Any], raw: Any, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: must be a table, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    unknown = set(raw) - set(hints)
     if unknown:
-        raise ConfigError(f"{where}: unknown keys {sorted(unknown)} (known: {sorted(known)})")
+        raise ConfigError(f"{where}: unknown keys {sorted(unknown)} (known: {sorted(hints)})")
     try:
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
-    except TypeError as exc:
+        obj = cls(**{k: _typed(v, hints[k], f"{where}.{k}") for k, v in raw.items()})
+    except TypeError as exc:  # a required key missing
         raise ConfigError(f"{where}: {exc}") from exc
+    for name in hints:
+        value = getattr(obj, name)
+        if isinstance(value, (int, float)) and value < 0:
+            raise ConfigError(f"{where}.{name}: must be >= 0, got {value!r}")
+    return obj
+
+
+def _tables(doc: dict[str, Any], key: str) -> list[Any]:
+    value = doc.get(key, [])
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}: must be an array of tables ([[{key}]]), got {value!r}")
+    return value
 
 
 def parse(doc: dict[str, Any], source: str = "") -> MeshConfig:
     doc = _expand(doc)
     providers: dict[str, Provider] = {}
-    for i, raw in enumerate(doc.get("providers", [])):
-        raw = dict(raw)
-        if "api_key_env" in raw:
+    for i, raw in enumerate(_tables(doc, "providers")):
+        if isinstance(raw, dict) and "api_key_env" in raw:
+            raw = dict(raw)
             env = raw.pop("api_key_env")
             raw["api_key_envs"] = [env] if isinstance(env, str) else env
         p = _build(Provider, raw, f"providers[{i}]")
         if p.kind not in ("openai", "anthropic"):
             raise ConfigError(f"providers[{i}] ({p.name}): kind must be 'openai' or 'anthropic', not {p.kind!r}")
+        if urlsplit(p.base_url).scheme not in ("http", "https") or not urlsplit(p.base_url).netloc:
+            raise ConfigError(f"providers[{i}] ({p.name}): base_url must be an http(s) URL, got {p.base_url!r}")
+        if min(p.connect_timeout_s, p.first_token_timeout_s, p.total_timeout_s, p.max_connections) <= 0:
+            raise ConfigError(f"providers[{i}] ({p.name}): timeouts and max_connections must be > 0")
         providers[p.name] = p
     models: dict[str, Model] = {}
-    for i, raw in enumerate(doc.get("models", [])):
-        raw = dict(raw)
-        raw.setdefault("upstream_model", raw.get("id", ""))
+    for i, raw in enumerate(_tables(doc, "models")):
+        if isinstance(raw, dict):
+            raw = {"upstream_model": raw.get("id", ""), **raw}
         m = _build(Model, raw, f"models[{i}]")
         if m.provider not in providers:
             raise ConfigError(f"models[{i}] ({m.id}): unknown provider {m.provider!r}")
         if m.tier not in ("weak", "strong"):
             raise ConfigError(f"models[{i}] ({m.id}): tier must be 'weak' or 'strong'")
+        if m.context_window <= 0:
+            raise ConfigError(f"models[{i}] ({m.id}): context_window must be > 0")
         models[m.id] = m
     virtual: dict[str, VirtualModel] = {}
-    for i, raw in enumerate(doc.get("virtual_models", [])):
-        v = _build(VirtualModel, dict(raw), f"virtual_models[{i}]")
+    for i, raw in enumerate(_tables(doc, "virtual_models")):
+        v = _build(VirtualModel, raw, f"virtual_models[{i}]")
+        if not 0.0 <= v.threshold <= 1.0:
+            raise ConfigError(f"virtual_models[{i}] ({v.id}): threshold must be in [0, 1], got {v.threshold}")
         for ref in (v.strong, v.weak, *v.fallbacks):
             if ref not in models:
                 raise ConfigError(f"virtual_models[{i}] ({v.id}): unknown model {ref!r}")

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,6 +73,30 @@ def test_mesh_config_validation() -> None:
         parse({**base, "virtual_models": [{"id": "auto", "strong": "m", "weak": "zz"}]})
     with pytest.raises(ConfigError, match="not set"):
         parse({**base, "providers": [{"name": "p", "kind": "openai", "base_url": "${WEIR_SURELY_UNSET_VAR}"}]})
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"models": True}, "models: must be an array of tables"),
+    ({"providers": [None]}, r"providers\[0\]: must be a table"),
+    ({"models": [{"id": "m", "provider": "p", "context_window": "8k"}]},
+     r"models\[0\].context_window: must be an integer"),
+    ({"models": [{"id": "m", "provider": "p", "input_usd_per_mtok": -1.5}]}, r"input_usd_per_mtok: must be >= 0"),
+    ({"models": [{"id": "m", "provider": "p", "output_usd_per_mtok": float("nan")}]}, "must be a finite number"),
+    ({"models": [{"id": "m", "provider": {"p": 1}}]}, r"models\[0\].provider: must be a string"),
+    ({"models": [{"id": "m", "provider": "p", "context_window": 0}]}, "context_window must be > 0"),
+    ({"providers": [{"name": "p", "kind": "openai", "base_url": "localhost:8000"}]}, "base_url must be an http"),
+    ({"providers": [{"name": "p", "kind": "openai", "base_url": "http://x", "total_timeout_s": 0}]}, "timeouts"),
+    ({"providers": [{"name": "p", "kind": "openai", "base_url": "http://x", "api_key_env": 7}]},
+     "api_key_envs: must be a list of strings"),
+    ({"virtual_models": [{"id": "auto", "strong": "m", "weak": "m", "threshold": 1.5}]},
+     r"threshold must be in \[0, 1\]"),
+])
+def test_mesh_config_refuses_wrong_types_and_ranges_by_name(change: dict[str, Any], message: str) -> None:
+    """Found by fuzzing: wrong types surfaced as TypeError / ValueError from deep inside, or were accepted."""
+    base = {"providers": [{"name": "p", "kind": "openai", "base_url": "http://x"}],
+            "models": [{"id": "m", "provider": "p"}]}
+    with pytest.raises(ConfigError, match=message):
+        parse({**base, **change})
 
 
 def test_price_math() -> None:
