@@ -94,6 +94,11 @@ def _usage(prompt: int, completion: int, cached: int = 0, reasoning: int = 0) ->
                            cached_tokens=cached, reasoning_tokens=reasoning)
 
 
+def _obj(value: Any) -> dict[str, Any]:
+    """`value` if it is a JSON object, else an empty one: a field of an unexpected type reads as absent."""
+    return value if isinstance(value, dict) else {}
+
+
 def _int(v: Any) -> int:
     return v if isinstance(v, int) and not isinstance(v, bool) else 0
 
@@ -289,16 +294,17 @@ def openai_stream_event(state: StreamState, data: bytes) -> list[Piece]:
     if usage is not None:
         state.usage = usage
     out: list[Piece] = []
-    for choice in doc.get("choices") or ():
+    choices = doc.get("choices")
+    for choice in choices if isinstance(choices, list) else ():
         if not isinstance(choice, dict) or choice.get("index", 0) != 0:
             continue
         delta = choice.get("delta")
         if isinstance(delta, dict):
-            content = delta.get("content") or ""
-            reasoning = delta.get("reasoning_content") or delta.get("reasoning") or ""
+            content = str(delta.get("content") or "")
+            reasoning = str(delta.get("reasoning_content") or delta.get("reasoning") or "")
             tools = delta.get("tool_calls")
             if content or reasoning:
-                out.append(Piece(content=str(content), reasoning=str(reasoning)))
+                out.append(Piece(content=content, reasoning=reasoning))
                 state.chars += len(content) + len(reasoning)
             if isinstance(tools, list) and tools:
                 out.append(Piece(tool_calls=tools))
@@ -329,7 +335,7 @@ def _anthropic_parts(parts: Any) -> list[dict[str, Any]]:
         if p.get("type") == "text":
             out.append({"type": "text", "text": str(p.get("text", ""))})
         elif p.get("type") == "image_url":
-            url = str((p.get("image_url") or {}).get("url", ""))
+            url = str(_obj(p.get("image_url")).get("url", ""))
             if url.startswith("data:") and ";base64," in url:
                 media, _, data = url[5:].partition(";base64,")
                 out.append({"type": "image", "source": {"type": "base64", "media_type": media, "data": data}})
@@ -347,7 +353,9 @@ def _anthropic_blocks(m: types_pb2.ChatMessage) -> list[dict[str, Any]]:
         [{"type": "text", "text": m.content}] if m.content else [])
     if m.tool_calls_json:
         for call in orjson.loads(m.tool_calls_json):
-            fn = call.get("function") or {}
+            if not isinstance(call, dict):
+                continue
+            fn = _obj(call.get("function"))
             args = fn.get("arguments") or "{}"
             try:
                 parsed = orjson.loads(args) if isinstance(args, str) else args
@@ -471,7 +479,7 @@ def anthropic_stream_event(state: StreamState, event: str, data: bytes) -> list[
     doc = _event_json(data)
     kind = str(doc.get("type") or event)
     if kind == "content_block_delta":
-        d = doc.get("delta") or {}
+        d = _obj(doc.get("delta"))
         dt = d.get("type")
         if dt == "text_delta":
             text = str(d.get("text", ""))
@@ -490,7 +498,7 @@ def anthropic_stream_event(state: StreamState, event: str, data: bytes) -> list[
             return [Piece(tool_calls=[{"index": tool, "function": {"arguments": partial}}])]
         return []
     if kind == "content_block_start":
-        block = doc.get("content_block") or {}
+        block = _obj(doc.get("content_block"))
         if block.get("type") == "tool_use":
             tool = len(state.tool_blocks)
             state.tool_blocks[_int(doc.get("index"))] = tool
@@ -498,11 +506,11 @@ def anthropic_stream_event(state: StreamState, event: str, data: bytes) -> list[
                                        "function": {"name": block.get("name", ""), "arguments": ""}}])]
         return []
     if kind == "message_start":
-        msg = doc.get("message") or {}
+        msg = _obj(doc.get("message"))
         state.response_id = str(msg.get("id") or "")
         state.usage = anthropic_usage(msg.get("usage"))
     elif kind == "message_delta":
-        d = doc.get("delta") or {}
+        d = _obj(doc.get("delta"))
         if d.get("stop_reason"):
             state.finish_reason = anthropic_finish(d["stop_reason"])
         usage = doc.get("usage")

@@ -130,9 +130,12 @@ class Upstream:
             raise p.UpstreamFailure("connection_error", 0, _describe(exc)) from None
         except TimeoutError:
             raise p.UpstreamFailure("timeout", 0, f"no answer within {self.provider.total_timeout_s:g}s") from None
-        if self.provider.kind == "anthropic":
-            return p.anthropic_completion(body)
-        return p.openai_completion(body)
+        try:
+            if self.provider.kind == "anthropic":
+                return p.anthropic_completion(body)
+            return p.openai_completion(body)
+        except _SHAPE_ERRORS as exc:  # a shape the parser did not foresee: the provider's answer is unusable
+            raise p.UpstreamFailure("bad_response", 200, f"unreadable response: {_describe(exc)}") from None
 
     async def stream(self, chat: types_pb2.ChatRequest, model: Model,
                      state: p.StreamState) -> AsyncGenerator[list[p.Piece], None]:
@@ -192,6 +195,10 @@ class Upstream:
                     except p.UpstreamFailure as f:
                         broken = f
                         break
+                    except _SHAPE_ERRORS as exc:
+                        broken = p.UpstreamFailure("stream_malformed", 200,
+                                                   f"unreadable stream event: {_describe(exc)}")
+                        break
                     progress = progress or event != "ping"
                 if pieces:
                     first = False
@@ -208,6 +215,11 @@ class Upstream:
                 "message_stop" if anthropic else "[DONE]")
             kind = "stream_incomplete" if state.finish_reason and not parser.leftover() else "stream_cut"
             raise p.UpstreamFailure(kind, 200, f"stream ended without {missing}")
+
+
+#: What a provider's parser raises on a JSON shape it did not foresee (the parsers read odd shapes as absent, so
+#: this is the last line: the answer is reported as the provider's fault, never as the reasoner's).
+_SHAPE_ERRORS = (TypeError, AttributeError, KeyError, ValueError)
 
 
 async def _drain(resp: aiohttp.ClientResponse, wait: float) -> None:

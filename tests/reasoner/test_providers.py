@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import random
+
 import orjson
 import pytest
 
 from services.reasoner import providers as p
 from services.reasoner.sse import SSEParser
-from services.reasoner.upstream import KeyPool
+from services.reasoner.upstream import KeyPool, Upstream
+from tests.reasoner.conftest import KEYS
 from weir.common.v1 import types_pb2
+from weir.mesh_config import Model, Provider
 
 
 def msg(role: str, content: str = "", **kw: str) -> types_pb2.ChatMessage:
@@ -208,3 +213,103 @@ def test_key_pool_rotates_and_rests() -> None:
         pool.pick("m")
     assert err.value.kind == "rate_limited" and 29 < err.value.retry_after_s <= 30
     assert KeyPool([]).pick("m") is None and KeyPool([]).wait_s("m") is None
+
+
+@pytest.mark.parametrize(("event", "doc"), [
+    ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": 1.5}),
+    ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": 7}),
+    ("message_start", {"type": "message_start", "message": ["x"]}),
+    ("message_delta", {"type": "message_delta", "delta": ["end_turn"]}),
+])
+def test_anthropic_events_of_an_unexpected_shape_read_as_absent(event: str, doc: dict[str, object]) -> None:
+    """Found by fuzzing: each raised AttributeError, which reached the client as INTERNAL."""
+    assert p.anthropic_stream_event(p.StreamState(), event, orjson.dumps(doc)) == []
+
+
+def test_openai_chunks_of_an_unexpected_shape_read_as_absent() -> None:
+    state = p.StreamState()
+    assert p.openai_stream_event(state, b'{"choices": 1.5}') == []
+    assert p.openai_stream_event(state, b'{"choices": [{"delta": {"content": 5}}]}') == [p.Piece(content="5")]
+    assert state.chars == 1
+
+
+def test_anthropic_body_skips_tool_calls_and_images_of_an_unexpected_shape() -> None:
+    chat = types_pb2.ChatRequest(messages=[
+        msg("user", content_parts_json='[{"type": "image_url", "image_url": ["not", "an", "object"]}]'),
+        msg("assistant", tool_calls_json='["call", {"id": "c", "function": 3}]'), msg("user", "ok?")])
+    body = p.anthropic_body(chat, "claude", stream=False, default_max_tokens=64)
+    assert body["messages"][0]["content"] == [{"type": "image", "source": {"type": "url", "url": ""}}]
+    assert body["messages"][1]["content"] == [{"type": "tool_use", "id": "c", "name": "", "input": {}}]
+
+
+def _odd(rnd: random.Random, value: object) -> object:
+    """`value` with one thing inside it replaced by a value of another type."""
+    if rnd.random() < 0.3 or not isinstance(value, (dict, list)) or not value:
+        return rnd.choice([None, True, 0, -1, 1.5, 2**70, "", "x", [], {}, [None], {"a": 1}])
+    if isinstance(value, dict):
+        key = rnd.choice(list(value))
+        return {**value, key: _odd(rnd, value[key])}
+    i = rnd.randrange(len(value))
+    return [*value[:i], _odd(rnd, value[i]), *value[i + 1:]]
+
+
+def test_the_parsers_answer_any_json_shape_with_pieces_or_an_upstream_failure() -> None:
+    """Seeded fuzzing of every response parser: whatever a provider sends, the reasoner either reads it or
+    reports it as the provider's fault (UpstreamFailure), never with an exception of its own."""
+    rnd = random.Random(6)
+    full = {"id": "x", "choices": [{"index": 0, "finish_reason": "stop", "message": {
+        "content": "hi", "reasoning_content": "t", "tool_calls": orjson.loads(CALLS)}}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 2, "prompt_tokens_details": {"cached_tokens": 1}}}
+    chunk = {"id": "x", "choices": [{"index": 0, "finish_reason": None, "delta": {
+        "content": "h", "reasoning_content": "t", "tool_calls": [{"index": 0, "function": {"arguments": "{"}}]}}],
+             "usage": {"prompt_tokens": 3, "completion_tokens": 2}}
+    message = {"id": "m", "content": [{"type": "text", "text": "hi"}, {"type": "tool_use", "id": "t", "name": "f",
+                                                                       "input": {}}],
+               "stop_reason": "end_turn", "usage": {"input_tokens": 3, "output_tokens": 2}}
+    events = [{"type": "message_start", "message": {"id": "x", "usage": {"input_tokens": 3}}},
+              {"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "t"}},
+              {"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{"}},
+              {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hi"}},
+              {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 2}},
+              {"type": "error", "error": {"type": "overloaded_error", "message": "x"}}]
+    for _ in range(2000):
+        def dump(doc: object) -> bytes:
+            return json.dumps(_odd(rnd, doc)).encode()  # stdlib: integers past 64 bits too
+
+        calls = (lambda: p.openai_completion(dump(full)),
+                 lambda: p.openai_stream_event(p.StreamState(), dump(chunk)),
+                 lambda: p.anthropic_completion(dump(message)),
+                 lambda: p.anthropic_stream_event(p.StreamState(), "", dump(rnd.choice(events))))
+        for call in calls:
+            try:
+                call()
+            except p.UpstreamFailure:
+                pass
+
+
+async def test_a_parser_surprise_is_the_providers_fault_not_the_reasoners(
+        fake: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """If a parser ever meets a shape it did not foresee, the call fails as a bad (transient) answer from the
+    provider, so the plan falls back, instead of an exception escaping the reasoner as INTERNAL."""
+    monkeypatch.setenv("T_REASONER_KEY_A", KEYS["T_REASONER_KEY_A"])
+    up = Upstream(Provider(name="fake", kind="openai", base_url=f"{fake}/v1", api_key_envs=("T_REASONER_KEY_A",)),
+                  anthropic_max_tokens=64)
+    model = Model(id="fake-small", provider="fake", upstream_model="fake-small")
+    chat = types_pb2.ChatRequest(messages=[msg("user", "hi")])
+
+    def surprise(*_: object) -> None:
+        raise KeyError("choices")
+
+    monkeypatch.setattr(p, "openai_completion", surprise)
+    monkeypatch.setattr(p, "openai_stream_event", surprise)
+    await up.start()
+    try:
+        with pytest.raises(p.UpstreamFailure) as err:
+            await up.complete(chat, model)
+        assert err.value.kind == "bad_response" and err.value.transient and "KeyError" in str(err.value)
+        with pytest.raises(p.UpstreamFailure) as err:
+            async for _ in up.stream(chat, model, p.StreamState()):
+                pass
+        assert err.value.kind == "stream_malformed" and err.value.transient
+    finally:
+        await up.close()
