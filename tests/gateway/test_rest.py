@@ -15,7 +15,7 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from tests.cache.conftest import semantic_stores, until_searchable
-from tests.gateway.conftest import gateway_log_after, gateway_log_size
+from tests.gateway.conftest import NewKey, gateway_log_after, gateway_log_size, wait_events
 from weir.devmesh import Mesh
 from weir.embedder.v1 import embedder_service_pb2 as embedder_pb
 from weir.embedder.v1 import embedder_service_pb2_grpc as embedder_grpc
@@ -287,22 +287,35 @@ def test_stream_chunks_are_relayed_as_they_arrive_not_buffered(mesh: Mesh) -> No
     assert arrivals[-1] - arrivals[0] > 0.05 * (len(arrivals) - 1)
 
 
-def test_a_client_that_leaves_mid_stream_is_not_an_error(mesh: Mesh) -> None:
-    """Closing the connection during a stream (found by fuzzing: each one logged an unhandled error with its
-    traceback) is an ordinary event: logged at info, the model call cancelled."""
+def test_a_client_that_leaves_mid_stream_cancels_the_model_call_and_pays_for_what_streamed(
+        mesh: Mesh, new_key: NewKey, admin: httpx.Client) -> None:
+    """Closing the connection during a stream is an ordinary event (found by fuzzing: each one logged an
+    unhandled error with its traceback): logged at info, the provider's stream closed long before its end
+    (24 tokens at 200 ms), and the key charged the prompt and the tokens that were streamed."""
+    key, view = new_key()
     offset = gateway_log_size(mesh)
+    abandoned = httpx.get(f"{mesh.fake_url}/_fake/stats").json()["streams_abandoned"]
     httpx.post(f"{mesh.fake_url}/_fake/faults", json={"fault": "pace:200", "count": 1, "model": "fake-large"})
+    left = time.monotonic()
     with httpx.stream("POST", f"{mesh.base_url}/chat/completions", timeout=60,
-                      headers={"Authorization": f"Bearer {mesh.master_key}"},
+                      headers={"Authorization": f"Bearer {key}"},
                       json={"model": "fake-large", "temperature": 0.7, "stream": True,
                             "messages": ask(f"Tell me about lakes {uuid.uuid4()}")}) as r:
         assert r.status_code == 200
+        request_id = r.headers["x-request-id"]
         for line in r.iter_lines():
             if '"content":"' in line and '"content":""' not in line:
+                left = time.monotonic()
                 break  # the first token: leave
+    while httpx.get(f"{mesh.fake_url}/_fake/stats").json()["streams_abandoned"] == abandoned:
+        assert time.monotonic() - left < 2.5, "the provider's stream was not closed"
+        time.sleep(0.05)
     text = gateway_log_after(mesh, offset, "client disconnected mid-stream")
     assert "client disconnected mid-stream" in text
     assert '"level":"error"' not in text, text
+    event = next(e for e in wait_events(admin, 1, key=view["id"]) if e["id"] == request_id)
+    assert event["status"] == "cancelled" and event["prompt_tokens"] > 0
+    assert 1 <= event["completion_tokens"] < 24, event
 
 
 def test_malformed_http_and_a_body_never_sent_are_not_server_errors(mesh: Mesh) -> None:

@@ -11,7 +11,8 @@ Endpoints
     GET  /healthz               liveness
     POST /_fake/faults          queue faults: {"fault": "500", "count": 2, "model": "fake-small"} (count -1: forever)
                                 or {"faults": [{...}, ...]}
-    GET  /_fake/stats           requests per model, keys seen (fingerprints), last request body and headers
+    GET  /_fake/stats           requests per model, keys seen (fingerprints), last request body and headers,
+                                streams the caller hung up on before their end
     POST /_fake/reset           clears queued faults and stats
 
 Faults (request header ``x-fake-fault: <spec>`` or queued; a spec is a comma-separated list):
@@ -210,6 +211,7 @@ class Stats:
     by_endpoint: Counter[str] = field(default_factory=Counter)
     keys: Counter[str] = field(default_factory=Counter)
     faults: Counter[str] = field(default_factory=Counter)
+    streams_abandoned: int = 0  # streams whose client closed the connection before the end
     last_body: Any = None
     last_headers: dict[str, str] = field(default_factory=dict)
     last_body_by_model: dict[str, Any] = field(default_factory=dict)
@@ -221,6 +223,7 @@ class Stats:
             "by_endpoint": dict(self.by_endpoint),
             "keys": dict(self.keys),
             "faults": dict(self.faults),
+            "streams_abandoned": self.streams_abandoned,
             "last_body": self.last_body,
             "last_headers": self.last_headers,
             "last_body_by_model": self.last_body_by_model,
@@ -586,19 +589,23 @@ class FakeLLM:
             await resp.write(b"".join(events) + done)
             await resp.write_eof()
             return resp
-        for i, event in enumerate(events):
-            if i == faults.cut:
-                _close(request)
-                return resp
-            if i == faults.stall:
-                await _forever()
-            if i == 0 and first_delay:
-                await asyncio.sleep(first_delay)
-            elif i > 0 and gap:
-                await asyncio.sleep(gap)
-            if i == faults.malformed:
-                await resp.write(b'data: {"id": "chatcmpl-broken", "choices": [{"delta": {"content": "\n\n')
-            await resp.write(event)
+        try:
+            for i, event in enumerate(events):
+                if i == faults.cut:
+                    _close(request)
+                    return resp
+                if i == faults.stall:
+                    await _forever()
+                if i == 0 and first_delay:
+                    await asyncio.sleep(first_delay)
+                elif i > 0 and gap:
+                    await asyncio.sleep(gap)
+                if i == faults.malformed:
+                    await resp.write(b'data: {"id": "chatcmpl-broken", "choices": [{"delta": {"content": "\n\n')
+                await resp.write(event)
+        except (ConnectionResetError, asyncio.CancelledError):  # the caller hung up (handlers are cancelled then)
+            self.stats.streams_abandoned += 1
+            raise
         if faults.cut >= len(events):
             _close(request)
             return resp
