@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 
 import orjson
 import pytest
@@ -11,6 +10,7 @@ import pytest
 from services.reasoner import providers as p
 from services.reasoner.sse import SSEParser
 from services.reasoner.upstream import KeyPool, Upstream
+from tests.fuzzing import Fuzzer
 from tests.reasoner.conftest import KEYS
 from weir.common.v1 import types_pb2
 from weir.mesh_config import Model, Provider
@@ -242,21 +242,10 @@ def test_anthropic_body_skips_tool_calls_and_images_of_an_unexpected_shape() -> 
     assert body["messages"][1]["content"] == [{"type": "tool_use", "id": "c", "name": "", "input": {}}]
 
 
-def _odd(rnd: random.Random, value: object) -> object:
-    """`value` with one thing inside it replaced by a value of another type."""
-    if rnd.random() < 0.3 or not isinstance(value, (dict, list)) or not value:
-        return rnd.choice([None, True, 0, -1, 1.5, 2**70, "", "x", [], {}, [None], {"a": 1}])
-    if isinstance(value, dict):
-        key = rnd.choice(list(value))
-        return {**value, key: _odd(rnd, value[key])}
-    i = rnd.randrange(len(value))
-    return [*value[:i], _odd(rnd, value[i]), *value[i + 1:]]
-
-
 def test_the_parsers_answer_any_json_shape_with_pieces_or_an_upstream_failure() -> None:
     """Seeded fuzzing of every response parser: whatever a provider sends, the reasoner either reads it or
     reports it as the provider's fault (UpstreamFailure), never with an exception of its own."""
-    rnd = random.Random(6)
+    fz = Fuzzer(6)
     full = {"id": "x", "choices": [{"index": 0, "finish_reason": "stop", "message": {
         "content": "hi", "reasoning_content": "t", "tool_calls": orjson.loads(CALLS)}}],
             "usage": {"prompt_tokens": 3, "completion_tokens": 2, "prompt_tokens_details": {"cached_tokens": 1}}}
@@ -274,12 +263,12 @@ def test_the_parsers_answer_any_json_shape_with_pieces_or_an_upstream_failure() 
               {"type": "error", "error": {"type": "overloaded_error", "message": "x"}}]
     for _ in range(2000):
         def dump(doc: object) -> bytes:
-            return json.dumps(_odd(rnd, doc)).encode()  # stdlib: integers past 64 bits too
+            return json.dumps(fz.json(doc)).encode()  # stdlib: integers past 64 bits and NaN too
 
         calls = (lambda: p.openai_completion(dump(full)),
                  lambda: p.openai_stream_event(p.StreamState(), dump(chunk)),
                  lambda: p.anthropic_completion(dump(message)),
-                 lambda: p.anthropic_stream_event(p.StreamState(), "", dump(rnd.choice(events))))
+                 lambda: p.anthropic_stream_event(p.StreamState(), "", dump(fz.rnd.choice(events))))
         for call in calls:
             try:
                 call()
@@ -313,3 +302,13 @@ async def test_a_parser_surprise_is_the_providers_fault_not_the_reasoners(
         assert err.value.kind == "stream_malformed" and err.value.transient
     finally:
         await up.close()
+
+
+def test_token_counts_past_int32_read_as_not_reported() -> None:
+    """Found by fuzzing: a usage of 2**31 tokens raised ValueError building the Usage message."""
+    usage = p.openai_usage({"prompt_tokens": 2**31, "completion_tokens": 5})
+    assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (0, 5)
+    big = 2**31 - 1
+    usage = p.anthropic_usage({"input_tokens": big, "cache_read_input_tokens": big, "output_tokens": -3})
+    assert usage is not None and usage.prompt_tokens == big and usage.completion_tokens == 0
+    assert usage.total_tokens == big
