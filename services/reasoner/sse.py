@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+#: The largest event accepted (an event is one delta: a few bytes to a few KiB in practice).
+MAX_EVENT_BYTES = 4 * 1024 * 1024
+
+
+class EventTooLarge(ValueError):
+    """An event grew past MAX_EVENT_BYTES without ending: the stream is broken (or hostile)."""
+
 
 class SSEParser:
     """Splits a byte stream into events at blank lines; joins `data:` lines; skips comments and unknown fields.
 
-    Line ends may be LF, CRLF or CR, and a chunk may end anywhere (even between CR and LF).
+    Line ends may be LF, CRLF or CR, and a chunk may end anywhere (even between CR and LF). An event that
+    grows past `max_event_bytes` raises EventTooLarge, so a stream that never ends an event cannot take the
+    memory (and the re-scanning CPU) of the process.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_event_bytes: int | None = None) -> None:
         self._buf = b""
+        self._max = MAX_EVENT_BYTES if max_event_bytes is None else max_event_bytes
 
     def feed(self, chunk: bytes) -> list[tuple[str, bytes]]:
         buf = self._buf + chunk
@@ -40,6 +50,8 @@ class SSEParser:
                 events.append((event, b"\n".join(data)))
             start = end + 2
         self._buf = buf[start:]
+        if len(self._buf) > self._max:
+            raise EventTooLarge(f"an event grew past {self._max} bytes without ending")
         return events
 
     def leftover(self) -> bytes:

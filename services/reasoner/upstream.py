@@ -11,7 +11,7 @@ import aiohttp
 import orjson
 
 from services.reasoner import providers as p
-from services.reasoner.sse import SSEParser
+from services.reasoner.sse import EventTooLarge, SSEParser
 from weir.common.v1 import types_pb2
 from weir.mesh_config import Model, Provider
 
@@ -125,7 +125,7 @@ class Upstream:
             async with self.session.post(self.url, data=data, headers=headers) as resp:
                 if resp.status != 200:
                     raise await self._failure(resp, key, model)
-                body = await resp.read()
+                body = await _read_bounded(resp)
         except aiohttp.ClientError as exc:
             raise p.UpstreamFailure("connection_error", 0, _describe(exc)) from None
         except TimeoutError:
@@ -186,7 +186,11 @@ class Upstream:
                 pieces: list[p.Piece] = []
                 broken: p.UpstreamFailure | None = None
                 progress = False
-                for event, payload in parser.feed(chunk):
+                try:
+                    events = parser.feed(chunk)
+                except EventTooLarge as exc:
+                    raise p.UpstreamFailure("stream_malformed", 200, str(exc)) from None
+                for event, payload in events:
                     try:
                         if anthropic:
                             pieces.extend(p.anthropic_stream_event(state, event, payload))
@@ -220,6 +224,24 @@ class Upstream:
 #: What a provider's parser raises on a JSON shape it did not foresee (the parsers read odd shapes as absent, so
 #: this is the last line: the answer is reported as the provider's fault, never as the reasoner's).
 _SHAPE_ERRORS = (TypeError, AttributeError, KeyError, ValueError)
+
+
+#: The largest non-streamed answer read (a chat completion is a few KiB; a body past this is not one).
+MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+
+
+async def _read_bounded(resp: aiohttp.ClientResponse) -> bytes:
+    """The response body, or a bad_response failure once it passes MAX_RESPONSE_BYTES (without reading it all)."""
+    if (resp.content_length or 0) > MAX_RESPONSE_BYTES:
+        raise p.UpstreamFailure("bad_response", 200, f"response of {resp.content_length} bytes is too large")
+    parts: list[bytes] = []
+    size = 0
+    while chunk := await resp.content.read(65536):
+        size += len(chunk)
+        if size > MAX_RESPONSE_BYTES:
+            raise p.UpstreamFailure("bad_response", 200, f"response larger than {MAX_RESPONSE_BYTES} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 async def _drain(resp: aiohttp.ClientResponse, wait: float) -> None:

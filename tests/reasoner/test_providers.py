@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import orjson
 import pytest
 
 from services.reasoner import providers as p
-from services.reasoner.sse import SSEParser
+from services.reasoner import sse, upstream
+from services.reasoner.sse import EventTooLarge, SSEParser
 from services.reasoner.upstream import KeyPool, Upstream
 from tests.fuzzing import Fuzzer
 from tests.reasoner.conftest import KEYS
@@ -312,3 +314,36 @@ def test_token_counts_past_int32_read_as_not_reported() -> None:
     usage = p.anthropic_usage({"input_tokens": big, "cache_read_input_tokens": big, "output_tokens": -3})
     assert usage is not None and usage.prompt_tokens == big and usage.completion_tokens == 0
     assert usage.total_tokens == big
+
+
+def test_an_event_that_never_ends_is_refused_before_it_takes_the_memory() -> None:
+    parser = SSEParser(max_event_bytes=100)
+    assert parser.feed(b"data: " + b"x" * 80 + b"\n\n") == [("", b"x" * 80)]
+    parser.feed(b"data: " + b"x" * 60)
+    with pytest.raises(EventTooLarge):
+        parser.feed(b"x" * 60)
+
+
+async def test_an_oversized_answer_fails_as_the_providers_fault(fake: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A body or an event past the reasoner's bounds (16 MiB / 4 MiB; 64 KiB here) is a transient provider
+    failure, read no further than the bound."""
+    monkeypatch.setenv("T_REASONER_KEY_A", KEYS["T_REASONER_KEY_A"])
+    monkeypatch.setattr(upstream, "MAX_RESPONSE_BYTES", 64 * 1024)
+    monkeypatch.setattr(sse, "MAX_EVENT_BYTES", 64 * 1024)
+    up = Upstream(Provider(name="fake", kind="openai", base_url=f"{fake}/v1", api_key_envs=("T_REASONER_KEY_A",)),
+                  anthropic_max_tokens=64)
+    model = Model(id="fake-small", provider="fake", upstream_model="fake-small")
+    chat = types_pb2.ChatRequest(messages=[msg("user", "hi")])
+    async with httpx.AsyncClient() as client:
+        (await client.post(f"{fake}/_fake/faults", json={"fault": "oversize:256", "count": 2})).raise_for_status()
+    await up.start()
+    try:
+        with pytest.raises(p.UpstreamFailure) as err:
+            await up.complete(chat, model)
+        assert err.value.kind == "bad_response" and "too large" in str(err.value)
+        with pytest.raises(p.UpstreamFailure) as err:
+            async for _ in up.stream(chat, model, p.StreamState()):
+                pass
+        assert err.value.kind == "stream_malformed" and "without ending" in str(err.value)
+    finally:
+        await up.close()

@@ -18,6 +18,7 @@ Endpoints
 Faults (request header ``x-fake-fault: <spec>`` or queued; a spec is a comma-separated list):
     429[:<retry-after s>]  any other 4xx/5xx code   reset   hang   slow_first_token:<ms>   pace:<ms per token>
     cut:<n>   stall:<n>   malformed:<n>   no_done   context_length   content_filter   reject_param:<name>   reasoning
+    oversize:<KiB> (a streamed event that never ends, or a body padded to that size)
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ class Faults:
     content_filter: bool = False
     reject_param: str = ""
     reasoning: bool = False
+    oversize_kib: int = 0  # a streamed event, or a whole body, this many KiB long
 
     def kinds(self) -> list[str]:
         out = []
@@ -105,7 +107,7 @@ class Faults:
             ("status", 0), ("reset", False), ("hang", False), ("slow_first_token_ms", 0.0), ("pace_ms", -1.0),
             ("cut", -1),
             ("stall", -1), ("malformed", -1), ("no_done", False), ("context_length", False),
-            ("content_filter", False), ("reject_param", ""), ("reasoning", False),
+            ("content_filter", False), ("reject_param", ""), ("reasoning", False), ("oversize_kib", 0),
         ):
             value = getattr(self, name)
             if value != default:
@@ -145,6 +147,8 @@ def parse_faults(spec: str) -> Faults:
             elif name in ("cut", "stall", "malformed"):
                 index: dict[str, Any] = {name: int(_non_negative(int(arg)))}
                 f = replace(f, **index)
+            elif name == "oversize":
+                f = replace(f, oversize_kib=int(_non_negative(int(arg))))
             elif name == "reject_param":
                 if not arg:
                     raise ValueError("needs a parameter name")
@@ -154,6 +158,13 @@ def parse_faults(spec: str) -> Faults:
         except ValueError as exc:
             raise ValueError(f"bad fault {part!r}: {exc}") from None
     return f
+
+
+def _padded(doc: dict[str, Any], faults: Faults) -> bytes:
+    """The JSON body, padded to `oversize` KiB by a field no client reads."""
+    if faults.oversize_kib:
+        doc = {**doc, "padding": "x" * (faults.oversize_kib * 1024)}
+    return orjson.dumps(doc)
 
 
 def _non_negative(x: float) -> float:
@@ -584,6 +595,10 @@ class FakeLLM:
         s = self.settings
         first_delay = (s.latency_ms + faults.slow_first_token_ms) / 1000
         gap = (faults.pace_ms if faults.pace_ms >= 0 else s.per_token_ms) / 1000
+        if faults.oversize_kib:  # one `data:` line that never ends
+            await resp.write(b"data: ")
+            for _ in range(faults.oversize_kib // 64 + 1):
+                await resp.write(b"x" * 65536)
         plain = faults is NO_FAULTS or faults.kinds() == ["reasoning"]
         if plain and first_delay == 0 and gap == 0:
             await resp.write(b"".join(events) + done)
@@ -669,7 +684,7 @@ class FakeLLM:
             "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": answer.finish}],
             "usage": usage,
         }
-        return web.Response(body=orjson.dumps(doc), content_type="application/json")
+        return web.Response(body=_padded(doc, faults), content_type="application/json")
 
     # -- Anthropic ---------------------------------------------------------------------------------
 
@@ -718,7 +733,7 @@ class FakeLLM:
             "usage": {"input_tokens": answer.prompt_tokens, "output_tokens": answer.completion_tokens,
                       "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0},
         }
-        return web.Response(body=orjson.dumps(doc), content_type="application/json")
+        return web.Response(body=_padded(doc, faults), content_type="application/json")
 
 
 _ANTHROPIC_STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
