@@ -101,6 +101,11 @@ def _check_tenant(tenant: str) -> None:
                                ("tenant", f"at most {MAX_TENANT_BYTES} bytes, no control characters"))
 
 
+def _too_long(question: str, settings: CacheSettings) -> str:
+    return (f"question of {len(question)} characters is over the semantic tier's {settings.semantic_max_chars} "
+            "(WEIR_CACHE_SEMANTIC_MAX_CHARS); the exact tier still serves it")
+
+
 def _check_request(req: types_pb2.ChatRequest) -> None:
     if bad := chat.violations(req):
         raise invalid_argument("invalid chat request", *bad)
@@ -244,6 +249,9 @@ class CacheService(pb_grpc.CacheServiceServicer):
         if not question.strip():
             counters.misses += 1
             return pb.LookupSemanticResponse(hit=False, reason="miss: no question text")
+        if len(question) > self.settings.semantic_max_chars:
+            counters.misses += 1
+            return pb.LookupSemanticResponse(hit=False, reason=f"miss: {_too_long(question, self.settings)}")
         ctx = chat.context_key(request.tenant, request.request)
         try:
             candidates = await _milvus("search", self.semantic.search(request.tenant, ctx,
@@ -369,6 +377,8 @@ class CacheService(pb_grpc.CacheServiceServicer):
                       vector=vector)
             if not answer.question.strip():
                 row, skipped = None, "semantic skipped: no question text"
+            elif len(answer.question) > self.settings.semantic_max_chars:
+                row, skipped = None, f"semantic skipped: {_too_long(answer.question, self.settings)}"
             elif not fits(row):
                 row, skipped = None, "semantic skipped: question or answer too large"
             elif not self.semantic.available:

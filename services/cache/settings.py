@@ -73,6 +73,11 @@ class CacheSettings:
     sim_threshold: float = env("WEIR_CACHE_SIM_THRESHOLD", 0.70,
                                help="cosine similarity a candidate needs before the verifier looks at it")
     top_k: int = env("WEIR_CACHE_SEMANTIC_TOP_K", 5, help="candidates fetched per semantic lookup")
+    semantic_max_chars: int = env(
+        "WEIR_CACHE_SEMANTIC_MAX_CHARS", 2000,
+        help="longest question the semantic tier compares or stores (longer ones: the exact tier only). The "
+             "embedding reads ~256 tokens of a question, and the verifier's cost grows with its length (~4 s of "
+             "the cache's loop for 500 KB)")
     verifier_cache_texts: int = env(
         "WEIR_CACHE_VERIFIER_CACHE_TEXTS", 16384,
         help="texts whose verifier analysis is kept (an LRU; ~1.2-2.5 KiB each): stored questions recur as "
@@ -132,6 +137,8 @@ class CacheSettings:
         problems = []
         if self.ttl_s <= 0:
             problems.append("WEIR_CACHE_TTL_S must be > 0")
+        if self.semantic_max_chars <= 0:
+            problems.append("WEIR_CACHE_SEMANTIC_MAX_CHARS must be > 0")
         if self.verifier_cache_texts < 0:
             problems.append("WEIR_CACHE_VERIFIER_CACHE_TEXTS must be >= 0")
         if self.max_entries_per_tenant <= 0:

@@ -104,6 +104,23 @@ async def test_semantic_miss_below_threshold_and_without_candidates(cache: Cache
     assert [c.verdict for c in resp.candidates] == ["below_threshold"]
 
 
+async def test_a_question_longer_than_the_semantic_tier_takes_is_served_by_the_exact_tier_only(
+        cache: Cache) -> None:
+    """The verifier's cost grows with the question (~4 s of the cache's event loop for 500 KB, found by probing
+    the edges), and the embedding reads only its first ~256 tokens: past WEIR_CACHE_SEMANTIC_MAX_CHARS (2,000)
+    a question is neither searched nor stored semantically."""
+    v = unit(4)
+    long_question = "Why does my pump cycle so often? " + "The pressure tank reads 38 psi. " * 70
+    assert len(long_question) > 2000
+    stored = await cache.store("acme", chat(long_question), "Check the precharge.", v)
+    assert stored.stored and stored.reason.startswith("stored: exact; semantic skipped: question of ")
+    resp = await cache.semantic("acme", chat(long_question), v)
+    assert not resp.hit and not resp.candidates
+    assert resp.reason.startswith(f"miss: question of {len(long_question)} characters is over the semantic tier")
+    assert (await cache.exact("acme", chat(long_question))).answer.content == "Check the precharge."
+    assert (await cache.stats("acme")).semantic_entries == 0
+
+
 async def test_multi_turn_same_last_question_after_different_turns_does_not_match(cache: Cache) -> None:
     v = unit(4)
     paris = (("user", "Tell me about Paris."), ("assistant", "Paris is the capital of France."))
