@@ -46,7 +46,9 @@ def start_mesh(state: Path, redis_url: str, extra_env: dict[str, str] | None = N
     mesh = Mesh()
     logs = state / "logs"
     env = {"WEIR_STATE_DIR": str(state), "WEIR_REDIS_URL": redis_url, "WEIR_MASTER_KEY": MASTER_KEY,
-           "WEIR_CACHE_REDIS_PREFIX": "weir-test:", "WEIR_REASONER_BACKOFF_BASE_MS": "20", **(extra_env or {})}
+           "WEIR_CACHE_REDIS_PREFIX": "weir-test:", "WEIR_REASONER_BACKOFF_BASE_MS": "20",
+           "WEIR_WEBHOOK_PRIVATE_NETWORKS": "true",  # the tests' webhook receivers listen on 127.0.0.1
+           **(extra_env or {})}
     try:
         fake = supervisor.start("fake-llm", supervisor.python_module("weir.fakellm", "--port", "0"), env, log_dir=logs,
                                 launch=mesh.launch)

@@ -60,6 +60,11 @@ class GatewaySettings:
     webhook_attempts: int = env("WEIR_WEBHOOK_ATTEMPTS", 5, help="deliveries tried before a webhook is given up")
     webhook_backoff_ms: float = env("WEIR_WEBHOOK_BACKOFF_MS", 500.0, help="first retry delay (doubles each time)")
     webhook_timeout_s: float = env("WEIR_WEBHOOK_TIMEOUT_S", 10.0, help="timeout of one webhook delivery")
+    webhook_private_networks: bool = env(
+        "WEIR_WEBHOOK_PRIVATE_NETWORKS", False,
+        help="deliver webhooks to loopback, private, link-local and other non-public addresses too; off, a "
+             "tenant's webhook URL cannot reach the network Weir runs in (`weir up` turns it on for local "
+             "receivers)")
     deadlines: Deadlines = field(default_factory=lambda: load(Deadlines))
     server: ServerSettings = field(default_factory=lambda: load(ServerSettings))
 

@@ -4,17 +4,26 @@ The body is `{"type": "job.finished", "job": <the job as GET /v1/jobs/{id} shows
 described in `weir.webhooks`. A delivery counts as done on any 2xx; other answers and transport errors are
 retried `webhook_attempts` times in all, waiting `webhook_backoff_ms` doubled each time. The outcome is stored on
 the job (`webhook`: status delivered | failed | skipped, attempts, last_status, delivered_at).
+
+A webhook URL is a tenant's, so by default it may only reach public addresses: a name is resolved and
+connected to through its public addresses only (so a name that resolves, or later re-resolves, to 127.0.0.1 or
+169.254.169.254 is refused), a literal non-public address is refused, and redirects are not followed
+(`WEIR_WEBHOOK_PRIVATE_NETWORKS=true` lifts this for internal receivers).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import socket
 import time
 from typing import Any
 
 import aiohttp
 import orjson
+from aiohttp.abc import AbstractResolver, ResolveResult
+from yarl import URL
 
 from services.gateway.auth import KeyStore
 from services.gateway.jobs import JobStore
@@ -22,6 +31,38 @@ from services.gateway.settings import GatewaySettings
 from weir import webhooks
 
 log = logging.getLogger("weir.gateway.webhooks")
+
+
+def is_public(address: str) -> bool:
+    """Whether an IP address is a public (globally routable) one; IPv4-mapped IPv6 is judged as IPv4."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+class PublicResolver(AbstractResolver):
+    """The default resolver, keeping only public addresses (the connection then uses those: no rebinding)."""
+
+    def __init__(self) -> None:
+        self._inner = aiohttp.DefaultResolver()
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET,
+                      ) -> list[ResolveResult]:
+        public = [r for r in await self._inner.resolve(host, port, family) if is_public(r["host"])]
+        if not public:
+            raise OSError(f"{host} has no public address")
+        return public
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+class DestinationRefused(Exception):
+    """A webhook URL this gateway will not deliver to."""
 
 
 class Webhooks:
@@ -44,6 +85,20 @@ class Webhooks:
         if self._session is not None:
             await self._session.close()
 
+    def _check_destination(self, url: str) -> None:
+        """Refuses a URL whose host is a literal non-public address (names are checked as they resolve)."""
+        if self.settings.webhook_private_networks:
+            return
+        host = (URL(url).host or "").strip("[]")
+        if host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(".localhost"):
+            raise DestinationRefused(f"{host} is not a public address (WEIR_WEBHOOK_PRIVATE_NETWORKS is off)")
+        try:
+            ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return  # a name: PublicResolver keeps its public addresses only
+        if not is_public(host):
+            raise DestinationRefused(f"{host} is not a public address (WEIR_WEBHOOK_PRIVATE_NETWORKS is off)")
+
     async def _record(self, job_id: str, outcome: dict[str, Any]) -> None:
         await self.store.redis.hset(self.store.job_key(job_id), "webhook", orjson.dumps(outcome))
 
@@ -56,14 +111,25 @@ class Webhooks:
                                                   "webhook-secret creates one)"})
             return
         body = orjson.dumps({"type": "job.finished", "job": JobStore.view(job_id, doc)})
+        try:
+            self._check_destination(url)
+        except DestinationRefused as exc:
+            log.warning("webhook refused", extra={"job_id": job_id, "reason": str(exc)})
+            await self._record(job_id, {"status": "failed", "attempts": 0, "last_status": "refused",
+                                        "reason": str(exc)})
+            return
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.settings.webhook_timeout_s))
+            private = self.settings.webhook_private_networks
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.settings.webhook_timeout_s),
+                connector=aiohttp.TCPConnector(resolver=None if private else PublicResolver()))
         last = ""
         for attempt in range(1, self.settings.webhook_attempts + 1):
             headers = {"Content-Type": "application/json", webhooks.HEADER: webhooks.sign(secret, body),
                        "X-Weir-Job-Id": job_id, "X-Weir-Delivery-Attempt": str(attempt)}
             try:
-                async with self._session.post(url, data=body, headers=headers) as resp:
+                async with self._session.post(url, data=body, headers=headers,
+                                              allow_redirects=self.settings.webhook_private_networks) as resp:
                     last = str(resp.status)
                     if 200 <= resp.status < 300:
                         await self._record(job_id, {"status": "delivered", "attempts": attempt, "last_status": last,

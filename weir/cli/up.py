@@ -88,7 +88,9 @@ def up(no_fake: bool = False) -> int:
         console.print(f"[red]No exported embedding model at {model_dir}.[/] Run [bold]make model[/] (or `make up`).")
         return 2
     key, key_note = master_key(state)
-    env: dict[str, str] = {"WEIR_STATE_DIR": str(state), "WEIR_MASTER_KEY": key}
+    env: dict[str, str] = {"WEIR_STATE_DIR": str(state), "WEIR_MASTER_KEY": key,
+                           # a developer's webhook receiver listens on this machine (deployments keep it off)
+                           "WEIR_WEBHOOK_PRIVATE_NETWORKS": os.environ.get("WEIR_WEBHOOK_PRIVATE_NETWORKS", "true")}
     rows: list[tuple[str, str, str, str]] = []
 
     # Installed before anything starts: a Ctrl-C or SIGTERM during start-up aborts the starts still waiting
