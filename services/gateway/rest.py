@@ -44,6 +44,11 @@ from weir.router.v1 import router_service_pb2 as router_pb
 log = logging.getLogger("weir.gateway.rest")
 CONSOLE_DIR = Path(__file__).parent / "console"
 _CONSOLE_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
+#: The console shows tenants' text (job answers, metadata) to whoever holds a key, the admin included: only its
+#: own files may run or load, it may not be framed, and it sends no referrer (its URL never holds the key anyway).
+_CONSOLE_SECURITY = {"Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+                                                "form-action 'self'; object-src 'none'",
+                     "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 _UNSAFE = re.compile(r"[^\x20-\x7e]")
 _JSON = "application/json"
 
@@ -266,7 +271,7 @@ class RestApi:
         if "/" in name or path.suffix not in _CONSOLE_TYPES or not path.is_file():
             raise web.HTTPNotFound()
         return web.Response(body=await asyncio.to_thread(path.read_bytes), content_type=_CONSOLE_TYPES[path.suffix],
-                            headers={"Cache-Control": "no-cache"})
+                            headers={"Cache-Control": "no-cache", **_CONSOLE_SECURITY})
 
     async def prometheus(self, request: web.Request) -> web.Response:
         if self._job_store is not None:

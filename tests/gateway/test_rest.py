@@ -213,6 +213,18 @@ def test_unknown_route_is_json_404(mesh: Mesh) -> None:
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
 
 
+def test_the_console_runs_only_its_own_files_and_cannot_be_framed(mesh: Mesh) -> None:
+    """It shows tenants' text (answers, job metadata) to whoever holds a key: a Content-Security-Policy keeps an
+    injected script from running even if one ever reached the page (the browser tests pass under it)."""
+    for path in ("/console", "/console/console.js"):
+        r = httpx.get(f"{mesh.http}{path}")
+        assert r.status_code == 200
+        assert "default-src 'self'" in r.headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+        assert r.headers["x-content-type-options"] == "nosniff"
+    assert httpx.get(f"{mesh.http}/console/../rest.py").status_code == 404
+
+
 def test_a_conversation_never_seen_skips_the_semantic_search(mesh: Mesh, client: openai.OpenAI) -> None:
     """The gateway learns from the exact lookup's round trip that nothing is stored in a conversation context
     (weir/exact_cache.py), so it does not ask the semantic tier; once an answer is stored there, it does."""
