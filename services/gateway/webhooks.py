@@ -44,6 +44,10 @@ def is_public(address: str) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
+class NoPublicAddress(OSError):
+    """A webhook host whose every address is a non-public one."""
+
+
 class PublicResolver(AbstractResolver):
     """The default resolver, keeping only public addresses (the connection then uses those: no rebinding)."""
 
@@ -54,7 +58,7 @@ class PublicResolver(AbstractResolver):
                       ) -> list[ResolveResult]:
         public = [r for r in await self._inner.resolve(host, port, family) if is_public(r["host"])]
         if not public:
-            raise OSError(f"{host} has no public address")
+            raise NoPublicAddress(f"{host} has no public address (WEIR_WEBHOOK_PRIVATE_NETWORKS is off)")
         return public
 
     async def close(self) -> None:
@@ -99,6 +103,10 @@ class Webhooks:
         if not is_public(host):
             raise DestinationRefused(f"{host} is not a public address (WEIR_WEBHOOK_PRIVATE_NETWORKS is off)")
 
+    async def _refuse(self, job_id: str, reason: str) -> None:
+        log.warning("webhook refused", extra={"job_id": job_id, "reason": reason})
+        await self._record(job_id, {"status": "failed", "attempts": 0, "last_status": "refused", "reason": reason})
+
     async def _record(self, job_id: str, outcome: dict[str, Any]) -> None:
         await self.store.redis.hset(self.store.job_key(job_id), "webhook", orjson.dumps(outcome))
 
@@ -114,9 +122,7 @@ class Webhooks:
         try:
             self._check_destination(url)
         except DestinationRefused as exc:
-            log.warning("webhook refused", extra={"job_id": job_id, "reason": str(exc)})
-            await self._record(job_id, {"status": "failed", "attempts": 0, "last_status": "refused",
-                                        "reason": str(exc)})
+            await self._refuse(job_id, str(exc))
             return
         if self._session is None:
             private = self.settings.webhook_private_networks
@@ -135,6 +141,11 @@ class Webhooks:
                         await self._record(job_id, {"status": "delivered", "attempts": attempt, "last_status": last,
                                                     "delivered_at": round(time.time(), 3)})
                         return
+            except aiohttp.ClientConnectorError as exc:
+                if isinstance(exc.os_error, NoPublicAddress):  # no retry will change where the name points
+                    await self._refuse(job_id, str(exc.os_error))
+                    return
+                last = type(exc).__name__
             except (TimeoutError, aiohttp.ClientError) as exc:
                 last = type(exc).__name__
             await self._record(job_id, {"status": "retrying", "attempts": attempt, "last_status": last})

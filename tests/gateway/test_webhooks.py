@@ -7,7 +7,7 @@ from typing import Any, cast
 import pytest
 
 from services.gateway.settings import GatewaySettings
-from services.gateway.webhooks import DestinationRefused, PublicResolver, Webhooks, is_public
+from services.gateway.webhooks import DestinationRefused, NoPublicAddress, PublicResolver, Webhooks, is_public
 from weir.kit.config import load
 
 
@@ -45,7 +45,7 @@ def test_names_and_public_addresses_pass_the_literal_check() -> None:
 async def test_a_name_that_resolves_only_to_private_addresses_cannot_be_connected_to() -> None:
     resolver = PublicResolver()
     try:
-        with pytest.raises(OSError, match="no public address"):
+        with pytest.raises(NoPublicAddress, match="no public address"):
             await resolver.resolve("localhost", 80)
     finally:
         await resolver.close()
