@@ -184,7 +184,7 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         self._check(request)
         try:
             webhook_url, metadata = job_options({"webhook_url": request.webhook_url,
-                                                    "metadata": dict(request.metadata)})
+                                                 "metadata": dict(request.metadata)}, store.webhook_private_networks)
         except ApiError as err:
             raise to_weir_error(err) from err
         job_id = await store.submit(principal, request.request, request.cache_control, webhook_url=webhook_url,

@@ -122,7 +122,10 @@ class JobStore:
 
     `redis` serves short commands; `blocking` (no socket timeout) serves the blocking reads of event streams."""
 
-    def __init__(self, redis: aioredis.Redis, blocking: aioredis.Redis, prefix: str, *, result_ttl_s: int) -> None:
+    def __init__(self, redis: aioredis.Redis, blocking: aioredis.Redis, prefix: str, *, result_ttl_s: int,
+                 webhook_private_networks: bool = False) -> None:
+        #: Whether webhook URLs may name non-public addresses (WEIR_WEBHOOK_PRIVATE_NETWORKS; refused otherwise).
+        self.webhook_private_networks = webhook_private_networks
         self.redis: Any = redis
         self.blocking: Any = blocking
         self.prefix = prefix

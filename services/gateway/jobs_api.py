@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import orjson
 from aiohttp import web
 
+from services.gateway import webhooks
 from services.gateway.auth import Principal
 from services.gateway.jobs import FINAL, JobStore
 from services.gateway.openai_wire import ApiError, parse_chat_request
@@ -40,12 +41,14 @@ def _json(doc: Any, status: int = 200, headers: dict[str, str] | None = None) ->
     return web.Response(body=orjson.dumps(doc), status=status, content_type="application/json", headers=headers)
 
 
-def job_options(body: dict[str, Any]) -> tuple[str, dict[str, str]]:
+def job_options(body: dict[str, Any], private_networks: bool) -> tuple[str, dict[str, str]]:
     """Takes the job-only fields out of a request body: (webhook_url, metadata)."""
     url = body.pop("webhook_url", None) or ""
     if not isinstance(url, str) or (url and (urlsplit(url).scheme not in ("http", "https")
                                              or not urlsplit(url).netloc)):
         raise ApiError(400, "'webhook_url' must be an http(s) URL", param="webhook_url", code="invalid_value")
+    if url and (refused := webhooks.refusal(url, private_networks)) is not None:
+        raise ApiError(400, f"'webhook_url': {refused}", param="webhook_url", code="invalid_value")
     metadata = body.pop("metadata", None) or {}
     if (not isinstance(metadata, dict) or len(metadata) > _METADATA_MAX
             or not all(isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 512
@@ -90,7 +93,7 @@ class JobsApi:
             raise ApiError(400, f"request body is not valid JSON: {exc}") from exc
         if not isinstance(body, dict):
             raise ApiError(400, "request body must be a JSON object")
-        webhook_url, metadata = job_options(body)
+        webhook_url, metadata = job_options(body, self.store.webhook_private_networks)
         body.pop("stream", None)
         body.pop("stream_options", None)
         preview = body.pop("preview", False)

@@ -144,6 +144,11 @@ class MalformedHttpFilter(logging.Filter):
 MALFORMED_HTTP = MalformedHttpFilter()
 
 
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    """`Server: weir` instead of aiohttp's, which names the Python and aiohttp versions to every scanner."""
+    response.headers["Server"] = "weir"
+
+
 class RestApi:
     def __init__(self, hub: Hub, keys: KeyStore, redis: Redis, metrics: GatewayMetrics, usage: UsageReader,
                  max_body_bytes: int, jobs: JobStore | None = None) -> None:
@@ -159,6 +164,7 @@ class RestApi:
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[errors_middleware], client_max_size=self.max_body_bytes)
+        app.on_response_prepare.append(_server_header)
         app.router.add_post("/v1/chat/completions", self.chat_completions)
         app.router.add_get("/v1/models", self.models)
         self.admin.routes(app)

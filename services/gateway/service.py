@@ -36,7 +36,8 @@ class GatewayService:
         self.jobs_redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5.0, socket_connect_timeout=1.0)
         self.blocking_redis = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=1.0)
         self.jobs = JobStore(self.jobs_redis, self.blocking_redis, settings.redis_prefix,
-                             result_ttl_s=settings.jobs_result_ttl_s)
+                             result_ttl_s=settings.jobs_result_ttl_s,
+                             webhook_private_networks=settings.webhook_private_networks)
         self.worker = JobWorker(settings, self.hub, self.keys, self.jobs, self.blocking_redis,
                                 Webhooks(self.jobs, self.keys, settings)) if settings.jobs_in_gateway else None
         self.rest = RestApi(self.hub, self.keys, self.redis, self.metrics,

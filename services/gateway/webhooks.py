@@ -65,8 +65,21 @@ class PublicResolver(AbstractResolver):
         await self._inner.close()
 
 
-class DestinationRefused(Exception):
-    """A webhook URL this gateway will not deliver to."""
+def refusal(url: str, private_networks: bool) -> str | None:
+    """Why a webhook URL may not be delivered to, judged by its host as written (a name is judged as it resolves,
+    by PublicResolver); None when it may."""
+    if private_networks:
+        return None
+    host = (URL(url).host or "").strip("[]").lower()
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        if host not in ("localhost", "localhost.localdomain") and not host.endswith(".localhost"):
+            return None  # a name: PublicResolver keeps its public addresses only
+    else:
+        if is_public(host):
+            return None
+    return f"{host} is not a public address (WEIR_WEBHOOK_PRIVATE_NETWORKS is off)"
 
 
 class Webhooks:
@@ -89,20 +102,6 @@ class Webhooks:
         if self._session is not None:
             await self._session.close()
 
-    def _check_destination(self, url: str) -> None:
-        """Refuses a URL whose host is a literal non-public address (names are checked as they resolve)."""
-        if self.settings.webhook_private_networks:
-            return
-        host = (URL(url).host or "").strip("[]")
-        if host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(".localhost"):
-            raise DestinationRefused(f"{host} is not a public address (WEIR_WEBHOOK_PRIVATE_NETWORKS is off)")
-        try:
-            ipaddress.ip_address(host.split("%", 1)[0])
-        except ValueError:
-            return  # a name: PublicResolver keeps its public addresses only
-        if not is_public(host):
-            raise DestinationRefused(f"{host} is not a public address (WEIR_WEBHOOK_PRIVATE_NETWORKS is off)")
-
     async def _refuse(self, job_id: str, reason: str) -> None:
         log.warning("webhook refused", extra={"job_id": job_id, "reason": reason})
         await self._record(job_id, {"status": "failed", "attempts": 0, "last_status": "refused", "reason": reason})
@@ -119,10 +118,8 @@ class Webhooks:
                                                   "webhook-secret creates one)"})
             return
         body = orjson.dumps({"type": "job.finished", "job": JobStore.view(job_id, doc)})
-        try:
-            self._check_destination(url)
-        except DestinationRefused as exc:
-            await self._refuse(job_id, str(exc))
+        if (refused := refusal(url, self.settings.webhook_private_networks)) is not None:
+            await self._refuse(job_id, refused)  # submitted before the setting changed, or by a direct Redis write
             return
         if self._session is None:
             private = self.settings.webhook_private_networks

@@ -381,7 +381,8 @@ class WorkerProcess:
         self.keys = KeyStore(self.redis, settings.master_key, settings.redis_prefix)
         self.core = Core(settings, self.keys, GatewayMetrics(), self.blocking)
         self.policy, self.hub = self.core.policy, self.core.hub
-        self.store = JobStore(self.redis, self.blocking, settings.redis_prefix, result_ttl_s=settings.jobs_result_ttl_s)
+        self.store = JobStore(self.redis, self.blocking, settings.redis_prefix, result_ttl_s=settings.jobs_result_ttl_s,
+                              webhook_private_networks=settings.webhook_private_networks)
         self.worker = JobWorker(settings, self.hub, self.keys, self.store, self.blocking,
                                 Webhooks(self.store, self.keys, settings))
 

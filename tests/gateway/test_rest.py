@@ -211,6 +211,7 @@ def test_models_and_health(mesh: Mesh, client: openai.OpenAI) -> None:
 def test_unknown_route_is_json_404(mesh: Mesh) -> None:
     r = httpx.get(f"{mesh.http}/v1/nope")
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    assert r.headers["server"] == "weir"  # not aiohttp's, which names its and Python's versions
 
 
 def test_the_console_runs_only_its_own_files_and_cannot_be_framed(mesh: Mesh) -> None:

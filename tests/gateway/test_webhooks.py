@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
-
 import pytest
 
-from services.gateway.settings import GatewaySettings
-from services.gateway.webhooks import DestinationRefused, NoPublicAddress, PublicResolver, Webhooks, is_public
-from weir.kit.config import load
+from services.gateway.jobs_api import job_options
+from services.gateway.openai_wire import ApiError
+from services.gateway.webhooks import NoPublicAddress, PublicResolver, is_public, refusal
 
 
 @pytest.mark.parametrize(("address", "public"), [
@@ -22,24 +20,17 @@ def test_public_addresses(address: str, public: bool) -> None:
     assert is_public(address) is public
 
 
-def webhooks(private_networks: bool) -> Webhooks:
-    settings = load(GatewaySettings, {"WEIR_MASTER_KEY": "k" * 32,
-                                      "WEIR_WEBHOOK_PRIVATE_NETWORKS": str(private_networks).lower()})
-    return Webhooks(cast(Any, None), cast(Any, None), settings)
-
-
 @pytest.mark.parametrize("url", ["http://127.0.0.1:6379/", "http://[::1]/hook", "https://169.254.169.254/latest",
                                  "http://localhost:8080/x", "http://api.localhost/x", "http://10.0.0.7/hook",
                                  "http://[::ffff:7f00:1]/hook"])
 def test_literal_private_destinations_are_refused_by_default(url: str) -> None:
-    with pytest.raises(DestinationRefused, match="not a public address"):
-        webhooks(private_networks=False)._check_destination(url)
-    webhooks(private_networks=True)._check_destination(url)  # an internal receiver, allowed explicitly
+    assert "is not a public address" in (refusal(url, private_networks=False) or "")
+    assert refusal(url, private_networks=True) is None  # an internal receiver, allowed explicitly
 
 
 def test_names_and_public_addresses_pass_the_literal_check() -> None:
     for url in ("https://hooks.example.com/weir", "http://8.8.8.8/hook"):
-        webhooks(private_networks=False)._check_destination(url)
+        assert refusal(url, private_networks=False) is None
 
 
 async def test_a_name_that_resolves_only_to_private_addresses_cannot_be_connected_to() -> None:
@@ -49,3 +40,13 @@ async def test_a_name_that_resolves_only_to_private_addresses_cannot_be_connecte
             await resolver.resolve("localhost", 80)
     finally:
         await resolver.close()
+
+
+def test_a_job_naming_a_non_public_webhook_is_refused_when_submitted() -> None:
+    with pytest.raises(ApiError) as err:
+        job_options({"webhook_url": "http://169.254.169.254/latest/meta-data"}, private_networks=False)
+    assert err.value.status == 400 and err.value.param == "webhook_url" and "not a public address" in err.value.message
+    assert job_options({"webhook_url": "http://127.0.0.1:9000/hook"}, private_networks=True)[0] == (
+        "http://127.0.0.1:9000/hook")
+    assert job_options({"webhook_url": "https://hooks.example.com/x"}, private_networks=False)[0] == (
+        "https://hooks.example.com/x")
