@@ -9,6 +9,7 @@ those are not sent to it (extra_json still passes anything through verbatim).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,21 +125,33 @@ def _error_fields(body: bytes) -> tuple[str, str, str]:
     return str(doc)[:500], "", ""
 
 
+#: The longest Retry-After honoured: a key rests, and the router cools the model down, for at most this long
+#: (a "Retry-After: 1e30" would otherwise take a deployment out until the next restart).
+MAX_RETRY_AFTER_S = 3600.0
+
+
 def parse_retry_after(headers: Any) -> float:
-    """Seconds from `retry-after-ms` or `Retry-After` (seconds; HTTP dates count as 1 s). 0 when absent."""
+    """Seconds from `retry-after-ms` or `Retry-After` (seconds; HTTP dates and NaN count as 1 s), at most
+    MAX_RETRY_AFTER_S. 0 when absent."""
     ms = headers.get("retry-after-ms")
     if ms:
         try:
-            return max(0.0, float(ms) / 1000)
+            return _retry_after(float(ms) / 1000)
         except ValueError:
             pass
     raw = headers.get("Retry-After")
     if not raw:
         return 0.0
     try:
-        return max(0.0, float(raw))
+        return _retry_after(float(raw))
     except ValueError:
         return 1.0
+
+
+def _retry_after(seconds: float) -> float:
+    if math.isnan(seconds):
+        return 1.0
+    return min(max(0.0, seconds), MAX_RETRY_AFTER_S)
 
 
 def classify_http_error(status: int, body: bytes, retry_after_s: float) -> UpstreamFailure:

@@ -184,6 +184,11 @@ def test_retry_after_headers() -> None:
     assert p.parse_retry_after({"retry-after-ms": "250", "Retry-After": "3"}) == 0.25
     assert p.parse_retry_after({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 1.0
     assert p.parse_retry_after({}) == 0.0
+    # a provider cannot take a deployment out for good (key rest and router cooldown follow this value)
+    for huge in ("1e30", "inf", "86400000"):
+        assert p.parse_retry_after({"Retry-After": huge}) == p.MAX_RETRY_AFTER_S == 3600.0
+    assert p.parse_retry_after({"retry-after-ms": "1e40"}) == 3600.0
+    assert p.parse_retry_after({"Retry-After": "nan"}) == 1.0 and p.parse_retry_after({"Retry-After": "-5"}) == 0.0
 
 
 def test_sse_parser_survives_any_chunking() -> None:
