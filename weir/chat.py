@@ -146,6 +146,21 @@ def semantic_text(req: types_pb2.ChatRequest) -> str:
     return req.messages[idx].content if idx >= 0 else ""
 
 
+#: The most of a question sent to the embedder: its model reads the first ~256 tokens (≈ 1,000-1,500 characters of
+#: English), and the embedder refuses texts over 32 KiB (WEIR_EMBEDDER_MAX_TEXT_BYTES), which a long RAG prompt
+#: passes: without this cut it lost its embedding, so its learned routing.
+EMBED_MAX_CHARS = 8192
+
+
+def embedding_text(text: str) -> str:
+    """What the embedder is sent for `text`: all of it, or its first EMBED_MAX_CHARS cut at a space (the same
+    first 256 tokens; the embedder itself tokenizes long texts from such a prefix)."""
+    if len(text) <= EMBED_MAX_CHARS:
+        return text
+    cut = text.rfind(" ", 0, EMBED_MAX_CHARS)
+    return text[:cut if cut > 0 else EMBED_MAX_CHARS]
+
+
 def is_deterministic(req: types_pb2.ChatRequest) -> bool:
     """Temperature 0 (explicitly) is the only sampling setting whose answer is safe to reuse by default."""
     return req.sampling.HasField("temperature") and req.sampling.temperature == 0.0

@@ -190,7 +190,7 @@ class Hub:
     async def _embed(self, text: str, timings: Timings) -> tuple[types_pb2.Embedding | None, str]:
         try:
             resp = await self._timed(timings, "embed", self.embedder.Embed(
-                embedder_pb.EmbedRequest(text=text), timeout=self.deadlines.embed_s))
+                embedder_pb.EmbedRequest(text=chat.embedding_text(text)), timeout=self.deadlines.embed_s))
             return resp.embedding, ""
         except grpc.RpcError as exc:
             err = parse_rpc_error(exc)

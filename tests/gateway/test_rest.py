@@ -208,6 +208,18 @@ def test_models_and_health(mesh: Mesh, client: openai.OpenAI) -> None:
     assert set(ready.json()["checks"]) == {"embedder", "cache", "router", "reasoner", "redis"}
 
 
+def test_a_long_rag_prompt_keeps_its_embedding_for_routing(mesh: Mesh) -> None:
+    """A last message over the embedder's 32 KiB lost its embedding ("degraded: embedder unavailable") and so
+    its learned routing; the embedder is now sent the prefix its model reads."""
+    context = "Context: the pump cycles every two minutes and the tank reads 38 psi. " * 600  # ~42 KB
+    r = httpx.post(f"{mesh.base_url}/chat/completions", headers={"Authorization": f"Bearer {mesh.master_key}"},
+                   json={"model": "auto", "temperature": 0, "messages": ask(f"{context} Why? {uuid.uuid4()}")},
+                   timeout=30)
+    assert r.status_code == 200, r.text
+    assert "no embedding" not in r.headers["x-weir-route-reason"] and "scorer" in r.headers["x-weir-route-reason"]
+    assert not r.headers["x-weir-cache-reason"].startswith("degraded"), r.headers["x-weir-cache-reason"]
+
+
 def test_unknown_route_is_json_404(mesh: Mesh) -> None:
     r = httpx.get(f"{mesh.http}/v1/nope")
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"

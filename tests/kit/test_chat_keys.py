@@ -79,3 +79,12 @@ def test_a_request_needs_a_user_message() -> None:
     assert chat.violations(types_pb2.ChatRequest(model="m")) == [("request.messages",
                                                                  "at least one message is required")]
     assert chat.violations(req(("system", "x")), prefix="") == [("messages", "at least one user message is required")]
+
+
+def test_the_embedder_is_sent_a_prefix_of_a_long_question_cut_at_a_space() -> None:
+    short = "How do I reset my password?"
+    assert chat.embedding_text(short) == short
+    long = "word " * 5000  # 25,000 characters: past the embedder's 32 KiB limit once in a UTF-8-heavy script
+    cut = chat.embedding_text(long)
+    assert len(cut) <= chat.EMBED_MAX_CHARS and long.startswith(cut) and cut.endswith("word")
+    assert chat.embedding_text("x" * 10000) == "x" * chat.EMBED_MAX_CHARS  # no space: a plain cut
