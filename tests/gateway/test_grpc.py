@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 
 import grpc
+import httpx
 import pytest
 
 from weir.common.v1 import types_pb2
@@ -67,3 +70,24 @@ async def test_unauthenticated_and_invalid(mesh: Mesh) -> None:
             assert err.code == grpc.StatusCode.INVALID_ARGUMENT
             assert [f for f, _ in err.field_violations] == [
                 "request.messages[1].role", "request.tools_json", "request.sampling.temperature"]
+
+
+async def test_a_cancelled_stream_closes_the_providers_stream(mesh: Mesh) -> None:
+    """A gRPC client that cancels mid-stream stops the model call (fake-llm sees its caller hang up long before
+    the 24 tokens at 200 ms would end), as a REST client that leaves does."""
+    async with httpx.AsyncClient() as http:
+        abandoned = (await http.get(f"{mesh.fake_url}/_fake/stats")).json()["streams_abandoned"]
+        await http.post(f"{mesh.fake_url}/_fake/faults", json={"fault": "pace:200", "count": 1, "model": "fake-large"})
+        async with grpc.aio.insecure_channel(mesh.procs["gateway"].grpc) as ch:
+            req = _request(f"Tell me about rivers {uuid.uuid4()}", model="fake-large")
+            req.sampling.temperature = 0.7
+            call = pb_grpc.GatewayServiceStub(ch).StreamChatCompletion(
+                pb.StreamChatCompletionRequest(request=req), metadata=(("authorization", f"Bearer {mesh.master_key}"),))
+            async for ev in call:
+                if ev.WhichOneof("event") == "delta" and ev.delta.content:
+                    break
+            call.cancel()
+        left = time.monotonic()
+        while (await http.get(f"{mesh.fake_url}/_fake/stats")).json()["streams_abandoned"] == abandoned:
+            assert time.monotonic() - left < 2.5, "the provider's stream was not closed"
+            await asyncio.sleep(0.05)
