@@ -5,17 +5,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from services.cache.checks import CHECK_NAMES, NEVER_OVERRULED
 from weir.kit.config import Port, env, load, state_dir
 from weir.kit.server import ServerSettings
 
 _COLLECTION_PREFIX = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _CONSISTENCY = ("Strong", "Session", "Bounded", "Eventually")
-#: The verifier's checks (services/cache/verifier.py CHECK_NAMES; not imported: settings stay light).
-_CHECKS = ("numbers", "units", "dates", "negation", "scope", "intent", "roles", "order", "entities", "opposites",
-           "content")
-#: Checks whose rules read explicit tokens (48213 / 48231, °C / °F, without, enable / disable): the judge, which
-#: has been seen to lose exactly those, may never overrule them.
-NEVER_OVERRULED = ("numbers", "units", "dates", "negation", "roles", "opposites")
 
 
 @dataclass(frozen=True)
@@ -88,7 +83,7 @@ class CacheSettings:
              "(services/cache/judge.py); false: the rules decide alone")
     embedder_addr: str = env("WEIR_EMBEDDER_ADDR", "127.0.0.1:50051", help="the embedder, for its judge")
     judge_overrules: tuple[str, ...] = env(
-        "WEIR_CACHE_JUDGE_OVERRULES", tuple(c for c in _CHECKS if c not in NEVER_OVERRULED),
+        "WEIR_CACHE_JUDGE_OVERRULES", tuple(c for c in CHECK_NAMES if c not in NEVER_OVERRULED),
         help="verifier checks whose refusal the judge may overrule (every other check must pass: by default "
              "numbers, units, dates, negation, roles and opposites, whose rules read explicit tokens, always "
              "decide)")
@@ -149,10 +144,10 @@ class CacheSettings:
             problems.append("WEIR_CACHE_REDIS_RETRY_AFTER_S must be >= 0")
         if not 0.0 < self.sim_threshold <= 1.0:
             problems.append(f"WEIR_CACHE_SIM_THRESHOLD must be in (0, 1], got {self.sim_threshold}")
-        unknown = sorted(set(self.judge_overrules) - set(_CHECKS))
+        unknown = sorted(set(self.judge_overrules) - set(CHECK_NAMES))
         if unknown:
             problems.append(f"WEIR_CACHE_JUDGE_OVERRULES: unknown checks {', '.join(unknown)} "
-                            f"(checks: {', '.join(_CHECKS)})")
+                            f"(checks: {', '.join(CHECK_NAMES)})")
         if hard := [c for c in NEVER_OVERRULED if c in self.judge_overrules]:
             problems.append(f"WEIR_CACHE_JUDGE_OVERRULES may not name {', '.join(hard)}: the judge never overrules "
                             f"{', '.join(NEVER_OVERRULED)}")

@@ -6,8 +6,7 @@ import dataclasses
 
 import pytest
 
-from services.cache import judge, verifier
-from services.cache import settings as settings_module
+from services.cache import checks, judge, verifier
 from services.cache.judge import Policy
 from services.cache.settings import CacheSettings
 from weir.embedder.v1 import embedder_service_pb2 as emb_pb
@@ -111,4 +110,4 @@ def test_the_reading_travels_from_the_settings_to_the_request() -> None:
 
 
 def test_the_settings_know_every_check_of_the_verifier() -> None:
-    assert settings_module._CHECKS == verifier.CHECK_NAMES
+    assert checks.CHECK_NAMES == verifier.CHECK_NAMES

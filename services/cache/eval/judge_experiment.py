@@ -36,12 +36,11 @@ from typing import Any
 import numpy as np
 
 from services.cache import verifier
+from services.cache.checks import NEVER_OVERRULED
 from services.cache.eval import SPLITS
 from weir.model import judge_train
 
 EVAL_DIR = Path(__file__).parent
-#: The checks the cache never lets the judge overrule (its default WEIR_CACHE_JUDGE_OVERRULES is the others).
-HARD_CHECKS = ("numbers", "units", "dates", "negation", "roles", "opposites")
 
 
 def load_pairs() -> list[dict[str, Any]]:
@@ -136,7 +135,7 @@ def report(unseen: Sequence[dict[str, Any]], p: np.ndarray, sim: np.ndarray) -> 
           "\n(similarity >= 0.70) is served unless the judge scores it below the veto, and one the rules refuse is"
           "\nserved when the judge scores it at least `accept` and its similarity reaches the judge's gate:")
     rules_accept = accepted & (sim >= 0.7)
-    for hard in ((), ("numbers",), HARD_CHECKS, (*HARD_CHECKS, "order")):
+    for hard in ((), ("numbers",), NEVER_OVERRULED, (*NEVER_OVERRULED, "order")):
         hard_fail = np.array([bool(r["refused_by"] & set(hard)) for r in unseen])
         for gate in (0.5, 0.6, 0.7):
             for accept in (0.5, 0.8, 0.9):
