@@ -18,6 +18,7 @@ from typing import Any, Literal
 import orjson
 
 from weir.common.v1 import types_pb2
+from weir.kit.text import cut_at_space
 
 # Bumped whenever the canonical form changes, so old entries stop matching instead of matching wrongly.
 CANON_VERSION = "1"
@@ -155,10 +156,7 @@ EMBED_MAX_CHARS = 8192
 def embedding_text(text: str) -> str:
     """What the embedder is sent for `text`: all of it, or its first EMBED_MAX_CHARS cut at a space (the same
     first 256 tokens; the embedder itself tokenizes long texts from such a prefix)."""
-    if len(text) <= EMBED_MAX_CHARS:
-        return text
-    cut = text.rfind(" ", 0, EMBED_MAX_CHARS)
-    return text[:cut if cut > 0 else EMBED_MAX_CHARS]
+    return cut_at_space(text, EMBED_MAX_CHARS)
 
 
 def is_deterministic(req: types_pb2.ChatRequest) -> bool:

@@ -4,7 +4,7 @@ The tokenizer.json of sentence-transformers models pins fixed padding (128) and 
 both are replaced here: a batch is padded only to its longest member, and texts are cut at the
 manifest's `max_seq_length` with the cut reported per text.
 
-Imports only numpy and `tokenizers`, so the export venv can use it unchanged.
+Imports only numpy, `tokenizers` and weir.kit.text, so the export venv can use it unchanged.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from tokenizers import Encoding, Tokenizer
+
+from weir.kit.text import cut_at_space
 
 IntArray = npt.NDArray[np.int64]
 
@@ -83,11 +85,7 @@ class TextEncoder:
         return self.max_length * CHARS_PER_TOKEN
 
     def _prefix(self, text: str) -> str:
-        """`text` up to the last space before `_prefix_chars` (so no word is split), or whole when shorter."""
-        if len(text) <= self._prefix_chars:
-            return text
-        cut = text.rfind(" ", 0, self._prefix_chars)
-        return text[:cut if cut > 0 else self._prefix_chars]
+        return cut_at_space(text, self._prefix_chars)
 
     def _bounded(self, whole: list[Any], prefixes: list[Any]) -> list[Encoding]:
         """Encodings of `whole`, computed from `prefixes`: a prefix that fills the window (its encoding was cut)
