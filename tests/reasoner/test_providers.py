@@ -283,32 +283,37 @@ def test_the_parsers_answer_any_json_shape_with_pieces_or_an_upstream_failure() 
                 pass
 
 
-async def test_a_parser_surprise_is_the_providers_fault_not_the_reasoners(
-        fake: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """If a parser ever meets a shape it did not foresee, the call fails as a bad (transient) answer from the
-    provider, so the plan falls back, instead of an exception escaping the reasoner as INTERNAL."""
+async def _call_failures(fake: str, monkeypatch: pytest.MonkeyPatch) -> tuple[p.UpstreamFailure, p.UpstreamFailure]:
+    """How one non-streamed and one streamed call to fake-llm fail, through an Upstream of its own."""
     monkeypatch.setenv("T_REASONER_KEY_A", KEYS["T_REASONER_KEY_A"])
     up = Upstream(Provider(name="fake", kind="openai", base_url=f"{fake}/v1", api_key_envs=("T_REASONER_KEY_A",)),
                   anthropic_max_tokens=64)
     model = Model(id="fake-small", provider="fake", upstream_model="fake-small")
     chat = types_pb2.ChatRequest(messages=[msg("user", "hi")])
+    await up.start()
+    try:
+        with pytest.raises(p.UpstreamFailure) as unary:
+            await up.complete(chat, model)
+        with pytest.raises(p.UpstreamFailure) as streamed:
+            async for _ in up.stream(chat, model, p.StreamState()):
+                pass
+        return unary.value, streamed.value
+    finally:
+        await up.close()
 
+
+async def test_a_parser_surprise_is_the_providers_fault_not_the_reasoners(
+        fake: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """If a parser ever meets a shape it did not foresee, the call fails as a bad (transient) answer from the
+    provider, so the plan falls back, instead of an exception escaping the reasoner as INTERNAL."""
     def surprise(*_: object) -> None:
         raise KeyError("choices")
 
     monkeypatch.setattr(p, "openai_completion", surprise)
     monkeypatch.setattr(p, "openai_stream_event", surprise)
-    await up.start()
-    try:
-        with pytest.raises(p.UpstreamFailure) as err:
-            await up.complete(chat, model)
-        assert err.value.kind == "bad_response" and err.value.transient and "KeyError" in str(err.value)
-        with pytest.raises(p.UpstreamFailure) as err:
-            async for _ in up.stream(chat, model, p.StreamState()):
-                pass
-        assert err.value.kind == "stream_malformed" and err.value.transient
-    finally:
-        await up.close()
+    unary, streamed = await _call_failures(fake, monkeypatch)
+    assert unary.kind == "bad_response" and unary.transient and "KeyError" in str(unary)
+    assert streamed.kind == "stream_malformed" and streamed.transient
 
 
 def test_token_counts_past_int32_read_as_not_reported() -> None:
@@ -332,23 +337,10 @@ def test_an_event_that_never_ends_is_refused_before_it_takes_the_memory() -> Non
 async def test_an_oversized_answer_fails_as_the_providers_fault(fake: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A body or an event past the reasoner's bounds (16 MiB / 4 MiB; 64 KiB here) is a transient provider
     failure, read no further than the bound."""
-    monkeypatch.setenv("T_REASONER_KEY_A", KEYS["T_REASONER_KEY_A"])
     monkeypatch.setattr(upstream, "MAX_RESPONSE_BYTES", 64 * 1024)
     monkeypatch.setattr(sse, "MAX_EVENT_BYTES", 64 * 1024)
-    up = Upstream(Provider(name="fake", kind="openai", base_url=f"{fake}/v1", api_key_envs=("T_REASONER_KEY_A",)),
-                  anthropic_max_tokens=64)
-    model = Model(id="fake-small", provider="fake", upstream_model="fake-small")
-    chat = types_pb2.ChatRequest(messages=[msg("user", "hi")])
     async with httpx.AsyncClient() as client:
         (await client.post(f"{fake}/_fake/faults", json={"fault": "oversize:256", "count": 2})).raise_for_status()
-    await up.start()
-    try:
-        with pytest.raises(p.UpstreamFailure) as err:
-            await up.complete(chat, model)
-        assert err.value.kind == "bad_response" and "too large" in str(err.value)
-        with pytest.raises(p.UpstreamFailure) as err:
-            async for _ in up.stream(chat, model, p.StreamState()):
-                pass
-        assert err.value.kind == "stream_malformed" and "without ending" in str(err.value)
-    finally:
-        await up.close()
+    unary, streamed = await _call_failures(fake, monkeypatch)
+    assert unary.kind == "bad_response" and "too large" in str(unary)
+    assert streamed.kind == "stream_malformed" and "without ending" in str(streamed)
