@@ -1,7 +1,8 @@
 """Cache lookup latency through the gRPC service, and memory, as the semantic tier grows.
 
     .venv/bin/python -m bench.cache_bench [--milvus server|lite|URI] [--sizes 1000,10000,100000,1000000]
-                                          [--lookups 500] [--rpc-fill-max 20000]
+                                          [--lookups 500] [--rpc-fill-max 20000] [--judge on|off]
+                                          [--compare-judge]
 
 Starts a private redis-server, the Milvus backend (`server`: the bundled Milvus standalone as its own
 process, what `weir up` runs; `lite`: Milvus Lite inside the cache process; or any Milvus URI) and
@@ -15,8 +16,12 @@ grpc.aio client:
 - LookupSemantic hits: a near vector (cosine 0.95) and a paraphrase, so search + the full verifier run;
 - LookupSemantic misses: a random vector (nothing above the threshold, or refused);
 - LookupExact hits (entries stored through Store) and misses.
-Embedding time is excluded (vectors are precomputed). RSS is the resident memory of the cache process
-and of the Milvus process (for Milvus Lite they are the same process).
+Embedding time is excluded (vectors are precomputed). The verifier's paraphrase judge is included: with
+`--judge on` (the default, as `weir up` runs the cache) an embedder with the judge is started and the cache
+asks it about every candidate the rules accept (its veto), one cross-encoder run per new pair; each hit
+looks up a different entry, so the cache's LRU of judge scores does not answer for it. `--judge off` measures
+search + rules alone. RSS is the resident memory of the cache process and of the Milvus process (for Milvus
+Lite they are the same process).
 """
 
 from __future__ import annotations
@@ -147,7 +152,8 @@ def report(name: str, result: tuple[list[int], Counter[str]]) -> str:
 async def measure(stub: pb_grpc.CacheServiceAsyncStub, size: int, rpc_filled: int, lookups: int,
                   rng: np.random.Generator) -> list[int]:
     """Times each lookup kind over prebuilt requests (so only the call is timed); returns the semantic hits'."""
-    targets = [int(t) for t in rng.integers(0, size, size=lookups + 50)]
+    # distinct entries, so that no hit is answered by the judge's LRU (a repeated paraphrase would be)
+    targets = [int(t) for t in rng.choice(size, size=lookups + 50, replace=size < lookups + 50)]
     sem_hits = [pb.LookupSemanticRequest(tenant=TENANT, request=request(paraphrase(t)),
                                          embedding=embedding(near(vector_of(t), 0.95, rng))) for t in targets]
     sem_misses = [pb.LookupSemanticRequest(tenant=TENANT, request=request(f"Unrelated question {i}?"),
@@ -169,6 +175,27 @@ async def measure(stub: pb_grpc.CacheServiceAsyncStub, size: int, rpc_filled: in
     print(report("LookupExact hit", await timed([exact(r) for r in ex_hits])))
     print(report("LookupExact miss", await timed([exact(r) for r in ex_misses])))
     return hits[0]
+
+
+async def compare_judge(stubs: dict[str, pb_grpc.CacheServiceAsyncStub], size: int, lookups: int,
+                        rng: np.random.Generator) -> None:
+    """Semantic hits through two cache processes on the same collection, one asking the judge and one not,
+    interleaved in blocks of 50 lookups so that the machine's moods (Milvus compacting, other jobs) fall on
+    both alike: what the judge adds to a hit."""
+    targets = [int(t) for t in rng.choice(size, size=lookups * len(stubs), replace=size < lookups * len(stubs))]
+    reqs = [pb.LookupSemanticRequest(tenant=TENANT, request=request(paraphrase(t)),
+                                     embedding=embedding(near(vector_of(t), 0.95, rng))) for t in targets]
+    results: dict[str, tuple[list[int], Counter[str]]] = {name: ([], Counter()) for name in stubs}
+    block, k = 50, 0
+    while k < len(reqs):
+        for name, stub in stubs.items():
+            got, seen = await timed([functools.partial(stub.LookupSemantic, r, timeout=30)
+                                     for r in reqs[k:k + block]])
+            k += block
+            results[name][0].extend(got)
+            results[name][1].update(seen)
+    for name, result in results.items():
+        print(report(f"  hit, {name}", result))
 
 
 async def fill_rpc(stub: pb_grpc.CacheServiceAsyncStub, start: int, end: int, concurrency: int) -> Counter[str]:
@@ -242,7 +269,8 @@ def wait_indexed(settings: CacheSettings, expected: int, timeout_s: float = 1800
     return time.perf_counter() - t0
 
 
-async def run(sizes: list[int], lookups: int, concurrency: int, milvus: str, rpc_fill_max: int) -> None:
+async def run(sizes: list[int], lookups: int, concurrency: int, milvus: str, rpc_fill_max: int,
+              judge: bool, compare: bool = False) -> None:
     work = Path(tempfile.mkdtemp(prefix="weir-cache-bench-"))
     redis = start_local_redis(work / "redis")
     procs: list[supervisor.Process] = []
@@ -256,13 +284,25 @@ async def run(sizes: list[int], lookups: int, concurrency: int, milvus: str, rpc
         env["WEIR_MILVUS_URI"], milvus_pid = procs[-1].info["uri"], int(procs[-1].info["pid"])
     elif milvus != "lite":
         env["WEIR_MILVUS_URI"] = milvus
+    if judge:  # the embedder serves the judge (its embeddings are not used: the vectors are precomputed)
+        procs.append(supervisor.start("embedder", supervisor.python_module("services.embedder"),
+                                      {**env, "WEIR_EMBEDDER_PORT": "0", "WEIR_EMBEDDER_JUDGE": "true"},
+                                      log_dir=work))
+        env["WEIR_EMBEDDER_ADDR"] = procs[-1].grpc
+    else:
+        env["WEIR_CACHE_JUDGE"] = "false"
     settings = load(CacheSettings, {**os.environ, **env})
     proc = supervisor.start("cache", supervisor.python_module("services.cache"), env, log_dir=work)
     procs.append(proc)
     cache_pid = proc.popen.pid
+    other: supervisor.Process | None = None
+    if compare:  # a second cache process on the same Milvus, Redis and collection, with the judge the other way
+        other = supervisor.start("cache-other", supervisor.python_module("services.cache"),
+                                 {**env, "WEIR_CACHE_JUDGE": "false" if judge else "true"}, log_dir=work)
+        procs.append(other)
     where = "bundled standalone" if milvus == "server" else settings.resolved_milvus_uri
     print(f"cache pid {cache_pid}, milvus {milvus} ({where}{f', pid {milvus_pid}' if milvus_pid else ''}), "
-          f"{os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}")
+          f"judge {'on' if judge else 'off'}, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}")
     summary: list[str] = []
     rng = np.random.default_rng(7)
     try:
@@ -288,6 +328,12 @@ async def run(sizes: list[int], lookups: int, concurrency: int, milvus: str, rpc
                 print(f"\n{size} entries: filled in {fill_s:.1f} s ({', '.join(how)}), indexed after "
                       f"{index_s:.1f} s more; load {os.getloadavg()[0]:.1f}")
                 hits = await measure(stub, size, rpc_filled, lookups, rng)
+                if other is not None:
+                    print("  judge on and off, interleaved:")
+                    async with open_channel(other.grpc) as other_channel:
+                        other_stub = pb_grpc.CacheServiceStub(other_channel)
+                        on, off = (stub, other_stub) if judge else (other_stub, stub)
+                        await compare_judge({"judge on": on, "judge off (rules only)": off}, size, lookups, rng)
                 stats = await stub.GetStats(pb.GetStatsRequest(tenant=TENANT))
                 cache_rss = rss_mib(cache_pid)
                 milvus_rss = rss_mib(milvus_pid) if milvus_pid else float("nan")
@@ -301,7 +347,8 @@ async def run(sizes: list[int], lookups: int, concurrency: int, milvus: str, rpc
         supervisor.stop_all(procs)
         redis.stop()
         shutil.rmtree(work, ignore_errors=True)
-    print(f"\nsummary ({milvus}): semantic lookup (search + verify, embedding excluded) through gRPC")
+    print(f"\nsummary ({milvus}): semantic lookup (search + verify{' with the judge' if judge else ', rules only'}, "
+          "embedding excluded) through gRPC")
     print("       size       fill      p50         p99     cache RSS   milvus RSS")
     print("\n".join(summary))
 
@@ -314,9 +361,15 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8, help="Store calls in flight while filling")
     parser.add_argument("--rpc-fill-max", type=int, default=20_000,
                         help="entries stored through Store; the rest are inserted directly")
+    parser.add_argument("--judge", choices=("on", "off"), default="on",
+                        help="on: the verifier asks the embedder's paraphrase judge, as in the mesh; off: rules only")
+    parser.add_argument("--compare-judge", action="store_true",
+                        help="after each size, semantic hits with the judge and without it, interleaved "
+                             "(a second cache process on the same collection)")
     args = parser.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
-    asyncio.run(run(sizes, args.lookups, args.concurrency, args.milvus, args.rpc_fill_max))
+    asyncio.run(run(sizes, args.lookups, args.concurrency, args.milvus, args.rpc_fill_max, args.judge == "on",
+                    args.compare_judge))
 
 
 if __name__ == "__main__":
