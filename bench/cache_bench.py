@@ -127,6 +127,18 @@ def row(name: str, samples_ns: list[int]) -> str:
     return f"  {name:<40} p50 {p50:7.2f} ms   p99 {p99:7.2f} ms   mean {mean:7.2f} ms   n={len(samples_ns)}"
 
 
+def judge_pairs(proc: supervisor.Process) -> str:
+    """The cache's weir_cache_judge_pairs_total by outcome, so the output shows whether the judge really ran."""
+    import urllib.request
+
+    prefix = 'weir_cache_judge_pairs_total{outcome="'
+    with urllib.request.urlopen(f"http://{proc.info['metrics']}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    counts = {line[len(prefix):].split('"')[0]: float(line.split()[-1])
+              for line in text.splitlines() if line.startswith(prefix)}
+    return ", ".join(f"{k} {v:.0f}" for k, v in counts.items() if v) or "none"
+
+
 def outcome(resp: object) -> str:
     """hit, or the first word of a miss reason (miss, refused, degraded)."""
     if getattr(resp, "hit", False):
@@ -277,6 +289,7 @@ async def run(sizes: list[int], lookups: int, concurrency: int, milvus: str, rpc
     env = {
         "WEIR_REDIS_URL": redis.url, "WEIR_STATE_DIR": str(work / "state"), "WEIR_CACHE_PORT": "0",
         "WEIR_LOG_LEVEL": "warning", "WEIR_CACHE_MAX_ENTRIES_PER_TENANT": str(max(sizes) + 1),
+        "WEIR_METRICS_PORT": "0",
     }
     milvus_pid = 0
     if milvus == "server":
@@ -339,6 +352,7 @@ async def run(sizes: list[int], lookups: int, concurrency: int, milvus: str, rpc
                 milvus_rss = rss_mib(milvus_pid) if milvus_pid else float("nan")
                 print(f"  entries via Store: exact={stats.exact_entries} semantic={stats.semantic_entries}; "
                       f"RSS cache {cache_rss:.0f} MiB" + (f", milvus {milvus_rss:.0f} MiB" if milvus_pid else ""))
+                print(f"  judge pairs so far (the measured cache): {judge_pairs(proc)}")
                 p50, p99 = percentiles(hits)
                 milvus_col = f"{milvus_rss:8.0f} MiB" if milvus_pid else "      (in cache)"
                 summary.append(f"  {size:>9}  {fill_s + index_s:9.1f} s  {p50:8.2f} ms  {p99:8.2f} ms  "

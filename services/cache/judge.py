@@ -34,6 +34,7 @@ from services.cache import verifier
 from services.cache.settings import CacheSettings
 from weir.embedder.v1 import embedder_service_pb2 as embedder_pb
 from weir.embedder.v1 import embedder_service_pb2_grpc as embedder_grpc
+from weir.kit import metrics
 from weir.kit.clients import open_channel
 from weir.kit.errors import parse_rpc_error
 from weir.kit.lru import LruCache, text_key
@@ -42,6 +43,15 @@ log = logging.getLogger("weir.cache.judge")
 
 #: After the judge failed, lookups go without it for this long before it is asked again.
 RETRY_S = 5.0
+
+#: Pairs the cache wanted scored, by what came of it: `scored` by the embedder's judge, `remembered` from the
+#: LRU, or decided by the rules alone because the judge was `unavailable` (gone, not loaded, or left alone after
+#: a failure), `slow` (past WEIR_CACHE_JUDGE_TIMEOUT_S) or gave an `invalid` answer. A rate of the last three
+#: is verification running degraded, which the lookups' reasons also say one by one.
+PAIRS = metrics.counter("weir_cache_judge_pairs", "Pairs the cache asked the paraphrase judge about, by outcome",
+                        ("outcome",))
+_SCORED, _REMEMBERED, _UNAVAILABLE, _SLOW, _INVALID = (
+    PAIRS.labels(o) for o in ("scored", "remembered", "unavailable", "slow", "invalid"))
 
 
 #: What the rules make of a candidate (`Policy.read`).
@@ -167,10 +177,13 @@ class JudgeClient:
         keys = [text_key(f"{a}\x00{b}") for a, b in pairs]
         known = [self._lru.get(k) for k in keys]
         missing = [i for i, v in enumerate(known) if v is None]
+        if len(missing) < len(pairs):
+            _REMEMBERED.inc(len(pairs) - len(missing))
         if not missing:
             return Scores(tuple(v for v in known if v is not None), self._judge_id)
         now = time.monotonic()
         if now < self._down_until:
+            _UNAVAILABLE.inc(len(missing))
             return Scores(unavailable=self._down_reason)
         request = embedder_pb.ScorePairsRequest(pairs=[embedder_pb.TextPair(a=pairs[i][0], b=pairs[i][1])
                                                        for i in missing], reading=self.reading)
@@ -181,11 +194,14 @@ class JudgeClient:
         except grpc.RpcError as exc:
             err = parse_rpc_error(exc)
             if err.reason == "JUDGE_NOT_LOADED":
-                reason = "not loaded by the embedder"
+                reason, outcome = "not loaded by the embedder", _UNAVAILABLE
             elif err.code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                reason = f"slower than {self.timeout_s * 1000:.0f} ms"
+                reason, outcome = f"slower than {self.timeout_s * 1000:.0f} ms", _SLOW
+            elif err.code == grpc.StatusCode.INVALID_ARGUMENT:
+                reason, outcome = f"unavailable ({err.code.name})", _INVALID
             else:
-                reason = f"unavailable ({err.code.name})"
+                reason, outcome = f"unavailable ({err.code.name})", _UNAVAILABLE
+            outcome.inc(len(missing))
             # A bad pair says nothing about the judge, and a slow answer only about this lookup: only a judge
             # that is gone or not loaded is left alone for a while.
             if err.code not in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.DEADLINE_EXCEEDED):
@@ -194,7 +210,9 @@ class JudgeClient:
                             extra={"reason": reason, "error": err.message, "retry_s": RETRY_S})
             return Scores(unavailable=reason)
         if len(resp.scores) != len(missing):
+            _INVALID.inc(len(missing))
             return Scores(unavailable=f"answered {len(resp.scores)} scores for {len(missing)} pairs")
+        _SCORED.inc(len(missing))
         self._judge_id = resp.judge_id
         scores = list(known)
         for i, score in zip(missing, resp.scores, strict=True):

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.cache.conftest import Cache, StartCache, chat
+from tests.cache.conftest import Cache, StartCache, cache_metrics, chat
 from tests.conftest import StartService
 from weir.embedder.v1 import embedder_service_pb2 as emb_pb
 from weir.embedder.v1 import embedder_service_pb2_grpc as emb_grpc
@@ -46,7 +46,14 @@ async def embed(embedder: supervisor.Process) -> AsyncIterator[Embed]:
 
 @pytest.fixture
 async def judged(start_cache: StartCache, embedder: supervisor.Process) -> Cache:
-    return await start_cache({"WEIR_CACHE_JUDGE": "true", "WEIR_EMBEDDER_ADDR": embedder.grpc})
+    return await start_cache({"WEIR_CACHE_JUDGE": "true", "WEIR_EMBEDDER_ADDR": embedder.grpc,
+                              "WEIR_METRICS_PORT": "0"})
+
+
+def judge_pairs(cache: Cache) -> dict[str, float]:
+    """weir_cache_judge_pairs_total by outcome, from the cache's metrics."""
+    prefix = 'weir_cache_judge_pairs_total{outcome="'
+    return {k[len(prefix):-2]: v for k, v in cache_metrics(cache.proc).items() if k.startswith(prefix)}
 
 
 async def ask(cache: Cache, embed: Embed, tenant: str, stored: str, query: str) -> tuple[float, str, bool]:
@@ -85,10 +92,12 @@ async def test_the_judge_serves_a_paraphrase_the_rules_refuse(judged: Cache, emb
 async def test_a_pair_judged_once_is_not_judged_again(judged: Cache, embed: Embed,
                                                       embedder: supervisor.Process) -> None:
     await ask(judged, embed, "acme", STORED, PARAPHRASE)
+    assert judge_pairs(judged) == {"scored": 1, "remembered": 0, "unavailable": 0, "slow": 0, "invalid": 0}
     v = await embed(PARAPHRASE)
     embedder.stop()  # the judge is gone: only the cache's LRU of recent scores can answer now
     resp = await judged.semantic("acme", chat(PARAPHRASE), v)
     assert resp.hit and resp.reason.startswith("hit: judge "), resp.reason
+    assert judge_pairs(judged)["remembered"] == 1
 
 
 async def test_the_judge_never_overrules_a_number(judged: Cache, embed: Embed) -> None:
@@ -111,9 +120,11 @@ async def test_without_the_judge_the_rules_decide_alone(start_cache: StartCache,
         return {"WEIR_MILVUS_URI": str(tmp_path / f"{name}.db")}
 
     gone = await start_cache({"WEIR_CACHE_JUDGE": "true", "WEIR_EMBEDDER_ADDR": f"127.0.0.1:{free_port()}",
-                              **own("gone")})
+                              "WEIR_METRICS_PORT": "0", **own("gone")})
     _, reason, hit = await ask(gone, embed, "acme", STORED, PARAPHRASE)
     assert not hit and reason.startswith("refused: content (") and "judge unavailable (UNAVAILABLE)" in reason
+    # Verification running without the judge shows in the metrics, not only in each lookup's reason.
+    assert judge_pairs(gone)["unavailable"] == 1 and judge_pairs(gone)["scored"] == 0
     _, reason, hit = await ask(gone, embed, "globex", "How do I reset my password?", "how do i reset my password")
     assert hit and reason == "hit"  # what the rules accept is served without the veto
 
