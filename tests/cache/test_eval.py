@@ -8,9 +8,21 @@ from pathlib import Path
 
 import pytest
 
-from services.cache.eval.run import Case, crowded_report, last_user, load_cases, report, run_cases, run_crowded
+from services.cache.eval.run import (
+    Case,
+    Outcome,
+    Results,
+    crowded_report,
+    last_user,
+    load_cases,
+    merge,
+    report,
+    run_cases,
+    run_crowded,
+)
 from services.cache.judge import Policy
 from services.cache.settings import CacheSettings
+from weir.cache.v1 import cache_service_pb2 as cache_pb
 from weir.kit import supervisor
 from weir.kit.config import load
 
@@ -39,6 +51,22 @@ def test_the_eval_set_is_large_enough_and_labelled() -> None:
     assert len({c.id for c in cases}) == len(cases)
     held_out = [c for c in cases if c.split != "dev"]
     assert 0.2 <= len(held_out) / len(cases) < 1  # a tuning split and held-out splits (each new one adds here)
+
+
+def test_runs_over_shares_of_the_cases_merge_into_one_result() -> None:
+    """`weir cache eval` runs a cache per 1,000 cases (one tenant, so one Milvus partition, each) and merges."""
+    cases = load_cases("dev")[:5]
+    policy = Policy.from_settings(load(CacheSettings, {}))
+
+    def part(chosen: list[Case], numbers: int, seconds: float) -> Results:
+        stats = cache_pb.GetStatsResponse()
+        stats.refusals_by_check["numbers"] = numbers
+        return Results([Outcome(c, served=True) for c in chosen], policy, stats, {"store": seconds})
+
+    merged = merge([part(cases[:2], 1, 1.5), part(cases[2:], 2, 2.0)])
+    assert [o.case.id for o in merged.outcomes] == [c.id for c in cases]
+    assert merged.stats is not None and merged.stats.refusals_by_check["numbers"] == 3
+    assert merged.seconds == {"store": 3.5}
 
 
 @pytest.mark.parametrize("backend", ["lite", "server"])

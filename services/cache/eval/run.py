@@ -15,6 +15,8 @@ in a tenant of its own, then asks for the second side the way the gateway does: 
 per category, multi-turn), and the trade-off curve against the similarity threshold with and without
 the verifier. The curve reuses the candidates the service returned (similarity and stored question)
 and applies the same verifier function, so the row at the service's threshold equals the live result.
+The cases run in shares of ``CASES_PER_CACHE``, each through a cache process with a collection of its own (a
+tenant per case is a Milvus partition per case), and the shares' results are added up.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ EMBED_CHUNK = 128
 JUDGE_CHUNK = 64
 BOUNDED_STALENESS_S = 6.0  # Milvus' common.gracefulTime (5 s) and a margin
 CONCURRENCY = 8
+#: Cases (so tenants, so Milvus partitions) per cache process and collection (`Services.cache`).
+CASES_PER_CACHE = 1000
 T = TypeVar("T")
 
 
@@ -431,11 +435,38 @@ def report(results: Results, curve: Sequence[float] = DEFAULT_CURVE, failures: b
 # ---- starting the services --------------------------------------------------------------------------
 
 
+@dataclass
+class Services:
+    """The eval's private Redis and embedder, and a way to run a cache process for a share of the cases."""
+
+    work: Path
+    env: dict[str, str]
+    embedder: str
+    #: Milvus Lite: each cache gets a file of its own (a server or URI is shared, one collection per cache).
+    lite: bool
+    #: The cache's policy as its settings make it (the services inherit this environment, so does the policy).
+    policy: Policy
+
+    @contextlib.contextmanager
+    def cache(self, name: str) -> Iterator[str]:
+        """A cache process of its own collection (and, on Milvus Lite, its own file); yields its address.
+
+        Every case gets a tenant, and every tenant a partition: one collection for thousands of them is slow on
+        Milvus Lite (its metadata is rewritten on each new partition) and beyond a Milvus server's 4,096."""
+        env = {**self.env, "WEIR_CACHE_MILVUS_COLLECTION_PREFIX": f"weir_eval_{name}"}
+        if self.lite:
+            env["WEIR_MILVUS_URI"] = str(self.work / "state" / "milvus" / f"eval-{name}.db")
+        proc = supervisor.start(f"cache-{name}", supervisor.python_module("services.cache"), env,
+                                log_dir=self.work / "logs")
+        try:
+            yield proc.grpc
+        finally:
+            supervisor.stop_all([proc])
+
+
 @contextlib.contextmanager
-def services(work: Path, threshold: float | None, milvus: str, use_judge: bool = True
-             ) -> Iterator[tuple[str, str, Policy]]:
-    """A private Redis, the embedder and the cache (Milvus per `milvus`); yields (cache, embedder, the cache's
-    policy as its settings make it)."""
+def services(work: Path, threshold: float | None, milvus: str, use_judge: bool = True) -> Iterator[Services]:
+    """A private Redis, the embedder and the Milvus per `milvus`; caches are started per share of the cases."""
     from services.cache.settings import CacheSettings
     from weir.kit.config import load
 
@@ -454,7 +485,7 @@ def services(work: Path, threshold: float | None, milvus: str, use_judge: bool =
         elif milvus != "lite":
             env["WEIR_MILVUS_URI"] = milvus
         else:
-            env["WEIR_MILVUS_URI"] = str(work / "state" / "milvus" / "eval.db")
+            env["WEIR_MILVUS_URI"] = str(work / "state" / "milvus" / "eval.db")  # Services.cache: one per cache
         env["WEIR_CACHE_JUDGE"] = env["WEIR_EMBEDDER_JUDGE"] = "true" if use_judge else "false"
         # Decisions, not latency: eight lookups at once on two cores may keep the judge longer than the
         # service's default deadline, and a lookup that stops waiting would be decided by the rules alone.
@@ -462,13 +493,25 @@ def services(work: Path, threshold: float | None, milvus: str, use_judge: bool =
         procs.append(supervisor.start("embedder", supervisor.python_module("services.embedder"), env,
                                       log_dir=work / "logs"))
         env["WEIR_EMBEDDER_ADDR"] = procs[-1].grpc
-        procs.append(supervisor.start("cache", supervisor.python_module("services.cache"), env,
-                                      log_dir=work / "logs"))
-        # The services inherit this environment (WEIR_CACHE_JUDGE_READING=... and the like): so does the policy.
-        yield procs[-1].grpc, procs[-2].grpc, Policy.from_settings(load(CacheSettings, {**os.environ, **env}))
+        yield Services(work, env, procs[-1].grpc, milvus == "lite",
+                       Policy.from_settings(load(CacheSettings, {**os.environ, **env})))
     finally:
         supervisor.stop_all(procs)
         redis.stop()
+
+
+def merge(parts: Sequence[Results]) -> Results:
+    """One result of several runs over disjoint cases (outcomes in order, stats and times added up)."""
+    stats = cache_pb.GetStatsResponse()
+    seconds: dict[str, float] = defaultdict(float)
+    for part in parts:
+        if part.stats is not None:
+            for check, n in part.stats.refusals_by_check.items():
+                stats.refusals_by_check[check] += n
+        for k, v in part.seconds.items():
+            seconds[k] += v
+    return Results(outcomes=[o for part in parts for o in part.outcomes], policy=parts[0].policy, stats=stats,
+                   seconds=dict(seconds))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -493,11 +536,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="weir-cache-eval-"))
     crowded: Crowded | None = None
     try:
-        with services(work, args.threshold, args.milvus, args.judge == "on") as (cache_addr, embedder_addr, live):
+        with services(work, args.threshold, args.milvus, args.judge == "on") as svc:
             settle = 0.0 if args.milvus == "lite" else BOUNDED_STALENESS_S
-            results = asyncio.run(run_cases(cache_addr, embedder_addr, cases, live, settle))
+            parts = []
+            for i in range(0, len(cases), CASES_PER_CACHE):
+                with svc.cache(f"c{i // CASES_PER_CACHE}") as cache_addr:
+                    parts.append(asyncio.run(run_cases(cache_addr, svc.embedder, cases[i:i + CASES_PER_CACHE],
+                                                       svc.policy, settle)))
+            results = merge(parts)
             if args.crowded:
-                crowded = asyncio.run(run_crowded(cache_addr, embedder_addr, cases, settle))
+                with svc.cache("crowded") as cache_addr:
+                    crowded = asyncio.run(run_crowded(cache_addr, svc.embedder, cases, settle))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"cache eval: split={args.split}, milvus={args.milvus}, judge={args.judge}")
