@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import threading
 import time
@@ -77,3 +78,38 @@ def test_a_start_without_a_launch_is_unchanged(tmp_path: Path) -> None:
         proc.stop()
     with pytest.raises(supervisor.StartError, match="was not ready within"):
         supervisor.start("slow", NEVER_READY, log_dir=tmp_path, timeout=0.5)
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` is a live process (an exited child not yet reaped by init counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def test_a_service_stops_when_its_launcher_is_killed(tmp_path: Path) -> None:
+    """A launcher that dies without cleaning up (SIGKILL) leaves no service behind: each one started through the
+    supervisor watches its launcher and stops gracefully once it is gone."""
+    launcher_code = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from weir.kit import supervisor\n"
+        f"p = supervisor.start('fake-llm', supervisor.python_module('weir.fakellm', '--port', '0'), "
+        f"log_dir=Path({str(tmp_path)!r}))\n"
+        "print(p.popen.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    launcher = subprocess.Popen([sys.executable, "-c", launcher_code], stdout=subprocess.PIPE, text=True,
+                                cwd=Path(__file__).resolve().parents[2])
+    try:
+        assert launcher.stdout is not None
+        child = int(launcher.stdout.readline())
+        assert _running(child)
+        launcher.kill()
+        launcher.wait()
+        wait_for(lambda: not _running(child), timeout=15)
+        assert "the launcher is gone: stopping" in (tmp_path / "fake-llm.log").read_text()
+    finally:
+        launcher.kill()

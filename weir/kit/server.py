@@ -212,12 +212,36 @@ def install_event_loop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+#: Set by `weir.kit.supervisor.start` to the launcher's pid: the process stops when its launcher is gone.
+PARENT_ENV = "WEIR_STOP_WITH_PARENT"
+PARENT_POLL_S = 0.5
+
+
 async def wait_for_stop_signal() -> None:
+    """Returns on SIGTERM or SIGINT, or once the launcher named by WEIR_STOP_WITH_PARENT has exited (a process
+    started by `weir up`, a test or a benchmark never outlives it, even when the launcher was killed)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    watch = loop.create_task(_watch_parent(stop))
+    try:
+        await stop.wait()
+    finally:
+        watch.cancel()
+
+
+async def _watch_parent(stop: asyncio.Event) -> None:
+    raw = os.environ.get(PARENT_ENV, "")
+    if not (raw.isascii() and raw.isdigit()) or os.getppid() != int(raw):
+        return  # not started by the supervisor (or the variable was inherited from a grandparent)
+    parent = int(raw)
+    while not stop.is_set():
+        if os.getppid() != parent:  # reparented: the launcher has exited
+            log.warning("the launcher is gone: stopping", extra={"launcher_pid": parent})
+            stop.set()
+            return
+        await asyncio.sleep(PARENT_POLL_S)
 
 
 def run_process(name: str, settings: ServerSettings, main: Callable[[], Coroutine[Any, Any, None]]) -> None:

@@ -122,7 +122,8 @@ def start(
         raise Aborted(f"start of {name} aborted")
     run_dir = Path(tempfile.mkdtemp(prefix=f"weir-{name}-"))
     ready = run_dir / "ready.json"
-    child_env = {**os.environ, **(env or {}), "WEIR_READY_FILE": str(ready)}
+    # The child stops on its own once this process is gone (weir.kit.server.wait_for_stop_signal).
+    child_env = {**os.environ, **(env or {}), "WEIR_READY_FILE": str(ready), "WEIR_STOP_WITH_PARENT": str(os.getpid())}
     log_path: Path | None = None
     out: Any = stdout
     if stdout is None:
