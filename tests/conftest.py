@@ -60,3 +60,12 @@ def start_service(tmp_path: Path) -> Iterator[StartService]:
 
     yield start
     supervisor.stop_all(started)
+
+
+def process_running(pid: int) -> bool:
+    """Whether `pid` is a live process (an exited one not yet reaped counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")

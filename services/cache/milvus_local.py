@@ -34,7 +34,7 @@ from types import FrameType
 
 from weir.kit import supervisor
 from weir.kit.redis_local import free_port
-from weir.kit.server import write_ready_file
+from weir.kit.server import launcher_pid, write_ready_file
 
 STOP_GRACE_S = 15.0
 START_TIMEOUT_S = 180.0
@@ -152,9 +152,14 @@ def run(data: Path, port: int) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    launcher = launcher_pid()  # like every service started by the supervisor, never outlive the launcher
+
+    def launcher_gone() -> bool:
+        return launcher is not None and os.getppid() != launcher
+
     deadline = time.monotonic() + START_TIMEOUT_S
     while not healthy(metrics_port):
-        if stopping or child.poll() is not None or time.monotonic() > deadline:
+        if stopping or launcher_gone() or child.poll() is not None or time.monotonic() > deadline:
             return _stop(child, "did not become healthy")
         time.sleep(0.2)
     uri = f"http://127.0.0.1:{ports['proxy_port']}"
@@ -162,6 +167,9 @@ def run(data: Path, port: int) -> int:
                      grpc=f"127.0.0.1:{ports['proxy_port']}", uri=uri, pid=child.pid)
     print(f"milvus standalone serving at {uri} (data {data}, pid {child.pid})", flush=True)
     while not stopping and child.poll() is None:
+        if launcher_gone():
+            print("the launcher is gone: stopping", file=sys.stderr, flush=True)
+            break
         time.sleep(0.2)
     return _stop(child, "exited" if child.poll() is not None else "")
 

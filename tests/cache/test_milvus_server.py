@@ -4,13 +4,18 @@ HNSW index, one partition per tenant. The server starts once per session."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from services.cache.semantic import Row, SemanticTier
 from services.cache.settings import CacheSettings
 from tests.cache.conftest import MODEL_ID, StartCache, chat, check_concurrent_lookups, embedding, near, unit
+from tests.conftest import process_running
 from weir.cache.v1 import cache_service_pb2 as pb
 from weir.kit.config import load
 
@@ -125,3 +130,31 @@ async def test_a_lookup_does_not_wait_while_the_first_store_creates_the_collecti
     assert not store.done(), "the collection was created before the lookup: nothing was tested"
     assert (lookup.hit, lookup.reason) == (False, "miss: no candidate")
     assert (await store).reason == "stored: exact+semantic"
+
+
+def test_the_bundled_milvus_stops_when_its_launcher_is_killed(tmp_path: Path) -> None:
+    """`weir up` (or a test) killed outright leaves no Milvus behind: its launcher process notices that the
+    process that started it is gone and stops Milvus, as every service started through the supervisor does."""
+    launcher_code = (
+        "import time\n"
+        "from pathlib import Path\n"
+        "from services.cache.milvus_local import start_milvus\n"
+        f"p = start_milvus(Path({str(tmp_path / 'milvus')!r}), log_dir=Path({str(tmp_path)!r}))\n"
+        "print(p.popen.pid, p.info['pid'], flush=True)\n"
+        "time.sleep(300)\n"
+    )
+    launcher = subprocess.Popen([sys.executable, "-c", launcher_code], stdout=subprocess.PIPE, text=True,
+                                cwd=Path(__file__).resolve().parents[2])
+    try:
+        assert launcher.stdout is not None
+        pids = [int(p) for p in launcher.stdout.readline().split()]
+        assert len(pids) == 2 and all(process_running(p) for p in pids)  # the Python launcher and Milvus itself
+        launcher.kill()
+        launcher.wait()
+        deadline = time.monotonic() + 45
+        while any(process_running(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(process_running(p) for p in pids)
+        assert "the launcher is gone: stopping" in (tmp_path / "milvus.log").read_text()
+    finally:
+        launcher.kill()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import process_running
 from weir.kit import supervisor
 
 # A child that never writes its ready file: its start waits until the timeout or an abort.
@@ -80,15 +81,6 @@ def test_a_start_without_a_launch_is_unchanged(tmp_path: Path) -> None:
         supervisor.start("slow", NEVER_READY, log_dir=tmp_path, timeout=0.5)
 
 
-def _running(pid: int) -> bool:
-    """Whether `pid` is a live process (an exited child not yet reaped by init counts as gone)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
 def test_a_service_stops_when_its_launcher_is_killed(tmp_path: Path) -> None:
     """A launcher that dies without cleaning up (SIGKILL) leaves no service behind: each one started through the
     supervisor watches its launcher and stops gracefully once it is gone."""
@@ -106,10 +98,10 @@ def test_a_service_stops_when_its_launcher_is_killed(tmp_path: Path) -> None:
     try:
         assert launcher.stdout is not None
         child = int(launcher.stdout.readline())
-        assert _running(child)
+        assert process_running(child)
         launcher.kill()
         launcher.wait()
-        wait_for(lambda: not _running(child), timeout=15)
+        wait_for(lambda: not process_running(child), timeout=15)
         assert "the launcher is gone: stopping" in (tmp_path / "fake-llm.log").read_text()
     finally:
         launcher.kill()

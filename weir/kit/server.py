@@ -231,11 +231,19 @@ async def wait_for_stop_signal() -> None:
         watch.cancel()
 
 
-async def _watch_parent(stop: asyncio.Event) -> None:
+def launcher_pid() -> int | None:
+    """The launcher this process must not outlive (WEIR_STOP_WITH_PARENT), when it is this process' parent: None
+    when not started by the supervisor, or when the variable was inherited from a grandparent."""
     raw = os.environ.get(PARENT_ENV, "")
-    if not (raw.isascii() and raw.isdigit()) or os.getppid() != int(raw):
-        return  # not started by the supervisor (or the variable was inherited from a grandparent)
-    parent = int(raw)
+    if raw.isascii() and raw.isdigit() and os.getppid() == int(raw):
+        return int(raw)
+    return None
+
+
+async def _watch_parent(stop: asyncio.Event) -> None:
+    parent = launcher_pid()
+    if parent is None:
+        return
     while not stop.is_set():
         if os.getppid() != parent:  # reparented: the launcher has exited
             log.warning("the launcher is gone: stopping", extra={"launcher_pid": parent})
