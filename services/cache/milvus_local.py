@@ -16,7 +16,6 @@ SIGTERM stops Milvus (SIGKILL after a grace period: Milvus' own graceful stop wa
 from __future__ import annotations
 
 import argparse
-import ctypes
 import hashlib
 import importlib.util
 import lzma
@@ -38,7 +37,6 @@ from weir.kit.server import launcher_pid, write_ready_file
 
 STOP_GRACE_S = 15.0
 START_TIMEOUT_S = 180.0
-_PR_SET_PDEATHSIG = 1
 
 
 def package_dir() -> Path | None:
@@ -104,12 +102,6 @@ def etcd_config(client_port: int, peer_port: int) -> str:
             f"initial-cluster: weir={peer}\nauto-compaction-mode: revision\nauto-compaction-retention: '1000'\n")
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGKILL when this launcher dies, so Milvus never outlives it."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
 def healthy(metrics_port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/healthz", timeout=1) as resp:
@@ -143,7 +135,7 @@ def run(data: Path, port: int) -> int:
     env.pop("WEIR_READY_FILE", None)
     log = open(data / "logs" / "milvus.out", "ab")  # noqa: SIM115 - the child's for its lifetime
     child = subprocess.Popen([str(exe), "run", "standalone"], cwd=data, env=env, stdout=log,
-                             stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+                             stderr=subprocess.STDOUT, preexec_fn=supervisor.dies_with_this_thread(signal.SIGKILL))
     stopping = False
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

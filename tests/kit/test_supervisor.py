@@ -105,3 +105,33 @@ def test_a_service_stops_when_its_launcher_is_killed(tmp_path: Path) -> None:
         assert "the launcher is gone: stopping" in (tmp_path / "fake-llm.log").read_text()
     finally:
         launcher.kill()
+
+
+def test_a_local_redis_stops_when_its_launcher_is_killed(tmp_path: Path) -> None:
+    """redis-server cannot watch its launcher: the kernel stops it (PR_SET_PDEATHSIG) when the launcher dies."""
+    launcher_code = (
+        "import time\n"
+        "from pathlib import Path\n"
+        "from weir.kit.redis_local import start_local_redis\n"
+        f"r = start_local_redis(Path({str(tmp_path / 'redis')!r}))\n"
+        "print(r.popen.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    launcher = subprocess.Popen([sys.executable, "-c", launcher_code], stdout=subprocess.PIPE, text=True,
+                                cwd=Path(__file__).resolve().parents[2])
+    try:
+        assert launcher.stdout is not None
+        redis = int(launcher.stdout.readline())
+        assert process_running(redis)
+        launcher.kill()
+        launcher.wait()
+        wait_for(lambda: not process_running(redis), timeout=10)
+    finally:
+        launcher.kill()
+
+
+def test_a_child_started_off_the_main_thread_is_not_tied_to_that_thread() -> None:
+    """PR_SET_PDEATHSIG fires when the starting *thread* ends: from a worker thread it would kill the child early."""
+    assert supervisor.dies_with_this_thread() is not None
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(supervisor.dies_with_this_thread).result() is None

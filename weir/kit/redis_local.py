@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from weir.kit.supervisor import dies_with_this_thread
+
 
 def redis_server_binary() -> str:
     found = shutil.which("redis-server")
@@ -68,7 +70,9 @@ def start_local_redis(data_dir: Path | None = None, port: int = 0, persist: bool
         args += ["--dir", str(data_dir)]
         if persist:
             args[args.index("--save") + 1] = "60 1"
-    popen = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    # Never outlives the process that started it (a killed `weir up` or test run), when started on its main thread.
+    popen = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                             preexec_fn=dies_with_this_thread())
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if redis_answers("127.0.0.1", port):

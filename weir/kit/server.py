@@ -231,13 +231,22 @@ async def wait_for_stop_signal() -> None:
         watch.cancel()
 
 
-def launcher_pid() -> int | None:
-    """The launcher this process must not outlive (WEIR_STOP_WITH_PARENT), when it is this process' parent: None
-    when not started by the supervisor, or when the variable was inherited from a grandparent."""
+def _launcher_from_env() -> int | None:
     raw = os.environ.get(PARENT_ENV, "")
     if raw.isascii() and raw.isdigit() and os.getppid() == int(raw):
         return int(raw)
     return None
+
+
+#: Read when this module loads, early in the process' life, while the launcher still waits for it to be ready
+#: (read later, a launcher killed in between would look like a variable inherited from a grandparent).
+_LAUNCHER = _launcher_from_env()
+
+
+def launcher_pid() -> int | None:
+    """The launcher this process must not outlive (WEIR_STOP_WITH_PARENT), when it was this process' parent at
+    start: None when not started by the supervisor, or when the variable was inherited from a grandparent."""
+    return _LAUNCHER
 
 
 async def _watch_parent(stop: asyncio.Event) -> None:

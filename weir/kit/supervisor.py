@@ -14,7 +14,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -104,6 +104,24 @@ class Launch:
         self.abort()
         rest = [p for p in self.spawned() if all(p is not q for q in ordered)]
         stop_all([*ordered, *rest], timeout)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def dies_with_this_thread(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """A `preexec_fn` for a child that is not a Weir service (redis-server, the Milvus binary), so cannot watch its
+    launcher itself: Linux sends it `sig` when the thread that started it ends, i.e. when this process ends if
+    that is the main thread. None from any other thread (the child would die with a worker thread) or off Linux."""
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+
+    def preexec() -> None:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(sig))
+
+    return preexec
 
 
 def start(
