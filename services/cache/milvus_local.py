@@ -33,7 +33,7 @@ from types import FrameType
 
 from weir.kit import supervisor
 from weir.kit.redis_local import free_port
-from weir.kit.server import launcher_pid, write_ready_file
+from weir.kit.server import launcher_gone, write_ready_file
 
 STOP_GRACE_S = 15.0
 START_TIMEOUT_S = 180.0
@@ -144,11 +144,6 @@ def run(data: Path, port: int) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    launcher = launcher_pid()  # like every service started by the supervisor, never outlive the launcher
-
-    def launcher_gone() -> bool:
-        return launcher is not None and os.getppid() != launcher
-
     deadline = time.monotonic() + START_TIMEOUT_S
     while not healthy(metrics_port):
         if stopping or launcher_gone() or child.poll() is not None or time.monotonic() > deadline:
@@ -159,7 +154,7 @@ def run(data: Path, port: int) -> int:
                      grpc=f"127.0.0.1:{ports['proxy_port']}", uri=uri, pid=child.pid)
     print(f"milvus standalone serving at {uri} (data {data}, pid {child.pid})", flush=True)
     while not stopping and child.poll() is None:
-        if launcher_gone():
+        if launcher_gone():  # like every service started by the supervisor, never outlive the launcher
             print("the launcher is gone: stopping", file=sys.stderr, flush=True)
             break
         time.sleep(0.2)

@@ -29,7 +29,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from weir.kit import metrics, telemetry
+from weir.kit import metrics, supervisor, telemetry
 from weir.kit.config import Port, env
 from weir.kit.errors import WeirError
 from weir.kit.logging import setup_logging
@@ -212,8 +212,6 @@ def install_event_loop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-#: Set by `weir.kit.supervisor.start` to the launcher's pid: the process stops when its launcher is gone.
-PARENT_ENV = "WEIR_STOP_WITH_PARENT"
 PARENT_POLL_S = 0.5
 
 
@@ -232,7 +230,7 @@ async def wait_for_stop_signal() -> None:
 
 
 def _launcher_from_env() -> int | None:
-    raw = os.environ.get(PARENT_ENV, "")
+    raw = os.environ.get(supervisor.PARENT_ENV, "")
     if raw.isascii() and raw.isdigit() and os.getppid() == int(raw):
         return int(raw)
     return None
@@ -243,19 +241,19 @@ def _launcher_from_env() -> int | None:
 _LAUNCHER = _launcher_from_env()
 
 
-def launcher_pid() -> int | None:
-    """The launcher this process must not outlive (WEIR_STOP_WITH_PARENT), when it was this process' parent at
-    start: None when not started by the supervisor, or when the variable was inherited from a grandparent."""
-    return _LAUNCHER
+def launcher_gone() -> bool:
+    """Whether the launcher this process must not outlive (WEIR_STOP_WITH_PARENT, when it was this process' parent
+    at start) has exited: this process has been reparented. Always False when not started by the supervisor, or
+    when the variable was inherited from a grandparent."""
+    return _LAUNCHER is not None and os.getppid() != _LAUNCHER
 
 
 async def _watch_parent(stop: asyncio.Event) -> None:
-    parent = launcher_pid()
-    if parent is None:
+    if _LAUNCHER is None:
         return
     while not stop.is_set():
-        if os.getppid() != parent:  # reparented: the launcher has exited
-            log.warning("the launcher is gone: stopping", extra={"launcher_pid": parent})
+        if launcher_gone():
+            log.warning("the launcher is gone: stopping", extra={"launcher_pid": _LAUNCHER})
             stop.set()
             return
         await asyncio.sleep(PARENT_POLL_S)

@@ -107,6 +107,8 @@ class Launch:
 
 
 _PR_SET_PDEATHSIG = 1
+#: Set by `start` to this process' pid: the child stops once its launcher is gone (`weir.kit.server.launcher_gone`).
+PARENT_ENV = "WEIR_STOP_WITH_PARENT"
 
 
 def dies_with_this_thread(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
@@ -140,8 +142,7 @@ def start(
         raise Aborted(f"start of {name} aborted")
     run_dir = Path(tempfile.mkdtemp(prefix=f"weir-{name}-"))
     ready = run_dir / "ready.json"
-    # The child stops on its own once this process is gone (weir.kit.server.wait_for_stop_signal).
-    child_env = {**os.environ, **(env or {}), "WEIR_READY_FILE": str(ready), "WEIR_STOP_WITH_PARENT": str(os.getpid())}
+    child_env = {**os.environ, **(env or {}), "WEIR_READY_FILE": str(ready), PARENT_ENV: str(os.getpid())}
     log_path: Path | None = None
     out: Any = stdout
     if stdout is None:
