@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -69,3 +72,29 @@ def process_running(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state not in ("Z", "X")
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Polls `condition` until it holds; AssertionError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.01)
+    raise AssertionError("condition not met in time")
+
+
+def kill_launcher(launcher_code: str) -> list[int]:
+    """Runs `launcher_code` in a Python process of its own (from the repository root); the code starts something
+    and prints the pids to watch on one line. Once they are printed and running, the launcher is SIGKILLed (no
+    cleanup of its own runs); returns the pids."""
+    launcher = subprocess.Popen([sys.executable, "-c", launcher_code], stdout=subprocess.PIPE, text=True,
+                                cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert launcher.stdout is not None
+        pids = [int(p) for p in launcher.stdout.readline().split()]
+        assert pids and all(process_running(p) for p in pids)
+    finally:
+        launcher.kill()
+        launcher.wait()
+    return pids

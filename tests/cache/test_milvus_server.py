@@ -4,9 +4,6 @@ HNSW index, one partition per tenant. The server starts once per session."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,7 +12,7 @@ import pytest
 from services.cache.semantic import Row, SemanticTier
 from services.cache.settings import CacheSettings
 from tests.cache.conftest import MODEL_ID, StartCache, chat, check_concurrent_lookups, embedding, near, unit
-from tests.conftest import process_running
+from tests.conftest import kill_launcher, process_running, wait_for
 from weir.cache.v1 import cache_service_pb2 as pb
 from weir.kit.config import load
 
@@ -135,7 +132,7 @@ async def test_a_lookup_does_not_wait_while_the_first_store_creates_the_collecti
 def test_the_bundled_milvus_stops_when_its_launcher_is_killed(tmp_path: Path) -> None:
     """`weir up` (or a test) killed outright leaves no Milvus behind: its launcher process notices that the
     process that started it is gone and stops Milvus, as every service started through the supervisor does."""
-    launcher_code = (
+    pids = kill_launcher(
         "import time\n"
         "from pathlib import Path\n"
         "from services.cache.milvus_local import start_milvus\n"
@@ -143,18 +140,6 @@ def test_the_bundled_milvus_stops_when_its_launcher_is_killed(tmp_path: Path) ->
         "print(p.popen.pid, p.info['pid'], flush=True)\n"
         "time.sleep(300)\n"
     )
-    launcher = subprocess.Popen([sys.executable, "-c", launcher_code], stdout=subprocess.PIPE, text=True,
-                                cwd=Path(__file__).resolve().parents[2])
-    try:
-        assert launcher.stdout is not None
-        pids = [int(p) for p in launcher.stdout.readline().split()]
-        assert len(pids) == 2 and all(process_running(p) for p in pids)  # the Python launcher and Milvus itself
-        launcher.kill()
-        launcher.wait()
-        deadline = time.monotonic() + 45
-        while any(process_running(p) for p in pids) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not any(process_running(p) for p in pids)
-        assert "the launcher is gone: stopping" in (tmp_path / "milvus.log").read_text()
-    finally:
-        launcher.kill()
+    assert len(pids) == 2  # the Python launcher and Milvus itself
+    wait_for(lambda: not any(process_running(p) for p in pids), timeout=45)
+    assert "the launcher is gone: stopping" in (tmp_path / "milvus.log").read_text()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import threading
 import time
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import process_running
+from tests.conftest import kill_launcher, process_running, wait_for
 from weir.kit import supervisor
 
 # A child that never writes its ready file: its start waits until the timeout or an abort.
@@ -19,15 +18,6 @@ NEVER_READY = [sys.executable, "-c", "import time; time.sleep(120)"]
 # A child that is ready at once.
 READY = [sys.executable, "-c",
          "import os, time; open(os.environ['WEIR_READY_FILE'], 'w').write('{}'); time.sleep(120)"]
-
-
-def wait_for(condition: object, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if callable(condition) and condition():
-            return
-        time.sleep(0.01)
-    raise AssertionError("condition not met in time")
 
 
 def test_abort_stops_a_start_still_waiting_in_another_thread(tmp_path: Path) -> None:
@@ -84,8 +74,8 @@ def test_a_start_without_a_launch_is_unchanged(tmp_path: Path) -> None:
 def test_a_service_stops_when_its_launcher_is_killed(tmp_path: Path) -> None:
     """A launcher that dies without cleaning up (SIGKILL) leaves no service behind: each one started through the
     supervisor watches its launcher and stops gracefully once it is gone."""
-    launcher_code = (
-        "import sys, time\n"
+    [child] = kill_launcher(
+        "import time\n"
         "from pathlib import Path\n"
         "from weir.kit import supervisor\n"
         f"p = supervisor.start('fake-llm', supervisor.python_module('weir.fakellm', '--port', '0'), "
@@ -93,23 +83,13 @@ def test_a_service_stops_when_its_launcher_is_killed(tmp_path: Path) -> None:
         "print(p.popen.pid, flush=True)\n"
         "time.sleep(120)\n"
     )
-    launcher = subprocess.Popen([sys.executable, "-c", launcher_code], stdout=subprocess.PIPE, text=True,
-                                cwd=Path(__file__).resolve().parents[2])
-    try:
-        assert launcher.stdout is not None
-        child = int(launcher.stdout.readline())
-        assert process_running(child)
-        launcher.kill()
-        launcher.wait()
-        wait_for(lambda: not process_running(child), timeout=15)
-        assert "the launcher is gone: stopping" in (tmp_path / "fake-llm.log").read_text()
-    finally:
-        launcher.kill()
+    wait_for(lambda: not process_running(child), timeout=15)
+    assert "the launcher is gone: stopping" in (tmp_path / "fake-llm.log").read_text()
 
 
 def test_a_local_redis_stops_when_its_launcher_is_killed(tmp_path: Path) -> None:
     """redis-server cannot watch its launcher: the kernel stops it (PR_SET_PDEATHSIG) when the launcher dies."""
-    launcher_code = (
+    [redis] = kill_launcher(
         "import time\n"
         "from pathlib import Path\n"
         "from weir.kit.redis_local import start_local_redis\n"
@@ -117,17 +97,7 @@ def test_a_local_redis_stops_when_its_launcher_is_killed(tmp_path: Path) -> None
         "print(r.popen.pid, flush=True)\n"
         "time.sleep(120)\n"
     )
-    launcher = subprocess.Popen([sys.executable, "-c", launcher_code], stdout=subprocess.PIPE, text=True,
-                                cwd=Path(__file__).resolve().parents[2])
-    try:
-        assert launcher.stdout is not None
-        redis = int(launcher.stdout.readline())
-        assert process_running(redis)
-        launcher.kill()
-        launcher.wait()
-        wait_for(lambda: not process_running(redis), timeout=10)
-    finally:
-        launcher.kill()
+    wait_for(lambda: not process_running(redis), timeout=10)
 
 
 def test_a_child_started_off_the_main_thread_is_not_tied_to_that_thread() -> None:
