@@ -161,13 +161,18 @@ def report(name: str, result: tuple[list[int], Counter[str]]) -> str:
     return row(name, samples) + "   " + " ".join(f"{k}={v}" for k, v in sorted(outcomes.items()))
 
 
+def hit_requests(size: int, n: int, rng: np.random.Generator) -> list[pb.LookupSemanticRequest]:
+    """`n` semantic hits (a paraphrase and a near vector of a stored entry), each of a different entry while the
+    tier holds enough, so that no hit is answered by the judge's LRU (a repeated paraphrase would be)."""
+    targets = [int(t) for t in rng.choice(size, size=n, replace=size < n)]
+    return [pb.LookupSemanticRequest(tenant=TENANT, request=request(paraphrase(t)),
+                                     embedding=embedding(near(vector_of(t), 0.95, rng))) for t in targets]
+
+
 async def measure(stub: pb_grpc.CacheServiceAsyncStub, size: int, rpc_filled: int, lookups: int,
                   rng: np.random.Generator) -> list[int]:
     """Times each lookup kind over prebuilt requests (so only the call is timed); returns the semantic hits'."""
-    # distinct entries, so that no hit is answered by the judge's LRU (a repeated paraphrase would be)
-    targets = [int(t) for t in rng.choice(size, size=lookups + 50, replace=size < lookups + 50)]
-    sem_hits = [pb.LookupSemanticRequest(tenant=TENANT, request=request(paraphrase(t)),
-                                         embedding=embedding(near(vector_of(t), 0.95, rng))) for t in targets]
+    sem_hits = hit_requests(size, lookups + 50, rng)
     sem_misses = [pb.LookupSemanticRequest(tenant=TENANT, request=request(f"Unrelated question {i}?"),
                                            embedding=embedding(v)) for i, v in enumerate(unit_rows(1, size, lookups))]
     exact_targets = [int(t) for t in rng.integers(0, rpc_filled, size=lookups)]
@@ -194,9 +199,7 @@ async def compare_judge(stubs: dict[str, pb_grpc.CacheServiceAsyncStub], size: i
     """Semantic hits through two cache processes on the same collection, one asking the judge and one not,
     interleaved in blocks of 50 lookups so that the machine's moods (Milvus compacting, other jobs) fall on
     both alike: what the judge adds to a hit."""
-    targets = [int(t) for t in rng.choice(size, size=lookups * len(stubs), replace=size < lookups * len(stubs))]
-    reqs = [pb.LookupSemanticRequest(tenant=TENANT, request=request(paraphrase(t)),
-                                     embedding=embedding(near(vector_of(t), 0.95, rng))) for t in targets]
+    reqs = hit_requests(size, lookups * len(stubs), rng)
     results: dict[str, tuple[list[int], Counter[str]]] = {name: ([], Counter()) for name in stubs}
     block, k = 50, 0
     while k < len(reqs):
