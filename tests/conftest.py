@@ -65,15 +65,6 @@ def start_service(tmp_path: Path) -> Iterator[StartService]:
     supervisor.stop_all(started)
 
 
-def process_running(pid: int) -> bool:
-    """Whether `pid` is a live process (an exited one not yet reaped counts as gone)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
 def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
     """Polls `condition` until it holds; AssertionError after `timeout` seconds."""
     deadline = time.monotonic() + timeout
@@ -93,7 +84,7 @@ def kill_launcher(launcher_code: str) -> list[int]:
     try:
         assert launcher.stdout is not None
         pids = [int(p) for p in launcher.stdout.readline().split()]
-        assert pids and all(process_running(p) for p in pids)
+        assert pids and all(supervisor.process_running(p) for p in pids)
     finally:
         launcher.kill()
         launcher.wait()

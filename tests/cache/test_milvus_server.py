@@ -12,8 +12,9 @@ import pytest
 from services.cache.semantic import Row, SemanticTier
 from services.cache.settings import CacheSettings
 from tests.cache.conftest import MODEL_ID, StartCache, chat, check_concurrent_lookups, embedding, near, unit
-from tests.conftest import kill_launcher, process_running, wait_for
+from tests.conftest import kill_launcher, wait_for
 from weir.cache.v1 import cache_service_pb2 as pb
+from weir.kit import supervisor
 from weir.kit.config import load
 
 
@@ -141,5 +142,5 @@ def test_the_bundled_milvus_stops_when_its_launcher_is_killed(tmp_path: Path) ->
         "time.sleep(300)\n"
     )
     assert len(pids) == 2  # the Python launcher and Milvus itself
-    wait_for(lambda: not any(process_running(p) for p in pids), timeout=45)
+    wait_for(lambda: not any(supervisor.process_running(p) for p in pids), timeout=45)
     assert "the launcher is gone: stopping" in (tmp_path / "milvus.log").read_text()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import threading
 import time
@@ -10,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import kill_launcher, process_running, wait_for
+from tests.conftest import kill_launcher, wait_for
 from weir.kit import supervisor
 
 # A child that never writes its ready file: its start waits until the timeout or an abort.
@@ -83,8 +85,48 @@ def test_a_service_stops_when_its_launcher_is_killed(tmp_path: Path) -> None:
         "print(p.popen.pid, flush=True)\n"
         "time.sleep(120)\n"
     )
-    wait_for(lambda: not process_running(child), timeout=15)
+    wait_for(lambda: not supervisor.process_running(child), timeout=15)
     assert "the launcher is gone: stopping" in (tmp_path / "fake-llm.log").read_text()
+
+
+def _fake_llm(tmp_path: Path, launcher_pid: int) -> tuple[subprocess.Popen[bytes], Path]:
+    """fake-llm started directly with WEIR_STOP_WITH_PARENT naming `launcher_pid` (not this process)."""
+    log = tmp_path / "fake-llm.log"
+    env = {**os.environ, supervisor.PARENT_ENV: str(launcher_pid), "WEIR_READY_FILE": str(tmp_path / "ready")}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(supervisor.python_module("weir.fakellm", "--port", "0"), env=env, stdout=out,
+                                stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[2])
+    return proc, log
+
+
+def test_a_service_whose_launcher_died_before_it_loaded_stops(tmp_path: Path) -> None:
+    """A launcher killed while the service was still importing: the service was reparented before it could
+    compare its parent with the variable, and must still notice."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    proc, log = _fake_llm(tmp_path, gone.pid)
+    try:
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+    assert "the launcher is gone: stopping" in log.read_text()
+
+
+def test_a_variable_inherited_from_a_running_grandparent_is_ignored(tmp_path: Path) -> None:
+    """WEIR_STOP_WITH_PARENT naming a live process that is not the parent (inherited through a process that did
+    not start the service through the supervisor) does not stop the service."""
+    other = subprocess.Popen(["sleep", "60"])
+    proc, log = _fake_llm(tmp_path, other.pid)
+    try:
+        wait_for(lambda: (tmp_path / "ready").exists(), timeout=30)
+        time.sleep(1.5)  # three polls of the launcher
+        assert proc.poll() is None, log.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+        other.kill()
+        other.wait()
+    assert "the launcher is gone" not in log.read_text()
 
 
 def test_a_local_redis_stops_when_its_launcher_is_killed(tmp_path: Path) -> None:
@@ -97,7 +139,7 @@ def test_a_local_redis_stops_when_its_launcher_is_killed(tmp_path: Path) -> None
         "print(r.popen.pid, flush=True)\n"
         "time.sleep(120)\n"
     )
-    wait_for(lambda: not process_running(redis), timeout=10)
+    wait_for(lambda: not supervisor.process_running(redis), timeout=10)
 
 
 def test_a_child_started_off_the_main_thread_is_not_tied_to_that_thread() -> None:

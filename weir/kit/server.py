@@ -231,20 +231,25 @@ async def wait_for_stop_signal() -> None:
 
 def _launcher_from_env() -> int | None:
     raw = os.environ.get(supervisor.PARENT_ENV, "")
-    if raw.isascii() and raw.isdigit() and os.getppid() == int(raw):
-        return int(raw)
-    return None
+    if not (raw.isascii() and raw.isdigit()):
+        return None
+    pid = int(raw)
+    if os.getppid() == pid or not supervisor.process_running(pid):
+        # The launcher, or a launcher that died before this module loaded: this process is already reparented.
+        return pid
+    return None  # alive and not this process' parent: the variable was inherited from a grandparent
 
 
 #: Read when this module loads, early in the process' life, while the launcher still waits for it to be ready
-#: (read later, a launcher killed in between would look like a variable inherited from a grandparent).
+#: (read later, a launcher killed in between could not be told from a variable inherited from a grandparent
+#: whose pid was reused).
 _LAUNCHER = _launcher_from_env()
 
 
 def launcher_gone() -> bool:
     """Whether the launcher this process must not outlive (WEIR_STOP_WITH_PARENT, when it was this process' parent
-    at start) has exited: this process has been reparented. Always False when not started by the supervisor, or
-    when the variable was inherited from a grandparent."""
+    at start, or was already gone then) has exited: this process has been reparented. Always False when not
+    started by the supervisor, or when the variable was inherited from a grandparent that is still running."""
     return _LAUNCHER is not None and os.getppid() != _LAUNCHER
 
 

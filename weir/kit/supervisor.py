@@ -111,6 +111,15 @@ _PR_SET_PDEATHSIG = 1
 PARENT_ENV = "WEIR_STOP_WITH_PARENT"
 
 
+def process_running(pid: int) -> bool:
+    """Whether `pid` is a live process (one that has exited but is not yet reaped counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
 def dies_with_this_thread(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
     """A `preexec_fn` for a child that is not a Weir service (redis-server, the Milvus binary), so cannot watch its
     launcher itself: Linux sends it `sig` when the thread that started it ends, i.e. when this process ends if
