@@ -68,10 +68,12 @@ moves the strong share linearly between it and the extremes.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -222,32 +224,14 @@ class Scorer:
     @classmethod
     def load(cls, path: Path) -> Scorer:
         """Reads an artefact written by `save` (or by a trainer following the documented format)."""
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                missing = [k for k in _KEYS if k not in z.files]
-                if missing:
-                    raise ScorerFormatError(f"{path}: not a router scorer, missing {missing}")
-                fmt = str(z["format"])
-                if fmt != FORMAT:
-                    raise ScorerFormatError(f"{path}: format {fmt!r}, expected {FORMAT!r}")
-                names = tuple(str(n) for n in z["scalar_names"])
-                if names != SCALAR_FEATURES:
-                    raise ScorerFormatError(
-                        f"{path}: scalar features {list(names)}, this router computes {list(SCALAR_FEATURES)}"
-                    )
-                return cls(
-                    z["embedding_weights"],
-                    z["scalar_weights"],
-                    float(z["bias"]),
-                    embedding_model_id=str(z["embedding_model_id"]),
-                    description=str(z["description"]),
-                )
-        except FileNotFoundError as exc:
-            raise ScorerFormatError(f"scorer artefact {path} does not exist") from exc
-        except ScorerFormatError:
-            raise
-        except (OSError, ValueError) as exc:
-            raise ScorerFormatError(f"{path}: cannot read scorer artefact: {exc}") from exc
+        with _artefact(path, _KEYS, FORMAT) as z:
+            return cls(
+                z["embedding_weights"],
+                z["scalar_weights"],
+                float(z["bias"]),
+                embedding_model_id=str(z["embedding_model_id"]),
+                description=str(z["description"]),
+            )
 
 
 class GainScorer:
@@ -384,45 +368,49 @@ class GainScorer:
     @classmethod
     def load(cls, path: Path) -> GainScorer:
         """Reads a format-2 artefact written by `save`."""
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                missing = [k for k in _GAIN_KEYS if k not in z.files]
-                if missing:
-                    raise ScorerFormatError(f"{path}: not a router scorer, missing {missing}")
+        with _artefact(path, _GAIN_KEYS, GAIN_FORMAT) as z:
+            heads = tuple(str(n) for n in z["head_names"])
+            if heads != GAIN_HEADS:
+                raise ScorerFormatError(f"{path}: heads {list(heads)}, expected {list(GAIN_HEADS)}")
+            return cls(
+                z["embedding_weights"], z["scalar_weights"], z["bias"], z["gain_scalar_weights"],
+                z["calibration_gain"], z["calibration_probability"],
+                embedding_model_id=str(z["embedding_model_id"]), name=str(z["name"]),
+                description=str(z["description"]), metadata=str(z["metadata"]),
+            )
+
+
+@contextlib.contextmanager
+def _artefact(path: Path, keys: tuple[str, ...] = (), expected_format: str = "") -> Iterator[Any]:
+    """The artefact's arrays, once it holds `keys`, is of `expected_format` and names the scalar features this
+    router computes (each checked when given); any failure to read it, in here or in the block, is a
+    ScorerFormatError naming the file."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in keys if k not in z.files]
+            if missing:
+                raise ScorerFormatError(f"{path}: not a router scorer, missing {missing}")
+            if expected_format:
                 fmt = str(z["format"])
-                if fmt != GAIN_FORMAT:
-                    raise ScorerFormatError(f"{path}: format {fmt!r}, expected {GAIN_FORMAT!r}")
+                if fmt != expected_format:
+                    raise ScorerFormatError(f"{path}: format {fmt!r}, expected {expected_format!r}")
                 names = tuple(str(n) for n in z["scalar_names"])
                 if names != SCALAR_FEATURES:
                     raise ScorerFormatError(
-                        f"{path}: scalar features {list(names)}, this router computes {list(SCALAR_FEATURES)}"
-                    )
-                heads = tuple(str(n) for n in z["head_names"])
-                if heads != GAIN_HEADS:
-                    raise ScorerFormatError(f"{path}: heads {list(heads)}, expected {list(GAIN_HEADS)}")
-                return cls(
-                    z["embedding_weights"], z["scalar_weights"], z["bias"], z["gain_scalar_weights"],
-                    z["calibration_gain"], z["calibration_probability"],
-                    embedding_model_id=str(z["embedding_model_id"]), name=str(z["name"]),
-                    description=str(z["description"]), metadata=str(z["metadata"]),
-                )
-        except FileNotFoundError as exc:
-            raise ScorerFormatError(f"scorer artefact {path} does not exist") from exc
-        except ScorerFormatError:
-            raise
-        except (OSError, ValueError) as exc:
-            raise ScorerFormatError(f"{path}: cannot read scorer artefact: {exc}") from exc
+                        f"{path}: scalar features {list(names)}, this router computes {list(SCALAR_FEATURES)}")
+            yield z
+    except FileNotFoundError as exc:
+        raise ScorerFormatError(f"scorer artefact {path} does not exist") from exc
+    except ScorerFormatError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise ScorerFormatError(f"{path}: cannot read scorer artefact: {exc}") from exc
 
 
 def load_scorer(path: Path) -> Scorer | GainScorer:
     """Reads a scorer artefact of either format (1: `Scorer`, 2: `GainScorer`)."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            fmt = str(z["format"]) if "format" in z.files else ""
-    except FileNotFoundError as exc:
-        raise ScorerFormatError(f"scorer artefact {path} does not exist") from exc
-    except (OSError, ValueError) as exc:
-        raise ScorerFormatError(f"{path}: cannot read scorer artefact: {exc}") from exc
+    with _artefact(path) as z:
+        fmt = str(z["format"]) if "format" in z.files else ""
     if fmt == GAIN_FORMAT:
         return GainScorer.load(path)
     return Scorer.load(path)  # format 1, or the error naming what is wrong
