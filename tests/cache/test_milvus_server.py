@@ -4,6 +4,9 @@ HNSW index, one partition per tenant. The server starts once per session."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -144,3 +147,38 @@ def test_the_bundled_milvus_stops_when_its_launcher_is_killed(tmp_path: Path) ->
     assert len(pids) == 2  # the Python launcher and Milvus itself
     wait_for(lambda: not any(supervisor.process_running(p) for p in pids), timeout=45)
     assert "the launcher is gone: stopping" in (tmp_path / "milvus.log").read_text()
+
+
+def test_the_bundled_milvus_starts_again_when_a_port_it_chose_is_taken_first(tmp_path: Path) -> None:
+    """Milvus binds its dozen ports one component at a time, seconds after they were chosen: a port taken
+    meanwhile made it panic ("address already in use") and `weir up` fail. The launcher now starts it again on
+    new ports. Here the first choice includes a port the launcher itself holds."""
+    ready = tmp_path / "ready"
+    code = (
+        "import socket, sys\n"
+        "from pathlib import Path\n"
+        "import services.cache.milvus_local as m\n"
+        "real = m.free_ports_outside_ephemeral\n"
+        "held = socket.socket(); held.bind(('127.0.0.1', 0)); held.listen()\n"
+        "calls = []\n"
+        "def first_taken(n):\n"
+        "    ports = real(n)\n"
+        "    calls.append(n)\n"
+        "    if len(calls) == 1:\n"
+        "        ports[3] = held.getsockname()[1]  # the query coordinator's\n"
+        "    return ports\n"
+        "m.free_ports_outside_ephemeral = first_taken\n"
+        f"sys.exit(m.run(Path({str(tmp_path / 'milvus')!r}), 0))\n"
+    )
+    log = tmp_path / "launcher.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "WEIR_READY_FILE": str(ready)},
+                                stdout=out, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[2])
+    try:
+        wait_for(lambda: ready.exists() or proc.poll() is not None, timeout=120)
+        assert ready.exists(), log.read_text()
+        assert "starting again (1)" in log.read_text()
+        assert b"address already in use" in (tmp_path / "milvus" / "logs" / "milvus.out").read_bytes()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -13,15 +13,16 @@ import httpx
 import openai
 import pytest
 
-from weir.kit.redis_local import LocalRedis, free_port
+from weir.kit.redis_local import LocalRedis, free_ports_outside_ephemeral
 
 pytestmark = pytest.mark.integration
 
 
 def test_weir_up_serves_openai_clients_and_stops_cleanly(tmp_path: Path, redis_server: LocalRedis,
                                                         model_dir: Path) -> None:
-    ports = {name: free_port() for name in ("EMBEDDER", "CACHE", "ROUTER", "REASONER", "GATEWAY")}
-    http_port, fake_port = free_port(), free_port()
+    # Outside the ephemeral range: the bundled Milvus starts first, and its outgoing connections could take one.
+    *chosen, http_port, fake_port = free_ports_outside_ephemeral(7)
+    ports = dict(zip(("EMBEDDER", "CACHE", "ROUTER", "REASONER", "GATEWAY"), chosen, strict=True))
     env = {**os.environ, "WEIR_STATE_DIR": str(tmp_path / "state"), "WEIR_REDIS_URL": redis_server.url,
            "WEIR_GATEWAY_HTTP_PORT": str(http_port), "WEIR_FAKE_LLM_PORT": str(fake_port),
            "WEIR_REDIS_PREFIX": "weir-up-test:", "WEIR_CACHE_REDIS_PREFIX": "weir-up-test:", "COLUMNS": "200",
@@ -92,9 +93,10 @@ def test_sigterm_during_start_up_stops_every_process_started_so_far(tmp_path: Pa
     """A stop asked for while the services are still starting (in `weir up`'s start-up threads) leaves nothing
     running: not the ones already up, not the ones still loading."""
     state = tmp_path / "state"
-    ports = {name: free_port() for name in ("EMBEDDER", "CACHE", "ROUTER", "REASONER", "GATEWAY")}
+    *chosen, http_port, fake_port = free_ports_outside_ephemeral(7)
+    ports = dict(zip(("EMBEDDER", "CACHE", "ROUTER", "REASONER", "GATEWAY"), chosen, strict=True))
     env = {**os.environ, "WEIR_STATE_DIR": str(state), "WEIR_REDIS_URL": redis_server.url,
-           "WEIR_GATEWAY_HTTP_PORT": str(free_port()), "WEIR_FAKE_LLM_PORT": str(free_port()),
+           "WEIR_GATEWAY_HTTP_PORT": str(http_port), "WEIR_FAKE_LLM_PORT": str(fake_port),
            "WEIR_REDIS_PREFIX": "weir-up-test:", "WEIR_CACHE_REDIS_PREFIX": "weir-up-test:",
            **{f"WEIR_{n}_PORT": str(p) for n, p in ports.items()}}
     env.pop("WEIR_CONFIG", None)

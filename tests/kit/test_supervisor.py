@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -14,6 +15,7 @@ import pytest
 
 from tests.conftest import kill_launcher, wait_for
 from weir.kit import supervisor
+from weir.kit.redis_local import free_ports_outside_ephemeral
 
 # A child that never writes its ready file: its start waits until the timeout or an abort.
 NEVER_READY = [sys.executable, "-c", "import time; time.sleep(120)"]
@@ -147,3 +149,12 @@ def test_a_child_started_off_the_main_thread_is_not_tied_to_that_thread() -> Non
     assert supervisor.dies_with_this_thread() is not None
     with ThreadPoolExecutor(1) as pool:
         assert pool.submit(supervisor.dies_with_this_thread).result() is None
+
+
+def test_ports_outside_the_ephemeral_range_are_free_distinct_and_not_ephemeral() -> None:
+    low, _ = [int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()]
+    ports = free_ports_outside_ephemeral(12)
+    assert len(set(ports)) == 12 and all(1024 <= p < low for p in ports)
+    for port in ports:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))

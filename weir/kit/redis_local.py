@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
@@ -31,6 +32,36 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def free_ports_outside_ephemeral(n: int, host: str = "127.0.0.1") -> list[int]:
+    """`n` distinct ports free now, none in the kernel's ephemeral range, for a server that binds them some
+    seconds later (the bundled Milvus: a dozen ports, bound one component at a time). A port from `free_port`
+    is drawn from the ephemeral range, where any outgoing connection may take it meanwhile; these can only be
+    taken by another server that chose the same port."""
+    low, _ = _ephemeral_range()
+    first = 10000 if low > 20000 else 1024
+    rng = random.Random()
+    ports: list[int] = []
+    while len(ports) < n:
+        port = rng.randrange(first, low)
+        if port in ports:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        ports.append(port)
+    return ports
 
 
 def redis_answers(host: str, port: int, timeout: float = 0.3) -> bool:
