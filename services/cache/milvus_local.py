@@ -145,10 +145,8 @@ def run(data: Path, port: int) -> int:
         print(f"milvus lost a port to another process before binding it; starting again ({attempt})",
               file=sys.stderr, flush=True)
         child.wait()
-    while not healthy(metrics_port):
-        if stopping or launcher_gone() or child.poll() is not None or time.monotonic() > deadline:
-            return _stop(child, "did not become healthy")
-        time.sleep(0.2)
+    if not healthy(metrics_port):  # stopped, launcher gone, Milvus exited or past the deadline
+        return _stop(child, "did not become healthy")
     uri = f"http://127.0.0.1:{ports['proxy_port']}"
     write_ready_file(Path(os.environ["WEIR_READY_FILE"]) if os.environ.get("WEIR_READY_FILE") else None,
                      grpc=f"127.0.0.1:{ports['proxy_port']}", uri=uri, pid=child.pid)

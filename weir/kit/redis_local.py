@@ -34,12 +34,12 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def _ephemeral_range() -> tuple[int, int]:
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (where port 0 and outgoing connections draw from)."""
     try:
-        low, high = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
-        return low, high
-    except (OSError, ValueError):
-        return 32768, 60999  # Linux's default
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 def free_ports_outside_ephemeral(n: int, host: str = "127.0.0.1") -> list[int]:
@@ -47,7 +47,7 @@ def free_ports_outside_ephemeral(n: int, host: str = "127.0.0.1") -> list[int]:
     seconds later (the bundled Milvus: a dozen ports, bound one component at a time). A port from `free_port`
     is drawn from the ephemeral range, where any outgoing connection may take it meanwhile; these can only be
     taken by another server that chose the same port."""
-    low, _ = _ephemeral_range()
+    low = _ephemeral_low()
     first = 10000 if low > 20000 else 1024
     rng = random.Random()
     ports: list[int] = []
