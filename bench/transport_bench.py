@@ -7,9 +7,11 @@ and after a timed run, so the figures are CPU-ms per call on each side, the meas
 
 - **gRPC**: a grpc.aio server with the mesh's options (`weir.kit.server.GRPC_OPTIONS`) echoing a 1,600-byte
   message (the size of a request that carries a 384-d embedding), called by a grpc.aio client, one call at a
-  time (c=1) and 16 at once (c=16): a unary call per message, as every hop of the mesh makes today, against
-  messages written and read on a bidirectional stream opened once per client task (ping-pong), the transport a
-  multiplexed hop would use. No interceptors, no proto: the transport's floor.
+  time (c=1) and 16 at once (c=16): a unary call per message, as every hop of the mesh made before weir.kit.mux,
+  against messages written and read on a bidirectional stream opened once per client task (ping-pong), the
+  transport a multiplexed hop uses. No interceptors, no proto: the transport's floor. Third, `weir mux call`: the
+  mesh's own multiplexed unary call (`weir.kit.mux`: envelope, ids, deadline timer, batched writes) to the same
+  echo, one shared stream for all client tasks.
 - **HTTP server**: one chat-completions-shaped POST (orjson in and out) on aiohttp's server (the REST bridge's),
   and, when installed, uvicorn with httptools and granian (RSGI and ASGI). Driven by an aiohttp client.
 - **HTTP client**: aiohttp's client (the reasoner's) and, when installed, httpx, against an aiohttp server.
@@ -38,7 +40,9 @@ import grpc
 import orjson
 
 from bench.measure import cpu_seconds
+from weir.kit.mux import MuxChannel, MuxServicer
 from weir.kit.server import GRPC_OPTIONS
+from weir.mux.v1 import mux_service_pb2_grpc
 
 GRPC_PAYLOAD = os.urandom(1600)
 CHAT_BODY = orjson.dumps({"model": "m", "temperature": 0,
@@ -96,10 +100,14 @@ async def _grpc_server(port: int) -> None:
             yield message
 
     server = grpc.aio.server(options=GRPC_OPTIONS)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench.Echo", {
+    handlers = {
         "Unary": grpc.unary_unary_rpc_method_handler(unary, _ident, _ident),
         "Stream": grpc.stream_stream_rpc_method_handler(stream, _ident, _ident),
-    }),))
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench.Echo", handlers),))
+    multiplexed = MuxServicer()  # the mesh's multiplexed unary calls, to the same echo
+    multiplexed.add("bench.Echo", handlers)
+    mux_service_pb2_grpc.add_MuxServiceServicer_to_server(multiplexed, server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     await server.wait_for_termination()
@@ -212,12 +220,13 @@ async def _timed(server: _Server, calls: int, concurrency: int,
 async def grpc_rows(calls: int) -> list[Row]:
     rows = []
     async with _Server("grpc") as server:
-        for mode in ("unary call", "stream message"):
+        for mode in ("unary call", "stream message", "weir mux call"):
             for conc in (1, 16):
                 channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}", options=GRPC_OPTIONS)
                 unary = channel.unary_unary("/bench.Echo/Unary", _ident, _ident)
                 open_stream = channel.stream_stream("/bench.Echo/Stream", _ident, _ident)
                 streams: dict[int, Any] = {}
+                mux = MuxChannel(f"127.0.0.1:{server.port}")
 
                 async def one_unary(unary: Any = unary) -> None:
                     await unary(GRPC_PAYLOAD)
@@ -231,10 +240,16 @@ async def grpc_rows(calls: int) -> list[Row]:
                     await call.write(GRPC_PAYLOAD)
                     await call.read()
 
-                client, srv, rate = await _timed(server, calls, conc,
-                                                 one_unary if mode == "unary call" else one_stream)
+                async def one_mux(mux: MuxChannel = mux) -> None:
+                    await mux.call("/bench.Echo/Unary", GRPC_PAYLOAD)
+
+                modes: dict[str, Callable[[], Awaitable[None]]] = {
+                    "unary call": one_unary, "stream message": one_stream, "weir mux call": one_mux}
+                one = modes[mode]
+                client, srv, rate = await _timed(server, calls, conc, one)
                 for call in streams.values():
                     call.cancel()
+                await mux.close()
                 await channel.close()
                 rows.append((mode, conc, client, srv, rate))
     return rows
@@ -305,9 +320,10 @@ def _print(title: str, rows: list[tuple[int, Row]]) -> None:
 
 async def run(calls: int, rounds: int, only: str | None) -> None:
     notes: list[str] = []
-    tables: dict[str, list[tuple[int, Row]]] = {"gRPC: a unary call per message, or messages on one open stream": [],
-                                    "HTTP servers (chat-completions-shaped POST, aiohttp client)": [],
-                                    "HTTP clients (against aiohttp's server)": []}
+    tables: dict[str, list[tuple[int, Row]]] = {
+        "gRPC: a unary call per message, messages on one open stream, or weir.kit.mux calls": [],
+        "HTTP servers (chat-completions-shaped POST, aiohttp client)": [],
+        "HTTP clients (against aiohttp's server)": []}
     titles = list(tables)
     for rnd in range(1, rounds + 1):
         if only in (None, "grpc"):

@@ -35,7 +35,7 @@ from services.cache.settings import CacheSettings
 from weir.embedder.v1 import embedder_service_pb2 as embedder_pb
 from weir.embedder.v1 import embedder_service_pb2_grpc as embedder_grpc
 from weir.kit import metrics
-from weir.kit.clients import open_channel
+from weir.kit.clients import ServiceClient
 from weir.kit.errors import parse_rpc_error
 from weir.kit.lru import LruCache, text_key
 
@@ -156,21 +156,24 @@ class JudgeClient:
     same cached one again, which is what a popular paraphrase does."""
 
     def __init__(self, addr: str, timeout_s: float, lru_size: int = 4096,
-                 reading: embedder_pb.PairReading.ValueType = embedder_pb.PAIR_READING_BOTH) -> None:
+                 reading: embedder_pb.PairReading.ValueType = embedder_pb.PAIR_READING_BOTH,
+                 mux: bool = False) -> None:
         self.addr = addr
+        self.mux = mux
         self.timeout_s = timeout_s
         self.reading = reading
         self._lru: LruCache[float] = LruCache(lru_size)
         self._judge_id = ""
-        self._channel: grpc.aio.Channel | None = None
+        self._service: ServiceClient | None = None
         self._stub: embedder_grpc.EmbedderServiceStub | None = None
         self._down_until = 0.0
         self._down_reason = ""
 
     def _client(self) -> embedder_grpc.EmbedderServiceStub:
         if self._stub is None:
-            self._channel = open_channel(self.addr)
-            self._stub = embedder_grpc.EmbedderServiceStub(self._channel)
+            self._service = ServiceClient(self.addr, self.mux)
+            self._stub = self._service.stub(embedder_grpc.EmbedderServiceStub,
+                                           embedder_pb.DESCRIPTOR.services_by_name["EmbedderService"])
         return self._stub
 
     async def score(self, pairs: Sequence[tuple[str, str]]) -> Scores:
@@ -221,5 +224,5 @@ class JudgeClient:
         return Scores(tuple(v for v in scores if v is not None), resp.judge_id)
 
     async def close(self) -> None:
-        if self._channel is not None:
-            await self._channel.close()
+        if self._service is not None:
+            await self._service.close()

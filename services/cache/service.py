@@ -142,7 +142,7 @@ class CacheService(pb_grpc.CacheServiceServicer):
         verifier.set_analysis_cache(settings.verifier_cache_texts)
         self.policy = judge.Policy.from_settings(settings)
         self.judge = JudgeClient(settings.embedder_addr, settings.judge_timeout_s, settings.judge_lru,
-                                 self.policy.pair_reading) if settings.judge else None
+                                 self.policy.pair_reading, settings.clients.mux) if settings.judge else None
         self._counters: dict[str, Counters] = {}
         self._maintenance: asyncio.Task[None] | None = None
         self._entries_at = 0.0

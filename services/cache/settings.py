@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field
 
 from services.cache.checks import CHECK_NAMES, NEVER_OVERRULED
+from weir.kit.clients import ClientSettings
 from weir.kit.config import Port, env, load, state_dir
 from weir.kit.server import ServerSettings
 
@@ -107,6 +108,7 @@ class CacheSettings:
                          help="recent (question, cached question) scores kept; 0: ask the judge every time")
     hnsw_ef: int = env("WEIR_CACHE_HNSW_EF", 128,
                        help="HNSW search breadth (64 misses ~10% of near neighbours at 100k random 384-d rows)")
+    clients: ClientSettings = field(default_factory=lambda: load(ClientSettings))
     server: ServerSettings = field(default_factory=lambda: load(ServerSettings))
 
     @property

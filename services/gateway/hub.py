@@ -41,7 +41,7 @@ from weir.embedder.v1 import embedder_service_pb2_grpc as embedder_grpc
 from weir.gateway.v1 import gateway_service_pb2 as gateway_pb
 from weir.kit import semconv as sc
 from weir.kit import telemetry
-from weir.kit.clients import open_channel
+from weir.kit.clients import ServiceClient
 from weir.kit.errors import parse_rpc_error
 from weir.reasoner.v1 import reasoner_service_pb2 as reasoner_pb
 from weir.reasoner.v1 import reasoner_service_pb2_grpc as reasoner_grpc
@@ -157,26 +157,31 @@ class Hub:
         self.counter = counter
         self.exact_reader = exact  # reads the exact tier from Redis directly (else LookupExact over gRPC)
         self.deadlines = settings.deadlines
-        self._channels = {
-            name: open_channel(addr)
+        mux = settings.clients.mux
+        self._clients = {
+            name: ServiceClient(addr, mux)
             for name, addr in (("embedder", settings.embedder_addr), ("cache", settings.cache_addr),
                                ("router", settings.router_addr), ("reasoner", settings.reasoner_addr))
         }
-        self.embedder = embedder_grpc.EmbedderServiceStub(self._channels["embedder"])
-        self.cache = cache_grpc.CacheServiceStub(self._channels["cache"])
-        self.router = router_grpc.RouterServiceStub(self._channels["router"])
-        self.reasoner = reasoner_grpc.ReasonerServiceStub(self._channels["reasoner"])
+        self.embedder = self._clients["embedder"].stub(
+            embedder_grpc.EmbedderServiceStub, embedder_pb.DESCRIPTOR.services_by_name["EmbedderService"])
+        self.cache = self._clients["cache"].stub(
+            cache_grpc.CacheServiceStub, cache_pb.DESCRIPTOR.services_by_name["CacheService"])
+        self.router = self._clients["router"].stub(
+            router_grpc.RouterServiceStub, router_pb.DESCRIPTOR.services_by_name["RouterService"])
+        self.reasoner = self._clients["reasoner"].stub(
+            reasoner_grpc.ReasonerServiceStub, reasoner_pb.DESCRIPTOR.services_by_name["ReasonerService"])
         self._background: set[asyncio.Task[Any]] = set()
 
     @property
     def channels(self) -> dict[str, grpc.aio.Channel]:
-        return self._channels
+        return {name: client.channel for name, client in self._clients.items()}
 
     async def close(self) -> None:
         if self._background:
             await asyncio.wait(self._background, timeout=5)
-        for ch in self._channels.values():
-            await ch.close()
+        for client in self._clients.values():
+            await client.close()
 
     # ---- hops ---------------------------------------------------------------------------------
 

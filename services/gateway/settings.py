@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from weir.kit.clients import Deadlines
+from weir.kit.clients import ClientSettings, Deadlines
 from weir.kit.config import Port, env, load
 from weir.kit.server import ServerSettings
 
@@ -66,6 +66,7 @@ class GatewaySettings:
              "tenant's webhook URL cannot reach the network Weir runs in (`weir up` turns it on for local "
              "receivers)")
     deadlines: Deadlines = field(default_factory=lambda: load(Deadlines))
+    clients: ClientSettings = field(default_factory=lambda: load(ClientSettings))
     server: ServerSettings = field(default_factory=lambda: load(ServerSettings))
 
     def validate(self) -> list[str]:

@@ -42,7 +42,7 @@ from weir.chat import violations
 from weir.common.v1 import types_pb2
 from weir.kit import metrics, telemetry
 from weir.kit import semconv as sc
-from weir.kit.clients import open_channel
+from weir.kit.clients import ServiceClient
 from weir.kit.errors import WeirError, invalid_argument
 from weir.mesh_config import MeshConfig, Model
 from weir.reasoner.v1 import reasoner_service_pb2 as pb
@@ -134,9 +134,10 @@ class AttemptObserver:
 class OutcomeReporter:
     """Reports each attempt to the router (RouterService.ReportOutcome), fire-and-forget."""
 
-    def __init__(self, address: str) -> None:
-        self._channel = open_channel(address)
-        self._stub = router_service_pb2_grpc.RouterServiceStub(self._channel)
+    def __init__(self, address: str, mux: bool) -> None:
+        self._client = ServiceClient(address, mux)
+        self._stub = self._client.stub(router_service_pb2_grpc.RouterServiceStub,
+                                       router_service_pb2.DESCRIPTOR.services_by_name["RouterService"])
         self._tasks: set[asyncio.Task[None]] = set()
 
     def report(self, attempt: pb.Attempt, retry_after_s: float) -> None:
@@ -157,7 +158,7 @@ class OutcomeReporter:
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
-        await self._channel.close()
+        await self._client.close()
 
 
 class PlanRun:
@@ -384,7 +385,7 @@ class ReasonerService(pb_grpc.ReasonerServiceServicer):
         for upstream in self.upstreams.values():
             await upstream.start()
         if self.settings.router_addr:
-            self._reporter = OutcomeReporter(self.settings.router_addr)
+            self._reporter = OutcomeReporter(self.settings.router_addr, self.settings.clients.mux)
         log.info("providers", extra={"providers": {
             name: {"kind": u.provider.kind, "url": u.url, "keys": len(u.keys)} for name, u in self.upstreams.items()
         }, "config": self.config.source})

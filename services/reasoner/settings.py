@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from services.reasoner.breaker import BreakerPolicy
+from weir.kit.clients import ClientSettings
 from weir.kit.config import Port, env, load
 from weir.kit.server import ServerSettings
 
@@ -34,6 +35,7 @@ class ReasonerSettings:
     )
     breaker_cooldown_max_s: float = env("WEIR_REASONER_BREAKER_COOLDOWN_MAX_S", 60.0, help="longest cool-down")
     router_addr: str = env("WEIR_ROUTER_ADDR", "", help="router to report outcomes to (host:port); empty: none")
+    clients: ClientSettings = field(default_factory=lambda: load(ClientSettings))
     server: ServerSettings = field(default_factory=lambda: load(ServerSettings))
 
     @property

@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
 
 from weir.kit import telemetry
 from weir.kit.config import env
+from weir.kit.mux import MuxChannel, mux_stub
 from weir.kit.server import GRPC_OPTIONS
+
+S = TypeVar("S")
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """How this process calls the other services."""
+
+    mux: bool = env("WEIR_MUX", True,
+                    help="send unary calls to another service as messages on one open stream (weir.kit.mux: "
+                         "≈ 0.35 against 0.5 CPU-ms a call alone, 0.04 against 0.25 when calls share messages under "
+                         "load); off: a gRPC call each")
 
 
 @dataclass(frozen=True)
@@ -28,3 +44,23 @@ def open_channel(target: str) -> grpc.aio.Channel:
     """An insecure aio channel to `target` (host:port) with the mesh's options and interceptors."""
     interceptors = telemetry.client_interceptors()
     return grpc.aio.insecure_channel(target, options=GRPC_OPTIONS, interceptors=interceptors or None)
+
+
+class ServiceClient:
+    """The connection to one service: a channel for its streaming calls (and health checks) and, with `mux`, a
+    multiplexed stream that carries its unary calls."""
+
+    def __init__(self, target: str, mux: bool) -> None:
+        self.target = target
+        self.channel = open_channel(target)
+        self.mux = MuxChannel(target) if mux else None
+
+    def stub(self, stub_class: Callable[[grpc.aio.Channel], S], service: ServiceDescriptor) -> S:
+        """A stub of `service` (its generated `XxxServiceStub` class): unary methods on the mux stream."""
+        stub = stub_class(self.channel)
+        return stub if self.mux is None else mux_stub(stub, service, self.mux)
+
+    async def close(self) -> None:
+        if self.mux is not None:
+            await self.mux.close()
+        await self.channel.close()

@@ -63,6 +63,20 @@ async def abort(context: grpc.aio.ServicerContext, err: WeirError) -> NoReturn:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def internal_status() -> status_pb2.Status:
+    """The status of a call that failed on an unexpected exception (logged where it happened, never sent)."""
+    return status_pb2.Status(code=grpc.StatusCode.INTERNAL.value[0], message="internal error")
+
+
+_CODES = {c.value[0]: c for c in grpc.StatusCode}
+
+
+def parse_status(raw: bytes) -> tuple[grpc.StatusCode, str]:
+    """Code and message of a serialized google.rpc.Status."""
+    status = status_pb2.Status.FromString(raw)
+    return _CODES.get(status.code, grpc.StatusCode.UNKNOWN), status.message
+
+
 @dataclass
 class RemoteError:
     """What a client learns from a failed call: code, message and the details the server attached."""
@@ -107,4 +121,5 @@ def parse_rpc_error(exc: grpc.RpcError) -> RemoteError:
     return out
 
 
-__all__ = ["RemoteError", "WeirError", "abort", "code_pb2", "invalid_argument", "parse_rpc_error"]
+__all__ = ["RemoteError", "WeirError", "abort", "code_pb2", "internal_status", "invalid_argument", "parse_rpc_error",
+           "parse_status"]

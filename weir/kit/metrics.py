@@ -6,6 +6,8 @@ The kit records every gRPC call's latency and status; services add their own ser
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -14,6 +16,11 @@ BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 GRPC_SERVER_SECONDS = Histogram(
     "weir_grpc_server_seconds", "gRPC calls served, by method and status code", ("method", "code"),
     buckets=BUCKETS, registry=REGISTRY)
+
+
+def observe_call(method: str, code: str, since: float) -> None:
+    """Records one gRPC call served (a unary call or a multiplexed one), begun at perf_counter() `since`."""
+    GRPC_SERVER_SECONDS.labels(method, code).observe(time.perf_counter() - since)
 
 
 def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:

@@ -29,10 +29,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from weir.kit import metrics, supervisor, telemetry
+from weir.kit import metrics, mux, supervisor, telemetry
 from weir.kit.config import Port, env
-from weir.kit.errors import WeirError
+from weir.kit.errors import WeirError, internal_status
 from weir.kit.logging import setup_logging
+from weir.mux.v1 import mux_service_pb2_grpc
 
 log = logging.getLogger("weir.server")
 
@@ -108,14 +109,11 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         if isinstance(exc, WeirError):
             await context.abort_with_status(rpc_status.to_status(exc.to_status()))
         log.exception("unhandled error in %s", method, exc_info=exc)
-        await context.abort(grpc.StatusCode.INTERNAL, "internal error")
-
-    observe = metrics.GRPC_SERVER_SECONDS.labels
+        await context.abort_with_status(rpc_status.to_status(internal_status()))
 
     def record(since: float, context: grpc.aio.ServicerContext) -> None:
         code = context.code()
-        observe(method, code.name if isinstance(code, grpc.StatusCode) else "OK").observe(
-            time.perf_counter() - since)
+        metrics.observe_call(method, code.name if isinstance(code, grpc.StatusCode) else "OK", since)
 
     if handler.unary_unary is not None:
         inner_uu = handler.unary_unary
@@ -167,10 +165,12 @@ async def create_server(service: Service, host: str = "127.0.0.1", port: int = 0
     interceptors = [*telemetry.server_interceptors(), _ErrorInterceptor()]
     options = [(k, int(reuse_port) if k == "grpc.so_reuseport" else v) for k, v in GRPC_OPTIONS]
     server = grpc.aio.server(interceptors=interceptors, options=options)
-    service.register(server)
+    multiplexed = mux.MuxServicer()
+    service.register(_Registrar(server, multiplexed))  # type: ignore[arg-type]
+    mux_service_pb2_grpc.add_MuxServiceServicer_to_server(multiplexed, server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    names = (*service.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
+    names = (*service.service_names, mux.SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
     reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), server)
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
@@ -180,15 +180,36 @@ async def create_server(service: Service, host: str = "127.0.0.1", port: int = 0
     for name in ("", *service.service_names):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     server._weir_health = health  # type: ignore[attr-defined]
+    server._weir_mux = multiplexed  # type: ignore[attr-defined]
     return server, bound
 
 
+class _Registrar:
+    """The server as a service's `register()` sees it: its unary methods are also served on MuxService."""
+
+    def __init__(self, server: grpc.aio.Server, multiplexed: mux.MuxServicer) -> None:
+        self._server = server
+        self._mux = multiplexed
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self._mux.add(service, handlers)
+        self._server.add_registered_method_handlers(service, handlers)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._server, name)
+
+
 async def stop_server(server: grpc.aio.Server, service: Service, grace_s: float) -> None:
-    """Marks the server NOT_SERVING, lets in-flight calls finish within `grace_s`, then closes resources."""
+    """Marks the server NOT_SERVING, lets in-flight calls finish within `grace_s` (calls on mux streams
+    included: the streams end once their calls are answered), then closes resources."""
     health = getattr(server, "_weir_health", None)
     if health is not None:
         await health.enter_graceful_shutdown()
-    await server.stop(grace_s)
+    multiplexed: mux.MuxServicer | None = getattr(server, "_weir_mux", None)
+    if multiplexed is not None:
+        await asyncio.gather(multiplexed.drain(grace_s), server.stop(grace_s))
+    else:
+        await server.stop(grace_s)
     await service.close()
 
 
