@@ -12,8 +12,9 @@ import pytest
 
 from weir.kit import metrics
 from weir.kit.errors import WeirError, invalid_argument, parse_rpc_error
-from weir.kit.mux import MuxChannel, MuxServicer, _Outbox, mux_stub
+from weir.kit.mux import MESSAGE_BYTES, MuxChannel, MuxServicer, _chunks, _Outbox, mux_stub
 from weir.kit.server import create_server, stop_server
+from weir.mux.v1 import mux_service_pb2 as pb_mux
 from weir.reasoner.v1 import reasoner_service_pb2 as reasoner_pb
 from weir.reasoner.v1 import reasoner_service_pb2_grpc as reasoner_grpc
 from weir.router.v1 import router_service_pb2 as pb
@@ -106,6 +107,8 @@ async def test_answers_and_rich_errors_are_those_of_a_unary_call(served: tuple[P
         assert exc.code() == grpc.StatusCode.INTERNAL and "secret" not in (exc.details() or "")
         exc = await _error(mux.call("/weir.router.v1.RouterService/Nope", b""))
         assert exc.code() == grpc.StatusCode.UNIMPLEMENTED
+        err = parse_rpc_error(await _error(mux.call("/weir.router.v1.RouterService/Route", b"\xff\xff\xff")))
+        assert (err.code, err.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_REQUEST")
         # Still one healthy stream after the failures.
         assert (await stub.Route(pb.RouteRequest(requested_model="y"))).reason == "echo y"
 
@@ -121,6 +124,24 @@ async def test_concurrent_calls_each_get_their_own_answer_and_share_messages(
         assert [r.reason for r in got] == [f"echo {n}" for n in names]
     assert received.calls == 300
     assert received.messages < 100, "calls made while a write was out go in the next message together"
+
+
+async def test_large_calls_are_split_over_messages_of_at_most_a_few_mib() -> None:
+    calls = [pb_mux.Call(id=i, payload=b"x" * (1024 * 1024)) for i in range(10)]
+    chunks = list(_chunks(calls))
+    assert [c.id for chunk in chunks for c in chunk] == list(range(10)), "order and every call kept"
+    assert all(sum(c.ByteSize() for c in chunk) <= MESSAGE_BYTES for chunk in chunks) and len(chunks) >= 3
+    huge = pb_mux.Call(id=99, payload=b"y" * (MESSAGE_BYTES + 1))
+    assert list(_chunks([huge])) == [[huge]], "one call larger than the cap still goes, alone"
+
+
+async def test_big_answers_come_back_whole(served: tuple[Probe, int, grpc.aio.Server]) -> None:
+    _, port, _ = served
+    async with MuxChannel(f"127.0.0.1:{port}") as mux:
+        stub = _stub(mux)
+        models = [f"m{i}-" + "z" * (1024 * 1024) for i in range(8)]  # 8 MiB of requests and answers at once
+        got = await asyncio.gather(*(stub.Route(pb.RouteRequest(requested_model=m), timeout=30) for m in models))
+        assert [r.reason for r in got] == [f"echo {m}" for m in models]
 
 
 async def test_a_write_takes_everything_queued_since_the_last_one() -> None:

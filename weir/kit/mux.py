@@ -44,6 +44,7 @@ from typing import Any, Generic, TypeVar, cast
 import grpc
 from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 
 from weir.kit import metrics, telemetry
@@ -59,6 +60,7 @@ DRAINING = "MUX_DRAINING"
 
 T = TypeVar("T")
 M = TypeVar("M")
+Item = TypeVar("Item", pb.Call, pb.Result)
 
 
 # ---- server -------------------------------------------------------------------------------------------------
@@ -152,6 +154,25 @@ class _Outbox(Generic[M]):
         return items
 
 
+#: A write carries calls (or results) up to this many bytes; a larger one goes alone (the channels take 64 MiB).
+MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+def _chunks(items: list[Item]) -> Iterator[list[Item]]:
+    """`items` in order, cut where a message would pass MESSAGE_BYTES."""
+    chunk: list[Item] = []
+    total = 0
+    for item in items:
+        size = item.ByteSize()
+        if chunk and total + size > MESSAGE_BYTES:
+            yield chunk
+            chunk, total = [], 0
+        chunk.append(item)
+        total += size
+    if chunk:
+        yield chunk
+
+
 class _ServerStream:
     def __init__(self, servicer: MuxServicer) -> None:
         self._servicer = servicer
@@ -165,7 +186,8 @@ class _ServerStream:
         reader = asyncio.create_task(self._read(requests))
         try:
             while results := await self._out.take():
-                yield pb.ExchangeResponse(results=results)
+                for chunk in _chunks(results):
+                    yield pb.ExchangeResponse(results=chunk)
         finally:
             reader.cancel()
             for task in self.calls.values():
@@ -212,7 +234,11 @@ class _ServerStream:
             with _server_span(method, req.traceparent) as span:
                 try:
                     async with asyncio.timeout(timeout):
-                        request = handler.request_deserializer(req.payload)  # type: ignore[misc]
+                        try:
+                            request = handler.request_deserializer(req.payload)  # type: ignore[misc]
+                        except DecodeError:
+                            raise WeirError(grpc.StatusCode.INVALID_ARGUMENT, f"cannot parse the {method} request",
+                                            reason="MALFORMED_REQUEST") from None
                         context = CallContext(None if timeout is None else time.monotonic() + timeout)
                         response = await handler.unary_unary(request, context)  # type: ignore[misc,arg-type]
                     self._answer(req.id, payload=handler.response_serializer(response))  # type: ignore[misc]
@@ -360,7 +386,8 @@ class _ClientStream:
     async def _write(self) -> None:
         try:
             while calls := await self._outbox.take():
-                await self._call.write(pb.ExchangeRequest(calls=calls))
+                for chunk in _chunks(calls):
+                    await self._call.write(pb.ExchangeRequest(calls=chunk))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the stream failed; the reader reports it to the waiting calls
