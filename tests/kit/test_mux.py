@@ -189,6 +189,18 @@ async def test_a_caller_that_gives_up_cancels_only_its_own_call(served: tuple[Pr
         assert (await stub.Route(pb.RouteRequest(requested_model="z"))).reason == "echo z"
 
 
+async def test_a_client_that_goes_away_cancels_its_open_calls(served: tuple[Probe, int, grpc.aio.Server]) -> None:
+    probe, port, _ = served
+    mux = MuxChannel(f"127.0.0.1:{port}")
+    stub = _stub(mux)
+    task = asyncio.ensure_future(stub.Route(pb.RouteRequest(requested_model="slow:32"), timeout=60))
+    await asyncio.wait_for(probe.started.setdefault("slow:32", asyncio.Event()).wait(), 5)
+    await mux.close()
+    exc = await _error(task)
+    assert exc.code() == grpc.StatusCode.CANCELLED
+    await asyncio.wait_for(probe.cancelled.setdefault("slow:32", asyncio.Event()).wait(), 5)
+
+
 async def test_graceful_stop_answers_accepted_calls_without_waiting_out_its_grace() -> None:
     probe = Probe()
     server, port = await create_server(probe, "127.0.0.1", 0)

@@ -102,15 +102,18 @@ class MuxServicer(pb_grpc.MuxServiceServicer):
 
     async def Exchange(self, request_iterator: AsyncIterator[pb.ExchangeRequest],
                        context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ExchangeResponse]:
-        stream = _ServerStream(self)
         if self.draining:
             return  # ends at once: the client's calls on it fail UNAVAILABLE (the server sent it away)
+        stream = _ServerStream(self, request_iterator)
         self._streams.add(stream)
         try:
-            async for out in stream.run(request_iterator):
-                yield out
+            # One generator, not one delegating to another: closed at its yield, it runs this finally at once.
+            while results := await stream.out.take():
+                for chunk in _chunks(results):
+                    yield pb.ExchangeResponse(results=chunk)
         finally:
             self._streams.discard(stream)
+            stream.cancel()
 
     async def drain(self, grace_s: float) -> None:
         """Refuses new calls, waits up to `grace_s` for the accepted ones to be answered, then ends every stream.
@@ -174,24 +177,21 @@ def _chunks(items: list[Item]) -> Iterator[list[Item]]:
 
 
 class _ServerStream:
-    def __init__(self, servicer: MuxServicer) -> None:
+    def __init__(self, servicer: MuxServicer, requests: AsyncIterator[pb.ExchangeRequest]) -> None:
         self._servicer = servicer
         self.calls: dict[int, asyncio.Task[None]] = {}
-        self._out: _Outbox[pb.Result] = _Outbox()
+        self.out: _Outbox[pb.Result] = _Outbox()
+        self._reader = asyncio.create_task(self._read(requests))
 
     def close(self) -> None:
-        self._out.close()
+        """Ends the stream once the results already queued are written."""
+        self.out.close()
 
-    async def run(self, requests: AsyncIterator[pb.ExchangeRequest]) -> AsyncIterator[pb.ExchangeResponse]:
-        reader = asyncio.create_task(self._read(requests))
-        try:
-            while results := await self._out.take():
-                for chunk in _chunks(results):
-                    yield pb.ExchangeResponse(results=chunk)
-        finally:
-            reader.cancel()
-            for task in self.calls.values():
-                task.cancel()
+    def cancel(self) -> None:
+        """The stream is over: stop reading and cancel the calls still open."""
+        self._reader.cancel()
+        for task in self.calls.values():
+            task.cancel()
 
     async def _read(self, requests: AsyncIterator[pb.ExchangeRequest]) -> None:
         try:
@@ -216,7 +216,7 @@ class _ServerStream:
         self.close()
 
     def _answer(self, call_id: int, status: status_pb2.Status | None = None, payload: bytes = b"") -> None:
-        self._out.put(pb.Result(
+        self.out.put(pb.Result(
             id=call_id, payload=payload, status=status.SerializeToString() if status is not None else b""))
 
     async def _call(self, req: pb.Call) -> None:
