@@ -23,6 +23,8 @@ from weir.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
 
 class GatewayService:
     service_names: tuple[str, ...] = (gateway_service_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name,)
+    #: Its clients are applications that authenticate with call metadata (API keys): gRPC calls only, no MuxService.
+    multiplexed = False
 
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings

@@ -12,7 +12,7 @@ import pytest
 
 from weir.kit import metrics
 from weir.kit.errors import WeirError, invalid_argument, parse_rpc_error
-from weir.kit.mux import MESSAGE_BYTES, MuxChannel, MuxServicer, _chunks, _Outbox, mux_stub
+from weir.kit.mux import MESSAGE_BYTES, MuxChannel, MuxServicer, MuxUnsupported, _chunks, _Outbox, mux_stub
 from weir.kit.server import create_server, stop_server
 from weir.mux.v1 import mux_service_pb2 as pb_mux
 from weir.reasoner.v1 import reasoner_service_pb2 as reasoner_pb
@@ -271,3 +271,20 @@ async def test_a_server_without_the_mux_service_is_called_with_unary_calls() -> 
             assert (await stub.Route(pb.RouteRequest(requested_model="b"), timeout=5)).reason == "echo b"
     finally:
         await server.stop(0)
+
+
+async def test_a_service_that_opts_out_serves_no_mux_stream() -> None:
+    class Public(Probe):
+        multiplexed = False  # like the gateway, whose calls carry API keys in metadata
+
+    probe = Public()
+    server, port = await create_server(probe, "127.0.0.1", 0)
+    try:
+        async with MuxChannel(f"127.0.0.1:{port}") as mux:
+            with pytest.raises(MuxUnsupported):
+                await mux.call("/weir.router.v1.RouterService/Route", pb.RouteRequest(requested_model="a")
+                               .SerializeToString(), 5)
+            # a stub still reaches it, with a gRPC call of its own
+            assert (await _stub(mux).Route(pb.RouteRequest(requested_model="a"), timeout=5)).reason == "echo a"
+    finally:
+        await stop_server(server, probe, 1.0)

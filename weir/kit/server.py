@@ -67,7 +67,9 @@ class ServerSettings:
 
 
 class Service(Protocol):
-    """One deployable service: gRPC servicers plus resources opened before serving and closed after."""
+    """One deployable service: gRPC servicers plus resources opened before serving and closed after. A service
+    may set `multiplexed = False` to keep its unary methods off `weir.mux.v1.MuxService` (calls on the stream
+    carry no metadata: the gateway's API keys travel in it)."""
 
     #: Full names of the gRPC services registered, for health and reflection.
     service_names: tuple[str, ...]
@@ -165,12 +167,18 @@ async def create_server(service: Service, host: str = "127.0.0.1", port: int = 0
     interceptors = [*telemetry.server_interceptors(), _ErrorInterceptor()]
     options = [(k, int(reuse_port) if k == "grpc.so_reuseport" else v) for k, v in GRPC_OPTIONS]
     server = grpc.aio.server(interceptors=interceptors, options=options)
-    multiplexed = mux.MuxServicer()
-    service.register(_Registrar(server, multiplexed))  # type: ignore[arg-type]
-    mux_service_pb2_grpc.add_MuxServiceServicer_to_server(multiplexed, server)
+    names = service.service_names
+    multiplexed: mux.MuxServicer | None = None
+    if getattr(service, "multiplexed", True):  # a service whose calls need metadata opts out
+        multiplexed = mux.MuxServicer()
+        service.register(_Registrar(server, multiplexed))  # type: ignore[arg-type]
+        mux_service_pb2_grpc.add_MuxServiceServicer_to_server(multiplexed, server)
+        names = (*names, mux.SERVICE_NAME)
+    else:
+        service.register(server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    names = (*service.service_names, mux.SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
+    names = (*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
     reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), server)
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
