@@ -58,6 +58,10 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["MuxService"].full_name
 EXCHANGE = f"/{SERVICE_NAME}/Exchange"
 DRAINING = "MUX_DRAINING"
 
+#: Calls per message is how well calls share writes (1 when calls come one at a time).
+_MESSAGES = metrics.counter("weir_mux_messages", "Messages received on multiplexed streams (weir.kit.mux)")
+_CALLS = metrics.counter("weir_mux_calls", "Calls received on multiplexed streams, by the messages above")
+
 T = TypeVar("T")
 M = TypeVar("M")
 Item = TypeVar("Item", pb.Call, pb.Result)
@@ -88,9 +92,6 @@ class MuxServicer(pb_grpc.MuxServiceServicer):
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
         self._streams: set[_ServerStream] = set()
         self.draining = False
-        #: Messages and calls received on every stream so far (how well calls share messages).
-        self.messages = 0
-        self.calls = 0
 
     def add(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
         for name, handler in handlers.items():
@@ -196,8 +197,8 @@ class _ServerStream:
     async def _read(self, requests: AsyncIterator[pb.ExchangeRequest]) -> None:
         try:
             async for batch in requests:
-                self._servicer.messages += 1
-                self._servicer.calls += len(batch.calls)
+                _MESSAGES.inc()
+                _CALLS.inc(len(batch.calls))
                 for req in batch.calls:
                     if req.cancel:
                         task = self.calls.pop(req.id, None)
