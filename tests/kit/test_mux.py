@@ -50,6 +50,8 @@ class Probe(pb_grpc.RouterServiceServicer):
                             metadata={"limit": "10"}, retry_after_s=2.5)
         if model == "bug":
             raise RuntimeError("a bug with a secret inside")
+        if model == "timeout":
+            raise TimeoutError("a Redis call timed out inside the handler")
         if model == "left":
             return pb.RouteResponse(reason=f"{context.time_remaining():.3f}")
         if model.startswith("slow:"):
@@ -105,6 +107,8 @@ async def test_answers_and_rich_errors_are_those_of_a_unary_call(served: tuple[P
             grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED", {"limit": "10"}, 2.5)
         exc = await _error(stub.Route(pb.RouteRequest(requested_model="bug")))
         assert exc.code() == grpc.StatusCode.INTERNAL and "secret" not in (exc.details() or "")
+        exc = await _error(stub.Route(pb.RouteRequest(requested_model="timeout"), timeout=10))
+        assert exc.code() == grpc.StatusCode.INTERNAL, "the handler's own TimeoutError is not the caller's deadline"
         exc = await _error(mux.call("/weir.router.v1.RouterService/Nope", b""))
         assert exc.code() == grpc.StatusCode.UNIMPLEMENTED
         err = parse_rpc_error(await _error(mux.call("/weir.router.v1.RouterService/Route", b"\xff\xff\xff")))

@@ -210,7 +210,7 @@ class _ServerStream:
                     else:
                         self.calls[req.id] = asyncio.create_task(self._call(req))
         except (grpc.RpcError, asyncio.InvalidStateError):
-            pass  # the stream broke: run()'s caller is cancelled by grpc and cancels the calls
+            pass  # the stream broke: grpc cancels Exchange, which cancels the calls
         # The client wrote its last call: answer the open ones, then end the stream.
         if self.calls:
             await asyncio.wait(list(self.calls.values()))
@@ -233,8 +233,9 @@ class _ServerStream:
         code = grpc.StatusCode.OK
         try:
             with _server_span(method, req.traceparent) as span:
+                deadline = asyncio.timeout(timeout)
                 try:
-                    async with asyncio.timeout(timeout):
+                    async with deadline:
                         try:
                             request = handler.request_deserializer(req.payload)  # type: ignore[misc]
                         except DecodeError:
@@ -243,9 +244,14 @@ class _ServerStream:
                         context = CallContext(None if timeout is None else time.monotonic() + timeout)
                         response = await handler.unary_unary(request, context)  # type: ignore[misc,arg-type]
                     self._answer(req.id, payload=handler.response_serializer(response))  # type: ignore[misc]
-                except TimeoutError:
-                    code = grpc.StatusCode.DEADLINE_EXCEEDED
-                    self._answer(req.id, status_pb2.Status(code=code.value[0], message="Deadline Exceeded"))
+                except TimeoutError as exc:
+                    if not deadline.expired():  # the handler's own TimeoutError: a bug, as for a unary call
+                        log.exception("unhandled error in %s", method, exc_info=exc)
+                        code = grpc.StatusCode.INTERNAL
+                        self._answer(req.id, internal_status())
+                    else:
+                        code = grpc.StatusCode.DEADLINE_EXCEEDED
+                        self._answer(req.id, status_pb2.Status(code=code.value[0], message="Deadline Exceeded"))
                 except WeirError as exc:
                     code = exc.code
                     self._answer(req.id, exc.to_status())
