@@ -20,6 +20,9 @@ import orjson
 from weir.common.v1 import types_pb2
 from weir.kit.text import cut_at_space
 
+#: The largest value of a proto int32 field (max_tokens, n, the usage counts of a ChatResponse).
+INT32_MAX = 2**31 - 1
+
 # Bumped whenever the canonical form changes, so old entries stop matching instead of matching wrongly.
 CANON_VERSION = "1"
 

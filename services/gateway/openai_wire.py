@@ -52,11 +52,10 @@ def _number(body: dict[str, Any], name: str, lo: float, hi: float) -> float | No
     return float(value)
 
 
-INT32_MAX = 2**31 - 1
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
-def _int(body: dict[str, Any], name: str, lo: int, hi: int = INT32_MAX) -> int | None:
+def _int(body: dict[str, Any], name: str, lo: int, hi: int = chat.INT32_MAX) -> int | None:
     """An integer field within [lo, hi] (hi: the largest value its proto field holds)."""
     value = body.get(name)
     if value is None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from weir.chat import INT32_MAX
 from weir.common.v1 import types_pb2
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -90,14 +91,12 @@ def _extra(chat: types_pb2.ChatRequest) -> dict[str, Any]:
     return dict(extra) if isinstance(extra, dict) else {}
 
 
-_INT32_MAX = 2**31 - 1
-
 
 def _usage(prompt: int, completion: int, cached: int = 0, reasoning: int = 0) -> types_pb2.Usage:
     """Usage from a provider's counts (sums of them included), each held to what an int32 field takes."""
-    prompt, completion, cached, reasoning = (min(n, _INT32_MAX) for n in (prompt, completion, cached, reasoning))
+    prompt, completion, cached, reasoning = (min(n, INT32_MAX) for n in (prompt, completion, cached, reasoning))
     return types_pb2.Usage(prompt_tokens=prompt, completion_tokens=completion,
-                           total_tokens=min(prompt + completion, _INT32_MAX), cached_tokens=cached,
+                           total_tokens=min(prompt + completion, INT32_MAX), cached_tokens=cached,
                            reasoning_tokens=reasoning)
 
 
@@ -108,7 +107,7 @@ def _obj(value: Any) -> dict[str, Any]:
 
 def _int(v: Any) -> int:
     """A token count from a provider: an integer the Usage message can hold, else 0 (read as not reported)."""
-    return v if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= _INT32_MAX else 0
+    return v if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= INT32_MAX else 0
 
 
 def _error_fields(body: bytes) -> tuple[str, str, str]:
