@@ -11,6 +11,7 @@ attention_mask and (optionally) token_type_ids and returns the pooled sentence e
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -88,11 +89,37 @@ def plan_runs(lengths: Sequence[int], overhead_tokens: int = RUN_OVERHEAD_TOKENS
     return runs
 
 
-def usable_cores() -> int:
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def usable_cores(cgroup_root: Path = CGROUP_ROOT) -> int:
+    """Cores this process may keep busy: its CPU affinity, capped by a cgroup CPU quota (a container's CPU limit,
+    which the affinity does not show: a pod limited to 2 CPUs on a 64-core node sees 64 cores). ONNX Runtime's
+    thread pools are sized from it; more threads than the quota allows are throttled, not faster."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    quota = cgroup_cpu_quota(cgroup_root)
+    return cores if quota is None else max(1, min(cores, math.ceil(quota)))
+
+
+def cgroup_cpu_quota(root: Path = CGROUP_ROOT) -> float | None:
+    """CPUs' worth of time per period this cgroup may use (cgroup v2 `cpu.max`, v1 `cpu.cfs_quota_us` /
+    `cpu.cfs_period_us`); None when unlimited or unknown."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError, ZeroDivisionError):
+        pass
+    for v1 in (root / "cpu", root / "cpu,cpuacct"):
+        try:
+            quota_us = int((v1 / "cpu.cfs_quota_us").read_text())
+            period_us = int((v1 / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+        return quota_us / period_us if quota_us > 0 and period_us > 0 else None
+    return None
 
 
 def provider_candidates(requested: Sequence[str], available: Sequence[str]) -> list[list[str]]:

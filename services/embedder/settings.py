@@ -33,7 +33,9 @@ class EmbedderSettings:
         "WEIR_EMBEDDER_WORKERS", 0,
         help="model runs side by side; 0: auto (CPU: min(2, cores) runs of cores/workers threads; GPU: 1)",
     )
-    intra_op_threads: int = env("WEIR_EMBEDDER_INTRA_OP_THREADS", 0, help="threads per run; 0: cores / workers")
+    intra_op_threads: int = env(
+        "WEIR_EMBEDDER_INTRA_OP_THREADS", 0,
+        help="threads per run; 0: usable cores / workers (the CPU affinity, capped by a container CPU limit)")
     inter_op_threads: int = env("WEIR_EMBEDDER_INTER_OP_THREADS", 1)
     allow_spinning: bool = env(
         "WEIR_EMBEDDER_ORT_SPINNING", False,

@@ -20,8 +20,10 @@ from services.embedder.engine import (
     Engine,
     EngineError,
     EngineOptions,
+    cgroup_cpu_quota,
     plan_runs,
     provider_candidates,
+    usable_cores,
 )
 from weir.kit.errors import WeirError
 from weir.kit.lru import LruCache
@@ -221,3 +223,32 @@ async def test_closing_the_batcher_fails_queued_texts_as_unavailable(engine: Eng
     assert failed, "texts still queued at close must fail"
     assert all(o.code == grpc.StatusCode.UNAVAILABLE for o in failed)
     assert len(failed) + batcher.texts_embedded == 50
+
+
+def _cgroup(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+@pytest.mark.parametrize(("files", "quota"), [
+    ({"cpu.max": "max 100000\n"}, None),  # cgroup v2, no limit
+    ({"cpu.max": "150000 100000\n"}, 1.5),  # cgroup v2, a 1.5-CPU limit
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),  # v1, no limit
+    ({"cpu,cpuacct/cpu.cfs_quota_us": "200000\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"}, 2.0),  # v1
+    ({"cpu.max": "garbage"}, None),
+    ({}, None),  # no cgroup filesystem
+])
+def test_the_cgroup_cpu_quota_is_read_from_v2_and_v1_files(tmp_path: Path, files: dict[str, str],
+                                                            quota: float | None) -> None:
+    assert cgroup_cpu_quota(_cgroup(tmp_path, files)) == quota
+
+
+def test_usable_cores_are_capped_by_a_container_cpu_limit(tmp_path: Path) -> None:
+    unlimited = usable_cores(_cgroup(tmp_path / "free", {"cpu.max": "max 100000"}))
+    assert unlimited >= 1
+    # A 0.5-CPU pod still gets one thread; a 1.5-CPU pod two (rounded up), never more than its affinity.
+    assert usable_cores(_cgroup(tmp_path / "half", {"cpu.max": "50000 100000"})) == 1
+    assert usable_cores(_cgroup(tmp_path / "one-and-a-half", {"cpu.max": "150000 100000"})) == min(2, unlimited)
+    assert usable_cores(_cgroup(tmp_path / "huge", {"cpu.max": "6400000 100000"})) == unlimited
