@@ -51,7 +51,6 @@ class ServiceClient:
     multiplexed stream that carries its unary calls."""
 
     def __init__(self, target: str, mux: bool) -> None:
-        self.target = target
         self.channel = open_channel(target)
         self.mux = MuxChannel(target) if mux else None
 

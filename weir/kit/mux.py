@@ -48,7 +48,7 @@ from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 
 from weir.kit import metrics, telemetry
-from weir.kit.errors import WeirError, internal_status, parse_status
+from weir.kit.errors import WeirError, internal_status, parse_rpc_error, parse_status
 from weir.mux.v1 import mux_service_pb2 as pb
 from weir.mux.v1 import mux_service_pb2_grpc as pb_grpc
 
@@ -80,9 +80,6 @@ class CallContext:
 
     def time_remaining(self) -> float | None:
         return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
-
-    def invocation_metadata(self) -> tuple[()]:
-        return ()
 
 
 class MuxServicer(pb_grpc.MuxServiceServicer):
@@ -324,9 +321,9 @@ class MuxChannel:
                     except MuxUnsupported:
                         self.unsupported = True
                         raise
-                    except grpc.aio.AioRpcError as exc:
+                    except _Refused:
                         # Refused unprocessed by a server that is shutting down: safe to send again, once.
-                        if attempt == 2 or exc.code() != grpc.StatusCode.UNAVAILABLE or not _draining(exc):
+                        if attempt == 2:
                             raise
                 raise AssertionError("unreachable")  # pragma: no cover
             except grpc.aio.AioRpcError as exc:
@@ -385,7 +382,7 @@ class _ClientStream:
                 timer.cancel()
         if resp.status:
             failure = _status_error(resp.status)
-            if _draining(failure):
+            if isinstance(failure, _Refused):
                 self.retired = True
             raise failure
         return resp.payload
@@ -440,6 +437,10 @@ class MuxUnsupported(grpc.aio.AioRpcError):
     """The server does not serve MuxService; the call was not processed."""
 
 
+class _Refused(grpc.aio.AioRpcError):
+    """The server refused the call unprocessed because it is shutting down (UNAVAILABLE, reason MUX_DRAINING)."""
+
+
 def _expire(fut: asyncio.Future[pb.Result]) -> None:
     if not fut.done():
         fut.set_exception(_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"))
@@ -452,14 +453,10 @@ def _error(code: grpc.StatusCode, details: str,
 
 def _status_error(raw: bytes) -> grpc.aio.AioRpcError:
     code, message = parse_status(raw)
-    return _error(code, message, (("grpc-status-details-bin", raw),))
-
-
-def _draining(exc: grpc.aio.AioRpcError) -> bool:
-    for key, value in exc.trailing_metadata() or ():
-        if key == "grpc-status-details-bin" and isinstance(value, bytes):
-            return DRAINING.encode() in value
-    return False
+    failure = _error(code, message, (("grpc-status-details-bin", raw),))
+    if code == grpc.StatusCode.UNAVAILABLE and parse_rpc_error(failure).reason == DRAINING:
+        return _Refused(code, failure.initial_metadata(), failure.trailing_metadata(), message)
+    return failure
 
 
 def mux_stub(stub: T, service: ServiceDescriptor, mux: MuxChannel) -> T:
