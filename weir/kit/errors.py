@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -12,6 +13,8 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 DOMAIN = "weir.dev"
+
+log = logging.getLogger("weir.server")
 
 
 @dataclass
@@ -63,18 +66,26 @@ async def abort(context: grpc.aio.ServicerContext, err: WeirError) -> NoReturn:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def internal_status() -> status_pb2.Status:
-    """The status of a call that failed on an unexpected exception (logged where it happened, never sent)."""
+def status_of(exc: BaseException, method: str) -> status_pb2.Status:
+    """The status a handler that raised `exc` answers with (a unary call's or a multiplexed one's): a WeirError's
+    own, with its details; anything else is a bug: INTERNAL, its traceback logged here and never sent."""
+    if isinstance(exc, WeirError):
+        return exc.to_status()
+    log.exception("unhandled error in %s", method, exc_info=exc)
     return status_pb2.Status(code=grpc.StatusCode.INTERNAL.value[0], message="internal error")
 
 
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
 
 
+def status_code(status: status_pb2.Status) -> grpc.StatusCode:
+    return _CODES.get(status.code, grpc.StatusCode.UNKNOWN)
+
+
 def parse_status(raw: bytes) -> tuple[grpc.StatusCode, str]:
     """Code and message of a serialized google.rpc.Status."""
     status = status_pb2.Status.FromString(raw)
-    return _CODES.get(status.code, grpc.StatusCode.UNKNOWN), status.message
+    return status_code(status), status.message
 
 
 @dataclass
@@ -121,5 +132,5 @@ def parse_rpc_error(exc: grpc.RpcError) -> RemoteError:
     return out
 
 
-__all__ = ["RemoteError", "WeirError", "abort", "code_pb2", "internal_status", "invalid_argument", "parse_rpc_error",
-           "parse_status"]
+__all__ = ["RemoteError", "WeirError", "abort", "code_pb2", "invalid_argument", "parse_rpc_error", "parse_status",
+           "status_code", "status_of"]

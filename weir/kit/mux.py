@@ -48,7 +48,7 @@ from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 
 from weir.kit import metrics, telemetry
-from weir.kit.errors import WeirError, internal_status, parse_rpc_error, parse_status
+from weir.kit.errors import WeirError, parse_rpc_error, parse_status, status_code, status_of
 from weir.mux.v1 import mux_service_pb2 as pb
 from weir.mux.v1 import mux_service_pb2_grpc as pb_grpc
 
@@ -57,6 +57,7 @@ log = logging.getLogger("weir.mux")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["MuxService"].full_name
 EXCHANGE = f"/{SERVICE_NAME}/Exchange"
 DRAINING = "MUX_DRAINING"
+_DEADLINE_EXCEEDED = status_pb2.Status(code=grpc.StatusCode.DEADLINE_EXCEEDED.value[0], message="Deadline Exceeded")
 
 #: Calls per message is how well calls share writes (1 when calls come one at a time).
 _MESSAGES = metrics.counter("weir_mux_messages", "Messages received on multiplexed streams (weir.kit.mux)")
@@ -241,24 +242,15 @@ class _ServerStream:
                         context = CallContext(None if timeout is None else time.monotonic() + timeout)
                         response = await handler.unary_unary(request, context)  # type: ignore[misc,arg-type]
                     self._answer(req.id, payload=handler.response_serializer(response))  # type: ignore[misc]
-                except TimeoutError as exc:
-                    if not deadline.expired():  # the handler's own TimeoutError: a bug, as for a unary call
-                        log.exception("unhandled error in %s", method, exc_info=exc)
-                        code = grpc.StatusCode.INTERNAL
-                        self._answer(req.id, internal_status())
-                    else:
-                        code = grpc.StatusCode.DEADLINE_EXCEEDED
-                        self._answer(req.id, status_pb2.Status(code=code.value[0], message="Deadline Exceeded"))
-                except WeirError as exc:
-                    code = exc.code
-                    self._answer(req.id, exc.to_status())
                 except asyncio.CancelledError:
                     code = grpc.StatusCode.CANCELLED  # the caller gave up: nobody waits for an answer
                     raise
                 except Exception as exc:
-                    log.exception("unhandled error in %s", method, exc_info=exc)
-                    code = grpc.StatusCode.INTERNAL
-                    self._answer(req.id, internal_status())
+                    # A handler's own TimeoutError is a bug, as for a unary call; only the deadline is not.
+                    expired = isinstance(exc, TimeoutError) and deadline.expired()
+                    failed = _DEADLINE_EXCEEDED if expired else status_of(exc, method)
+                    code = status_code(failed)
+                    self._answer(req.id, failed)
                 finally:
                     span.code(code)
         finally:

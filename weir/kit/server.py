@@ -31,7 +31,7 @@ from grpc_reflection.v1alpha import reflection
 
 from weir.kit import metrics, mux, supervisor, telemetry
 from weir.kit.config import Port, env
-from weir.kit.errors import WeirError, internal_status
+from weir.kit.errors import WeirError, status_of
 from weir.kit.logging import setup_logging
 from weir.mux.v1 import mux_service_pb2_grpc
 
@@ -108,10 +108,7 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
     from grpc_status import rpc_status
 
     async def fail(exc: BaseException, context: grpc.aio.ServicerContext) -> None:
-        if isinstance(exc, WeirError):
-            await context.abort_with_status(rpc_status.to_status(exc.to_status()))
-        log.exception("unhandled error in %s", method, exc_info=exc)
-        await context.abort_with_status(rpc_status.to_status(internal_status()))
+        await context.abort_with_status(rpc_status.to_status(status_of(exc, method)))
 
     def record(since: float, context: grpc.aio.ServicerContext) -> None:
         code = context.code()
