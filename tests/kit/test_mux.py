@@ -84,6 +84,11 @@ def _stub(mux: MuxChannel) -> pb_grpc.RouterServiceAsyncStub:
     return mux_stub(pb_grpc.RouterServiceStub(grpc.aio.insecure_channel(mux.target)), SERVICE, mux)
 
 
+async def _seen(events: dict[str, asyncio.Event], model: str) -> None:
+    """Waits (5 s at most) until the probe has started, or seen cancelled, the call for `model`."""
+    await asyncio.wait_for(events.setdefault(model, asyncio.Event()).wait(), 5)
+
+
 async def _error(call: object) -> grpc.aio.AioRpcError:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await call  # type: ignore[misc]
@@ -180,7 +185,7 @@ async def test_the_deadline_fails_the_call_and_cancels_the_handler(
         exc = await _error(stub.Route(pb.RouteRequest(requested_model="slow:30"), timeout=0.3))
         assert exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert time.monotonic() - since < 5
-        await asyncio.wait_for(probe.cancelled.setdefault("slow:30", asyncio.Event()).wait(), 5)
+        await _seen(probe.cancelled, "slow:30")
 
 
 async def test_a_caller_that_gives_up_cancels_only_its_own_call(served: tuple[Probe, int, grpc.aio.Server]) -> None:
@@ -189,11 +194,11 @@ async def test_a_caller_that_gives_up_cancels_only_its_own_call(served: tuple[Pr
         stub = _stub(mux)
         other = asyncio.ensure_future(stub.Route(pb.RouteRequest(requested_model="slow:0.5"), timeout=10))
         task = asyncio.ensure_future(stub.Route(pb.RouteRequest(requested_model="slow:31"), timeout=60))
-        await asyncio.wait_for(probe.started.setdefault("slow:31", asyncio.Event()).wait(), 5)
+        await _seen(probe.started, "slow:31")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        await asyncio.wait_for(probe.cancelled.setdefault("slow:31", asyncio.Event()).wait(), 5)
+        await _seen(probe.cancelled, "slow:31")
         assert (await other).reason == "echo slow:0.5", "the other call on the stream is unharmed"
         assert (await stub.Route(pb.RouteRequest(requested_model="z"))).reason == "echo z"
 
@@ -203,11 +208,11 @@ async def test_a_client_that_goes_away_cancels_its_open_calls(served: tuple[Prob
     mux = MuxChannel(f"127.0.0.1:{port}")
     stub = _stub(mux)
     task = asyncio.ensure_future(stub.Route(pb.RouteRequest(requested_model="slow:32"), timeout=60))
-    await asyncio.wait_for(probe.started.setdefault("slow:32", asyncio.Event()).wait(), 5)
+    await _seen(probe.started, "slow:32")
     await mux.close()
     exc = await _error(task)
     assert exc.code() == grpc.StatusCode.CANCELLED
-    await asyncio.wait_for(probe.cancelled.setdefault("slow:32", asyncio.Event()).wait(), 5)
+    await _seen(probe.cancelled, "slow:32")
 
 
 async def test_graceful_stop_answers_accepted_calls_without_waiting_out_its_grace() -> None:
@@ -217,7 +222,7 @@ async def test_graceful_stop_answers_accepted_calls_without_waiting_out_its_grac
         stub = _stub(mux)
         assert (await stub.Route(pb.RouteRequest(requested_model="a"))).reason == "echo a"
         inflight = asyncio.ensure_future(stub.Route(pb.RouteRequest(requested_model="slow:0.5"), timeout=10))
-        await asyncio.wait_for(probe.started.setdefault("slow:0.5", asyncio.Event()).wait(), 5)
+        await _seen(probe.started, "slow:0.5")
         since = time.monotonic()
         await stop_server(server, probe, 20.0)
         assert time.monotonic() - since < 5, "the open stream must not hold the stop for its whole grace"
