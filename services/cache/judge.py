@@ -52,6 +52,10 @@ PAIRS = metrics.counter("weir_cache_judge_pairs", "Pairs the cache asked the par
                         ("outcome",))
 _SCORED, _REMEMBERED, _UNAVAILABLE, _SLOW, _INVALID = (
     PAIRS.labels(o) for o in ("scored", "remembered", "unavailable", "slow", "invalid"))
+#: Each ScorePairs call the cache makes (the pairs its LRU lacks, in one call), answered or not: the wait a
+#: first-time semantic hit adds for the judge.
+_SECONDS = metrics.histogram("weir_cache_judge_seconds", "ScorePairs calls to the paraphrase judge, as the cache "
+                             "waits for them (failed and timed-out ones included)")
 
 
 #: What the rules make of a candidate (`Policy.read`).
@@ -191,9 +195,10 @@ class JudgeClient:
         request = embedder_pb.ScorePairsRequest(pairs=[embedder_pb.TextPair(a=pairs[i][0], b=pairs[i][1])
                                                        for i in missing], reading=self.reading)
         try:
-            call = cast("Awaitable[embedder_pb.ScorePairsResponse]",
-                        self._client().ScorePairs(request, timeout=self.timeout_s))
-            resp = await call
+            with _SECONDS.time():
+                call = cast("Awaitable[embedder_pb.ScorePairsResponse]",
+                            self._client().ScorePairs(request, timeout=self.timeout_s))
+                resp = await call
         except grpc.RpcError as exc:
             err = parse_rpc_error(exc)
             if err.reason == "JUDGE_NOT_LOADED":

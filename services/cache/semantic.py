@@ -57,6 +57,10 @@ SEARCHES = metrics.counter("weir_cache_milvus_searches", "Search calls sent to M
 SEARCHED = metrics.counter("weir_cache_milvus_searched_vectors", "Query vectors searched in Milvus")
 WRITES = metrics.counter("weir_cache_milvus_writes", "Upsert calls sent to Milvus (one may carry many rows)")
 WRITTEN = metrics.counter("weir_cache_milvus_written_rows", "Rows upserted into Milvus")
+SECONDS = metrics.histogram("weir_cache_milvus_seconds",
+                            "Milvus calls as the cache waits for them (a search or an upsert, with every lookup or "
+                            "row it carries), failed ones included", ("operation",))
+_SEARCH_SECONDS, _UPSERT_SECONDS = SECONDS.labels("search"), SECONDS.labels("upsert")
 _SLUG = re.compile(r"[^A-Za-z0-9]+")
 
 
@@ -357,10 +361,11 @@ class SemanticTier:
             vectors = [v for v, _ in batch]
             name, partition = self.collection_name(scope.model_id), self.partition_name(scope.tenant)
             raw = self._direct(name, partition, scope.dim)
-            if raw is not None:
-                results = await self._search_async(raw, scope, name, partition, vectors)
-            else:  # first search of a collection or partition: learn it (blocking pymilvus calls) in the pool
-                results = await self._run(self._search, client, scope, vectors)
+            with _SEARCH_SECONDS.time():
+                if raw is not None:
+                    results = await self._search_async(raw, scope, name, partition, vectors)
+                else:  # first search of a collection or partition: learn it (blocking pymilvus calls) in the pool
+                    results = await self._run(self._search, client, scope, vectors)
         except Exception as exc:  # every search of the batch fails alike
             for _, fut in batch:
                 if not fut.done():
@@ -478,10 +483,11 @@ class SemanticTier:
                     name, partition = self.collection_name(model_id), self.partition_name(tenant)
                     raw, schema = self._direct(name, partition, dim), self._schemas.get(name)
                     async with self._write_lock:
-                        if raw is not None and schema is not None:
-                            await self._upsert_async(raw, schema, name, partition, rows)
-                        else:  # the first write of a collection or partition creates it (blocking) in the pool
-                            name = await self._run(self._upsert, client, rows, model_id)
+                        with _UPSERT_SECONDS.time():
+                            if raw is not None and schema is not None:
+                                await self._upsert_async(raw, schema, name, partition, rows)
+                            else:  # the first write of a collection or partition creates it (blocking) in the pool
+                                name = await self._run(self._upsert, client, rows, model_id)
                 except Exception as exc:  # every row of the group fails alike
                     for _, fut in items:
                         if not fut.done():

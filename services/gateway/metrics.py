@@ -10,9 +10,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from weir.common.v1 import types_pb2
+from weir.kit.metrics import BUCKETS
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
-_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
 class GatewayMetrics:
@@ -37,14 +37,14 @@ class GatewayMetrics:
         self.ledger_failures = Counter("weir_gateway_ledger_failures", "Settlements that could not be written",
                                        registry=r)
         self.hop = Histogram("weir_gateway_hop_seconds", "Time per hop (policy, embed, cache, route, upstream)",
-                             ("hop",), buckets=_BUCKETS, registry=r)
+                             ("hop",), buckets=BUCKETS, registry=r)
         self.latency = Histogram("weir_gateway_request_seconds", "Whole request time by cache tier", ("cache",),
-                                 buckets=_BUCKETS, registry=r)
+                                 buckets=BUCKETS, registry=r)
         self.jobs_queue = Gauge("weir_jobs_queue", "Background jobs in the queue by state (waiting, running)",
                                 ("state",), registry=r)
         self.overhead = Histogram("weir_gateway_overhead_seconds",
                                   "Gateway time outside the upstream call (the mesh's own cost per request)",
-                                  buckets=_BUCKETS, registry=r)
+                                  buckets=BUCKETS, registry=r)
 
     def observe(self, status: str, cache: str, model: str, usage: types_pb2.Usage, cost_usd: float,
                 saved_tokens: int, saved_usd: float, hops: dict[str, float], total_ms: float) -> None:

@@ -157,6 +157,7 @@ async def check_concurrent_lookups(cache: Cache) -> None:
         for q, v in items:
             await cache.store(tenant, chat(q), f"{q} -> answer for {tenant}", v)
     before = _searches(cache)
+    timed = _timed_calls(cache)
     lookups = [(tenant, q, v) for tenant, items in questions.items() for q, v in items]
     found = await asyncio.gather(*(cache.semantic(tenant, chat(q.lower()), near(v, 0.96))
                                    for tenant, q, v in lookups))
@@ -166,12 +167,22 @@ async def check_concurrent_lookups(cache: Cache) -> None:
     calls, vectors = (a - b for a, b in zip(_searches(cache), before, strict=True))
     assert vectors == len(lookups)
     assert calls < len(lookups)  # some lookups shared a search
+    # Every Milvus call is timed (weir_cache_milvus_seconds), each write and each shared search once.
+    values = cache_metrics(cache.proc)
+    assert _timed_calls(cache)["search"] - timed["search"] == calls
+    assert _timed_calls(cache)["upsert"] == values["weir_cache_milvus_writes_total"] > 0
 
 
 def _searches(cache: Cache) -> tuple[float, float]:
     """(Milvus search calls, query vectors searched) from the cache's Prometheus metrics."""
     values = cache_metrics(cache.proc)
     return values["weir_cache_milvus_searches_total"], values["weir_cache_milvus_searched_vectors_total"]
+
+
+def _timed_calls(cache: Cache) -> dict[str, float]:
+    """Milvus calls timed by weir_cache_milvus_seconds, by operation."""
+    values = cache_metrics(cache.proc)
+    return {op: values.get(f'weir_cache_milvus_seconds_count{{operation="{op}"}}', 0.0) for op in ("search", "upsert")}
 
 
 def cache_metrics(proc: supervisor.Process) -> dict[str, float]:

@@ -56,6 +56,11 @@ def judge_pairs(cache: Cache) -> dict[str, float]:
     return {k[len(prefix):-2]: v for k, v in cache_metrics(cache.proc).items() if k.startswith(prefix)}
 
 
+def judge_calls(cache: Cache) -> float:
+    """ScorePairs calls the cache made, from weir_cache_judge_seconds."""
+    return cache_metrics(cache.proc).get("weir_cache_judge_seconds_count", 0.0)
+
+
 async def ask(cache: Cache, embed: Embed, tenant: str, stored: str, query: str) -> tuple[float, str, bool]:
     """Stores `stored`, looks `query` up; (similarity of the best candidate, reason, hit)."""
     await cache.store(tenant, chat(stored), f"answer to {stored}", await embed(stored))
@@ -93,11 +98,13 @@ async def test_a_pair_judged_once_is_not_judged_again(judged: Cache, embed: Embe
                                                       embedder: supervisor.Process) -> None:
     await ask(judged, embed, "acme", STORED, PARAPHRASE)
     assert judge_pairs(judged) == {"scored": 1, "remembered": 0, "unavailable": 0, "slow": 0, "invalid": 0}
+    assert judge_calls(judged) == 1
     v = await embed(PARAPHRASE)
     embedder.stop()  # the judge is gone: only the cache's LRU of recent scores can answer now
     resp = await judged.semantic("acme", chat(PARAPHRASE), v)
     assert resp.hit and resp.reason.startswith("hit: judge "), resp.reason
     assert judge_pairs(judged)["remembered"] == 1
+    assert judge_calls(judged) == 1  # no call went out for it
 
 
 async def test_the_judge_never_overrules_a_number(judged: Cache, embed: Embed) -> None:
@@ -125,6 +132,7 @@ async def test_without_the_judge_the_rules_decide_alone(start_cache: StartCache,
     assert not hit and reason.startswith("refused: content (") and "judge unavailable (UNAVAILABLE)" in reason
     # Verification running without the judge shows in the metrics, not only in each lookup's reason.
     assert judge_pairs(gone)["unavailable"] == 1 and judge_pairs(gone)["scored"] == 0
+    assert judge_calls(gone) == 1  # the failed call is timed too
     _, reason, hit = await ask(gone, embed, "globex", "How do I reset my password?", "how do i reset my password")
     assert hit and reason == "hit"  # what the rules accept is served without the veto
 
