@@ -18,7 +18,7 @@ _CONSISTENCY = ("Strong", "Session", "Bounded", "Eventually")
 class CacheSettings:
     """Where the two tiers live, how long entries last and how strict the semantic tier is."""
 
-    port: Port = env("WEIR_CACHE_PORT", 50052)
+    port: Port = env("WEIR_CACHE_PORT", 50052, help="gRPC CacheService port")
     redis_url: str = env("WEIR_REDIS_URL", "redis://127.0.0.1:6379/0", secret=True,
                          help="the exact tier's Redis (may carry a password, so never logged)")
     redis_prefix: str = env("WEIR_CACHE_REDIS_PREFIX", "weir:cache:",

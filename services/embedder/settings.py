@@ -36,7 +36,8 @@ class EmbedderSettings:
     intra_op_threads: int = env(
         "WEIR_EMBEDDER_INTRA_OP_THREADS", 0,
         help="threads per run; 0: usable cores / workers (the CPU affinity, capped by a container CPU limit)")
-    inter_op_threads: int = env("WEIR_EMBEDDER_INTER_OP_THREADS", 1)
+    inter_op_threads: int = env("WEIR_EMBEDDER_INTER_OP_THREADS", 1,
+                                help="ONNX Runtime inter-op threads (the graph runs sequentially: 1 is enough)")
     allow_spinning: bool = env(
         "WEIR_EMBEDDER_ORT_SPINNING", False,
         help="ONNX Runtime worker threads busy-wait for work: a little lower latency on an idle box, much "

@@ -12,14 +12,15 @@ from weir.kit.server import ServerSettings
 @dataclass(frozen=True)
 class GatewaySettings:
     port: Port = env("WEIR_GATEWAY_PORT", 50055, help="gRPC GatewayService port")
-    http_host: str = env("WEIR_GATEWAY_HTTP_HOST", "127.0.0.1")
+    http_host: str = env("WEIR_GATEWAY_HTTP_HOST", "127.0.0.1", help="interface the REST bridge binds")
     http_port: Port = env("WEIR_GATEWAY_HTTP_PORT", 8080, help="REST bridge (OpenAI wire format)")
-    embedder_addr: str = env("WEIR_EMBEDDER_ADDR", "127.0.0.1:50051")
-    cache_addr: str = env("WEIR_CACHE_ADDR", "127.0.0.1:50052")
-    router_addr: str = env("WEIR_ROUTER_ADDR", "127.0.0.1:50053")
-    reasoner_addr: str = env("WEIR_REASONER_ADDR", "127.0.0.1:50054")
-    redis_url: str = env("WEIR_REDIS_URL", "redis://127.0.0.1:6379/0")
-    redis_prefix: str = env("WEIR_REDIS_PREFIX", "weir:")
+    embedder_addr: str = env("WEIR_EMBEDDER_ADDR", "127.0.0.1:50051", help="the embedder (host:port)")
+    cache_addr: str = env("WEIR_CACHE_ADDR", "127.0.0.1:50052", help="the cache (host:port)")
+    router_addr: str = env("WEIR_ROUTER_ADDR", "127.0.0.1:50053", help="the router (host:port)")
+    reasoner_addr: str = env("WEIR_REASONER_ADDR", "127.0.0.1:50054", help="the reasoner (host:port)")
+    redis_url: str = env("WEIR_REDIS_URL", "redis://127.0.0.1:6379/0", secret=True,
+                          help="Redis for keys, limits, budgets, the ledger, jobs and the exact tier")
+    redis_prefix: str = env("WEIR_REDIS_PREFIX", "weir:", help="prefix of every Redis key the gateway writes")
     master_key: str = env("WEIR_MASTER_KEY", secret=True, help="admin key; `weir up` generates one")
     default_max_tokens: int = env("WEIR_GATEWAY_DEFAULT_MAX_TOKENS", 512,
                                   help="completion tokens reserved for a request that sets no max_tokens")
@@ -31,7 +32,8 @@ class GatewaySettings:
                                    help="socket timeout of the policy's Redis calls")
     ledger_events: int = env("WEIR_GATEWAY_LEDGER_EVENTS", 100_000, help="per-request events kept (a capped stream)")
     usage_retention_days: int = env("WEIR_GATEWAY_USAGE_RETENTION_DAYS", 400, help="daily aggregates kept")
-    semantic_cache: bool = env("WEIR_GATEWAY_SEMANTIC_CACHE", True)
+    semantic_cache: bool = env("WEIR_GATEWAY_SEMANTIC_CACHE", True,
+                               help="look cacheable requests up in the semantic tier (false: the exact tier only)")
     exact_fast_path: bool = env(
         "WEIR_GATEWAY_EXACT_FAST_PATH", True,
         help="read the exact cache tier straight from Redis (same WEIR_REDIS_URL as the cache) instead of "
@@ -46,7 +48,8 @@ class GatewaySettings:
              "whichever answers first is streamed: the lookup leaves a miss's time to first token, and a "
              "semantic hit is charged the cancelled call's prompt; per request: header x-weir-stream-race: "
              "on|off, gRPC CacheControl.race")
-    max_body_bytes: int = env("WEIR_GATEWAY_MAX_BODY_BYTES", 4 * 1024 * 1024)
+    max_body_bytes: int = env("WEIR_GATEWAY_MAX_BODY_BYTES", 4 * 1024 * 1024,
+                             help="largest REST request body; a larger one gets 413")
     jobs_result_ttl_s: int = env("WEIR_JOBS_RESULT_TTL_S", 86400,
                                  help="seconds a finished job and its events are kept")
     jobs_visibility_timeout_s: float = env("WEIR_JOBS_VISIBILITY_TIMEOUT_S", 30.0,

@@ -14,7 +14,7 @@ from weir.kit.server import ServerSettings
 class ReasonerSettings:
     """Retry, backoff and reporting policy. Timeouts and connection limits are per provider in WEIR_CONFIG."""
 
-    port: Port = env("WEIR_REASONER_PORT", 50054)
+    port: Port = env("WEIR_REASONER_PORT", 50054, help="gRPC ReasonerService port")
     max_retries: int = env("WEIR_REASONER_MAX_RETRIES", 2, help="retries of a transient failure per target")
     backoff_base_ms: float = env("WEIR_REASONER_BACKOFF_BASE_MS", 250.0, help="first backoff; doubles per retry")
     backoff_max_ms: float = env("WEIR_REASONER_BACKOFF_MAX_MS", 8000.0, help="backoff ceiling")

@@ -21,7 +21,7 @@ def _default_scorer() -> Path | None:
 class RouterSettings:
     """How the router listens, scores virtual models and weighs provider health."""
 
-    port: Port = env("WEIR_ROUTER_PORT", 50053)
+    port: Port = env("WEIR_ROUTER_PORT", 50053, help="gRPC RouterService port")
     quality_bias: float = env(
         "WEIR_ROUTER_QUALITY_BIAS", 0.0,
         help="default cost/quality knob in [-1, 1]; a request's quality_bias adds to it",

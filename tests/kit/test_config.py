@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from weir.kit.config import ConfigError, Port, describe, env, load
+from weir.cli import settings as settings_cli
+from weir.kit.config import ConfigError, Port, describe, env, load, settings_of
 from weir.mesh_config import parse
 
 
@@ -104,3 +105,47 @@ def test_price_math() -> None:
                  "models": [{"id": "m", "provider": "p", "input_usd_per_mtok": 2.0, "output_usd_per_mtok": 8.0,
                              "cached_input_usd_per_mtok": 1.0}]})
     assert cfg.models["m"].cost_usd(1_000_000, 500_000, cached_tokens=500_000) == pytest.approx(1.0 + 0.5 + 4.0)
+
+
+@dataclass(frozen=True)
+class _Documented:
+    port: Port = env("WEIR_DOC_PORT", 8080, help="where it listens")
+    models: Path = env("WEIR_DOC_DIR", Path.home() / "models")
+    key: str = env("WEIR_DOC_KEY", secret=True, help="a secret")
+    names: tuple[str, ...] = env("WEIR_DOC_NAMES", ())
+    extra: float | None = env("WEIR_DOC_EXTRA", None)
+
+
+def test_settings_of_lists_each_variable_with_its_type_and_default() -> None:
+    rows = {r.env: (r.type, r.default, r.help) for r in settings_of(_Documented)}
+    assert rows == {
+        "WEIR_DOC_PORT": ("port", "8080", "where it listens"),
+        "WEIR_DOC_DIR": ("path", str(Path.home() / "models"), ""),
+        "WEIR_DOC_KEY": ("text", "required", "a secret"),
+        "WEIR_DOC_NAMES": ("comma-separated texts", "empty", ""),
+        "WEIR_DOC_EXTRA": ("number, or empty for unset", "unset", ""),
+    }
+
+
+def test_docs_settings_md_is_what_weir_settings_prints() -> None:
+    doc = Path(__file__).resolve().parents[2] / "docs" / "settings.md"
+    assert doc.read_text() == settings_cli.render(), (
+        "docs/settings.md is stale: run `.venv/bin/weir settings > docs/settings.md`")
+
+
+def test_every_variable_the_code_reads_is_in_the_reference() -> None:
+    """Every WEIR_* name in the services' and the kit's code is documented, with a meaning."""
+    import re
+
+    root = Path(__file__).resolve().parents[2]
+    #: Set by a launcher for its children, never by a person.
+    internal = {"WEIR_STOP_WITH_PARENT", "WEIR_FAKE_LLM_URL"}
+    reference = settings_cli.render()
+    named: set[str] = set()
+    for folder in ("weir", "services"):
+        for path in (root / folder).rglob("*.py"):
+            if "_pb2" not in path.name:
+                named |= set(re.findall(r"[\"'](WEIR_[A-Z0-9_]+)[\"']", path.read_text()))
+    missing = sorted(n for n in named - internal if f"`{n}`" not in reference)
+    assert not missing, f"not in docs/settings.md: {missing}"
+    assert "| — |" not in reference, "a variable without a meaning: give its env() a help text"

@@ -28,12 +28,17 @@ def main(argv: list[str] | None = None) -> None:
                          add_help=False)
     keys_cli.add_parsers(sub)
     chaos_arguments(sub.add_parser("chaos", help="run the chaos suite (provider faults) against a mesh"))
+    sub.add_parser("settings", help="every environment variable Weir reads: type, default, meaning (markdown)")
 
     args, rest = parser.parse_known_args(argv)
     if args.command == "up":
         from weir.cli.up import up
 
         sys.exit(up(no_fake=args.no_fake))
+    if args.command == "settings":
+        from weir.cli.settings import main as settings_main
+
+        sys.exit(settings_main())
     if args.command == "chaos":
         from weir.cli.chaos import chaos
 

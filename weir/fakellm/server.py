@@ -65,9 +65,9 @@ class FakeLLMSettings:
     tokens: int = env("WEIR_FAKE_LLM_TOKENS", 24, help="answer length in tokens")
     api_keys: tuple[str, ...] = env("WEIR_FAKE_LLM_KEY", (), secret=True, help="accepted keys (comma-separated)")
     models: tuple[str, ...] = env("WEIR_FAKE_LLM_MODELS", ("fake-small", "fake-large"), help="ids in /v1/models")
-    log_level: str = env("WEIR_LOG_LEVEL", "info")
+    log_level: str = env("WEIR_LOG_LEVEL", "info", help="debug, info, warning or error")
     grace_s: float = env("WEIR_SHUTDOWN_GRACE_S", 5.0, help="seconds in-flight requests get on SIGTERM")
-    ready_file: Path | None = env("WEIR_READY_FILE", None)
+    ready_file: Path | None = env("WEIR_READY_FILE", None, help="written with the bound address once serving")
 
     def validate(self) -> list[str]:
         problems = []

@@ -31,13 +31,14 @@ class ClientSettings:
 class Deadlines:
     """Per-hop deadlines in seconds (the reasoner's is long: it waits on a model)."""
 
-    embed_s: float = env("WEIR_DEADLINE_EMBED_S", 2.0)
-    cache_s: float = env("WEIR_DEADLINE_CACHE_S", 2.0)
+    embed_s: float = env("WEIR_DEADLINE_EMBED_S", 2.0, help="the embedding hop")
+    cache_s: float = env("WEIR_DEADLINE_CACHE_S", 2.0, help="a cache lookup")
     #: A store runs after the answer, in the background: it may wait for a slow write (the first answer of an
     #: embedding model creates its Milvus collection, which takes seconds on a Milvus server).
-    store_s: float = env("WEIR_DEADLINE_STORE_S", 30.0)
-    route_s: float = env("WEIR_DEADLINE_ROUTE_S", 1.0)
-    reason_s: float = env("WEIR_DEADLINE_REASON_S", 300.0)
+    store_s: float = env("WEIR_DEADLINE_STORE_S", 30.0,
+                          help="a cache store (after the answer, in the background)")
+    route_s: float = env("WEIR_DEADLINE_ROUTE_S", 1.0, help="the routing decision")
+    reason_s: float = env("WEIR_DEADLINE_REASON_S", 300.0, help="the model call, retries and fallbacks included")
 
 
 def open_channel(target: str) -> grpc.aio.Channel:

@@ -132,6 +132,62 @@ def describe(obj: Any) -> dict[str, Any]:
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One environment variable of a settings class, for a reference (`weir settings`)."""
+
+    env: str
+    type: str
+    default: str
+    help: str
+
+
+def settings_of(cls: type) -> list[Setting]:
+    """The environment variables `cls` reads, in field order (nested settings objects are not expanded)."""
+    hints = typing.get_type_hints(cls)
+    out: list[Setting] = []
+    for f in dataclasses.fields(cls):
+        name = f.metadata.get("env")
+        if name is None:
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = _shown(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            default = _shown(f.default_factory())
+        else:
+            default = "required"
+        out.append(Setting(name, _type_name(hints[f.name]), default, f.metadata.get("help", "")))
+    return out
+
+
+def _type_name(typ: Any) -> str:
+    origin = typing.get_origin(typ)
+    if origin is typing.Union or origin is types.UnionType:
+        (inner, *_rest) = [a for a in typing.get_args(typ) if a is not type(None)]
+        return f"{_type_name(inner)}, or empty for unset"
+    if origin is tuple:
+        return f"comma-separated {_type_name(typing.get_args(typ)[0])}s"
+    return {Port: "port", bool: "boolean", int: "integer", float: "number", Path: "path", str: "text"}.get(
+        typ, getattr(typ, "__name__", str(typ)))
+
+
+def _shown(value: Any) -> str:
+    """A default as a person would write it; paths under the machine's cache home read `<cache>/...`."""
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple | list):
+        return ", ".join(_shown(v) for v in value) if value else "empty"
+    if isinstance(value, Path):
+        home = str(cache_home())
+        text = str(value)
+        return "<cache>" + text[len(home):] if text == home or text.startswith(home + os.sep) else text
+    if isinstance(value, str):
+        return value if value else "empty"
+    return str(value)
+
+
 def state_dir() -> Path:
     """Where Weir keeps local state (Milvus Lite files, local Redis): $WEIR_STATE_DIR or ./var."""
     return Path(os.environ.get("WEIR_STATE_DIR", "var")).expanduser()

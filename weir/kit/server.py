@@ -57,7 +57,7 @@ class ServerSettings:
     """Where and how a service listens (each service gives its own defaults)."""
 
     host: str = env("WEIR_HOST", "127.0.0.1", help="interface to bind")
-    log_level: str = env("WEIR_LOG_LEVEL", "info")
+    log_level: str = env("WEIR_LOG_LEVEL", "info", help="debug, info, warning or error (JSON lines on stderr)")
     grace_s: float = env("WEIR_SHUTDOWN_GRACE_S", 5.0, help="seconds in-flight calls get on SIGTERM")
     ready_file: Path | None = env("WEIR_READY_FILE", None, help="written with the bound address once serving")
     metrics_port: Port | None = env("WEIR_METRICS_PORT", None, help="Prometheus /metrics port (0 = any free port)")
