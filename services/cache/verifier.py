@@ -116,7 +116,10 @@ class Facts:
     """What the checks look at in one text, computed once per text."""
 
     normalized: str
-    words: frozenset[str]  # every lower-case form seen (tokens, expansions, parts, joined names)
+    # Every lower-case form seen (tokens, expansions, parts, joined names), sorted. A tuple, not a frozenset:
+    # analyses are kept by the thousand (WEIR_CACHE_VERIFIER_CACHE_TEXTS), and a set of 20 words costs ~1 KiB
+    # where a tuple costs ~200 B; the checks only test a few words against it.
+    words: tuple[str, ...]
     numbers: tuple[str, ...]
     units: tuple[str, ...]  # in order of appearance
     dates: frozenset[str]
@@ -130,8 +133,10 @@ class Facts:
     entities: frozenset[str]
     quoted: tuple[frozenset[str], ...]
     content: tuple[str, ...]  # canonical content words (a sorted multiset)
-    # (canonical word, canonical parts) of 2-3 adjacent words written as one ("null pointer exception")
-    compounds: tuple[tuple[str, tuple[str, ...]], ...]
+    # 2-3 adjacent words that may be written as one ("null pointer exception"), each as one string: the
+    # canonical joined word, then the canonical parts, sorted, space-separated ("nullpointerexcept except
+    # null pointer"): one object where a pair of a word and a tuple took three.
+    compounds: tuple[str, ...]
     sequence: tuple[str, ...]  # salient tokens and connectors (to, than, & for and/vs, @ for in/of), in order
     particles: frozenset[str]  # verb stem + the particle right after it ("tak off" in "take off my shoes")
     # (owner, owned), canonical: written "X's Y" / written "Y of my X".
@@ -720,14 +725,14 @@ def _analyze(text: str) -> Facts:
         if b and a + b in lx.GAZETTEER:
             entities.add(a + b)
             words.add(a + b)
-    compounds: list[tuple[str, tuple[str, ...]]] = []
+    compounds: list[str] = []
     for size in (2, 3):
         for k in range(len(plain) - size + 1):
             span = plain[k:k + size]
             if all(w.isalpha() and w not in _SKIP for w in span):
                 joined = "".join(span)
                 words.add(joined)
-                compounds.append((canonical(joined), tuple(sorted(canonical(w) for w in span))))
+                compounds.append(" ".join((canonical(joined), *sorted(canonical(w) for w in span))))
     quoted = tuple(
         frozenset(w.lower() for w in _TOKEN.findall(next(g for g in m.groups() if g is not None)))
         for m in _QUOTED.finditer(text)
@@ -742,7 +747,7 @@ def _analyze(text: str) -> Facts:
                 and (spaced[k - 1] in lx.DETERMINERS or spaced[k - 1].endswith("'s"))}
     return Facts(
         normalized=normalized,
-        words=_frozen(words),
+        words=_tuple(sorted(words)),
         numbers=_tuple(sorted(numbers)),
         units=_tuple(units),
         dates=_frozen(dates),
@@ -1216,9 +1221,9 @@ def check_entities(query: Facts, stored: Facts) -> Verdict:
     # A name in the plural is the same name: "Tesla Superchargers" / "a tesla supercharger".
     q_forms, s_forms = {_plural_less(w) for w in query.words}, {_plural_less(w) for w in stored.words}
     missing_q = {e for e in query.entities if e not in stored.words and _plural_less(e) not in s_forms}
-    missing_q |= {" ".join(sorted(q)) for q in query.quoted if not q <= stored.words}
+    missing_q |= {" ".join(sorted(q)) for q in query.quoted if not q.issubset(stored.words)}
     missing_s = {e for e in stored.entities if e not in query.words and _plural_less(e) not in q_forms}
-    missing_s |= {" ".join(sorted(q)) for q in stored.quoted if not q <= query.words}
+    missing_s |= {" ".join(sorted(q)) for q in stored.quoted if not q.issubset(query.words)}
     if not missing_q and not missing_s:
         return _ok("entities")
     return _refuse("entities", missing_q, missing_s)
@@ -1280,12 +1285,16 @@ def _matches(a: str, b: str) -> bool:
     return _typo(a, b) or _derived(a, b) or b in _base_forms(a) or a in _base_forms(b) or _wordnet_synonyms(a, b)
 
 
-def _take_compounds(mine: list[str], theirs: list[str], their_compounds: Sequence[tuple[str, tuple[str, ...]]]) -> None:
+def _take_compounds(mine: list[str], theirs: list[str], their_compounds: Sequence[str]) -> None:
     """Removes a word of `mine` that the other text writes as 2-3 words (NullPointerException / null pointer
     exception), with those words from `theirs`."""
     for word in list(mine):
-        for joined, parts in their_compounds:
-            if joined == word and not Counter(parts) - Counter(theirs):
+        prefix = word + " "
+        for compound in their_compounds:
+            if not compound.startswith(prefix):
+                continue
+            parts = compound.split(" ")[1:]
+            if not Counter(parts) - Counter(theirs):
                 mine.remove(word)
                 for part in parts:
                     theirs.remove(part)
