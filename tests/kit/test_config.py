@@ -114,6 +114,7 @@ class _Documented:
     key: str = env("WEIR_DOC_KEY", secret=True, help="a secret")
     names: tuple[str, ...] = env("WEIR_DOC_NAMES", ())
     extra: float | None = env("WEIR_DOC_EXTRA", None)
+    shipped: Path = env("WEIR_DOC_SHIPPED", Path(__file__).resolve())
 
 
 def test_settings_of_lists_each_variable_with_its_type_and_default() -> None:
@@ -124,6 +125,7 @@ def test_settings_of_lists_each_variable_with_its_type_and_default() -> None:
         "WEIR_DOC_KEY": ("text", "required", "a secret"),
         "WEIR_DOC_NAMES": ("comma-separated texts", "empty", ""),
         "WEIR_DOC_EXTRA": ("number, or empty for unset", "unset", ""),
+        "WEIR_DOC_SHIPPED": ("path", "tests/kit/test_config.py", ""),  # in the checkout: relative to it
     }
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, NewType, TypeVar
 
 T = TypeVar("T")
+_REPO_ROOT = Path(__file__).resolve().parents[2]
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -172,7 +173,8 @@ def _type_name(typ: Any) -> str:
 
 
 def _shown(value: Any) -> str:
-    """A default as a person would write it; paths under the machine's cache home read `<cache>/...`."""
+    """A default as a person would write it: paths under the machine's cache home read `<cache>/...`, paths in
+    this checkout are relative to it."""
     if value is None:
         return "unset"
     if isinstance(value, bool):
@@ -180,6 +182,8 @@ def _shown(value: Any) -> str:
     if isinstance(value, tuple | list):
         return ", ".join(_shown(v) for v in value) if value else "empty"
     if isinstance(value, Path):
+        if value.is_relative_to(_REPO_ROOT):
+            return str(value.relative_to(_REPO_ROOT))
         home = str(cache_home())
         text = str(value)
         return "<cache>" + text[len(home):] if text == home or text.startswith(home + os.sep) else text
