@@ -76,7 +76,7 @@ class CacheSettings:
              "the cache's loop for 500 KB)")
     verifier_cache_texts: int = env(
         "WEIR_CACHE_VERIFIER_CACHE_TEXTS", 16384,
-        help="texts whose verifier analysis is kept (an LRU; ~0.7-1.4 KiB each): stored questions recur as "
+        help="texts whose verifier analysis is kept (an LRU; ~0.6-1.3 KiB each): stored questions recur as "
              "candidates, and each analysis costs ~0.25 ms")
     judge: bool = env(
         "WEIR_CACHE_JUDGE", True,

@@ -130,7 +130,7 @@ class Facts:
     kind: str
     # The modal of a yes/no question: "can" (can / could / may I ...), "should" (should I ...), "" otherwise.
     modal: str
-    entities: frozenset[str]
+    entities: tuple[str, ...]  # sorted; tuples rather than sets here too: most hold one or two names
     quoted: tuple[frozenset[str], ...]
     content: tuple[str, ...]  # canonical content words (a sorted multiset)
     # 2-3 adjacent words that may be written as one ("null pointer exception"), each as one string: the
@@ -142,7 +142,7 @@ class Facts:
     # (owner, owned), canonical: written "X's Y" / written "Y of my X".
     owns: frozenset[tuple[str, str]]
     owns_of: frozenset[tuple[str, str]]
-    people: frozenset[str]  # the persons named: <i> for I / me / my ..., canonical role nouns
+    people: tuple[str, ...]  # the persons named, sorted: <i> for I / me / my ..., canonical role nouns
     referred: frozenset[str]  # role nouns that stand for a person ("the recipient", "my boss's assistant")
     asker: str  # the person a question opened by a modal or an auxiliary is about ("can my landlord ...")
     both_poles: bool  # names both sides of a WordNet opposition ("the pros and cons")
@@ -756,7 +756,7 @@ def _analyze(text: str) -> Facts:
         intents=_frozen(intents or noun_intents),
         kind=_kind(plain),
         modal=_modal(plain),
-        entities=_frozen(entities),
+        entities=_tuple(sorted(entities)),
         quoted=quoted,
         content=_tuple(sorted(content)),
         compounds=tuple(compounds),
@@ -764,7 +764,7 @@ def _analyze(text: str) -> Facts:
         particles=_frozen(particles),
         owns=_owned_pairs(_POSSESSIVE, normalized, 1, 2, _NOT_OWNERS),
         owns_of=_owned_pairs(_OF_OWNER, normalized, 2, 1),
-        people=_frozen(people),
+        people=_tuple(sorted(people)),
         referred=_frozen(referred),
         asker=_asker(normalized.replace(",", " ").split()),
         both_poles=_has_both_poles(_forms(words, content)),
@@ -1103,7 +1103,7 @@ def check_order(query: Facts, stored: Facts) -> Verdict:
     # The same two people, the other one doing it: "can I install ... without my landlord's permission" / "can my
     # landlord install ... without my permission".
     q_who, s_who = query.asker, stored.asker
-    if q_who and s_who and q_who != s_who and {q_who, s_who} <= query.people & stored.people:
+    if q_who and s_who and q_who != s_who and {q_who, s_who} <= set(query.people) & set(stored.people):
         return Verdict(False, "order", f"{q_who} does it vs {s_who} does it")
     # Two words before the same head swapped: "feed my dog cat food" / "feed my cat dog food".
     for k in range(len(qs) - 2):
@@ -1383,7 +1383,7 @@ def check_opposites(query: Facts, stored: Facts) -> Verdict:
 def check_content(query: Facts, stored: Facts) -> Verdict:
     """No content word is replaced by another; at most MAX_ADDED_WORDS appear on one side only."""
     only_q, only_s = _differing(query, stored)
-    names = query.entities | stored.entities
+    names = {*query.entities, *stored.entities}
     for a in list(only_q):
         if a in names:
             continue

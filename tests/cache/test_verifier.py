@@ -415,8 +415,8 @@ def test_numbers_units_and_dates_are_canonicalised() -> None:
 
 def test_sentence_initial_capitals_are_not_entities() -> None:
     facts = analyze("Where is Berlin? Tell me. Also: What about NASA and my_var in config.yaml?")
-    assert facts.entities == {"berlin", "nasa", "my_var", "config.yaml"}
-    assert analyze("I'm sure I've seen it").entities == frozenset()
+    assert set(facts.entities) == {"berlin", "nasa", "my_var", "config.yaml"}
+    assert not analyze("I'm sure I've seen it").entities
 
 
 def test_stemmer_reduces_both_forms_alike() -> None:
@@ -598,7 +598,7 @@ def test_rates_phrases_filler_and_capitals_still_match(query: str, stored: str) 
 
 
 def test_a_text_in_capitals_names_nothing_by_its_capitals() -> None:
-    assert analyze("HOW DO I RESET MY PASSWORD").entities == frozenset()
+    assert not analyze("HOW DO I RESET MY PASSWORD").entities
     assert "stl" in analyze("How do I convert it to STL?").entities
 
 
