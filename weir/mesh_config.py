@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from weir.kit.config import ConfigError
+from weir.kit.config import REPO_ROOT, ConfigError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 FAKE_CONFIG = REPO_ROOT / "config" / "fake.toml"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 

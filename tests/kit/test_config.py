@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -137,8 +138,6 @@ def test_docs_settings_md_is_what_weir_settings_prints() -> None:
 
 def test_every_variable_the_code_reads_is_in_the_reference() -> None:
     """Every WEIR_* name in the services' and the kit's code is documented, with a meaning."""
-    import re
-
     root = Path(__file__).resolve().parents[2]
     #: Set by a launcher for its children, never by a person.
     internal = {"WEIR_STOP_WITH_PARENT", "WEIR_FAKE_LLM_URL"}

@@ -9,7 +9,7 @@ import sys
 
 from weir.cli import keys as keys_cli
 from weir.cli.chaos import add_arguments as chaos_arguments
-from weir.mesh_config import REPO_ROOT
+from weir.kit.config import REPO_ROOT
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -44,16 +44,9 @@ OTHER: tuple[tuple[str, str, str], ...] = (
      "router training and evaluation (`services/router/training`): the labelled routing data"),
 )
 
-SECTIONS: tuple[tuple[str, str, type], ...] = (
-    ("Every service", "how it listens, logs and stops (`weir.kit.server.ServerSettings`); each service's port "
-     "has a variable of its own, below", ServerSettings),
-    ("Calls between services", "the gateway, the cache and the reasoner (`weir.kit.clients.ClientSettings`)",
-     ClientSettings),
-)
-
-
-def _services() -> tuple[tuple[str, str, type], ...]:
-    # Imported here: the services' settings modules are light, but `weir` (the package) must not need them.
+def _sections() -> tuple[tuple[str, str, type], ...]:
+    """(title, what it covers, settings class), in the order of the page."""
+    # The services' settings are imported here: `weir` (the package) must not need them to load.
     from services.cache.settings import CacheSettings
     from services.embedder.settings import EmbedderSettings
     from services.gateway.settings import GatewaySettings
@@ -61,6 +54,10 @@ def _services() -> tuple[tuple[str, str, type], ...]:
     from services.router.settings import RouterSettings
 
     return (
+        ("Every service", "how it listens, logs and stops (`weir.kit.server.ServerSettings`); each service's port "
+         "has a variable of its own, below", ServerSettings),
+        ("Calls between services", "the gateway, the cache and the reasoner (`weir.kit.clients.ClientSettings`)",
+         ClientSettings),
         ("Gateway", "`services/gateway/settings.py`", GatewaySettings),
         ("Gateway: deadlines per hop", "seconds (`weir.kit.clients.Deadlines`)", Deadlines),
         ("Embedder", "`services/embedder/settings.py`", EmbedderSettings),
@@ -83,7 +80,7 @@ def _table(rows: list[Setting]) -> list[str]:
 
 def render() -> str:
     lines = [INTRO]
-    for title, about, cls in (*SECTIONS, *_services()):
+    for title, about, cls in _sections():
         lines += [f"## {title}", "", f"{about[0].upper()}{about[1:]}.", "", *_table(settings_of(cls)), ""]
     lines += ["## Read by `weir up` and the tools", "", "| variable | default | meaning |", "|---|---|---|"]
     lines += [f"| `{name}` | `{default}` | {_cell(meaning)} |" for name, default, meaning in OTHER]

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any, NewType, TypeVar
 
 T = TypeVar("T")
-_REPO_ROOT = Path(__file__).resolve().parents[2]
+#: The checkout Weir runs from (config/, services/, scripts/ live there).
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -182,11 +183,10 @@ def _shown(value: Any) -> str:
     if isinstance(value, tuple | list):
         return ", ".join(_shown(v) for v in value) if value else "empty"
     if isinstance(value, Path):
-        if value.is_relative_to(_REPO_ROOT):
-            return str(value.relative_to(_REPO_ROOT))
-        home = str(cache_home())
-        text = str(value)
-        return "<cache>" + text[len(home):] if text == home or text.startswith(home + os.sep) else text
+        for root, shown in ((REPO_ROOT, ""), (cache_home(), "<cache>/")):
+            if value.is_relative_to(root):
+                return shown + str(value.relative_to(root))
+        return str(value)
     if isinstance(value, str):
         return value if value else "empty"
     return str(value)
