@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field
 
 from services.cache.checks import CHECK_NAMES, NEVER_OVERRULED
+from services.cache.verifier import ANALYSIS_TEXTS
 from weir.kit.clients import ClientSettings
 from weir.kit.config import Port, env, load, state_dir
 from weir.kit.server import ServerSettings
@@ -75,9 +76,10 @@ class CacheSettings:
              "embedding reads ~256 tokens of a question, and the verifier's cost grows with its length (~4 s of "
              "the cache's loop for 500 KB)")
     verifier_cache_texts: int = env(
-        "WEIR_CACHE_VERIFIER_CACHE_TEXTS", 16384,
-        help="texts whose verifier analysis is kept (an LRU; ~0.6-1.3 KiB each): stored questions recur as "
-             "candidates, and each analysis costs ~0.25 ms")
+        "WEIR_CACHE_VERIFIER_CACHE_TEXTS", ANALYSIS_TEXTS,
+        help="texts whose verifier analysis is kept (an LRU; ~1.25 KiB each, ~5 MiB when full): stored questions "
+             "recur as candidates, and each analysis costs ~0.25 ms to redo. As many as the judge's and the "
+             "embedder's LRUs by default; raise it for a hot set of more candidate questions")
     judge: bool = env(
         "WEIR_CACHE_JUDGE", True,
         help="ask the embedder's paraphrase judge about the candidates the verifier's rules leave open "

@@ -771,7 +771,9 @@ def _analyze(text: str) -> Facts:
     )
 
 
-analyze = lru_cache(maxsize=16384)(_analyze)
+#: Analyses kept by default (WEIR_CACHE_VERIFIER_CACHE_TEXTS): ~5 MiB when full.
+ANALYSIS_TEXTS = 4096
+analyze = lru_cache(maxsize=ANALYSIS_TEXTS)(_analyze)
 
 
 def set_analysis_cache(texts: int) -> None:

@@ -645,8 +645,9 @@ def test_the_analysis_cache_is_bounded_by_the_setting() -> None:
         assert info.maxsize == 3 and info.currsize == 3
         with pytest.raises(ConfigError, match="WEIR_CACHE_VERIFIER_CACHE_TEXTS must be >= 0"):
             load(CacheSettings, {"WEIR_CACHE_VERIFIER_CACHE_TEXTS": "-1"})
+        assert load(CacheSettings, {}).verifier_cache_texts == verifier.ANALYSIS_TEXTS
     finally:
-        verifier.set_analysis_cache(16384)
+        verifier.set_analysis_cache(verifier.ANALYSIS_TEXTS)
 
 
 def test_things_trading_places_around_a_role_word_are_refused_as_roles() -> None:
