@@ -157,7 +157,7 @@ async def check_concurrent_lookups(cache: Cache) -> None:
         for q, v in items:
             await cache.store(tenant, chat(q), f"{q} -> answer for {tenant}", v)
     before = _searches(cache)
-    timed = _timed_calls(cache)
+    timed = _timed_calls(cache_metrics(cache.proc))
     lookups = [(tenant, q, v) for tenant, items in questions.items() for q, v in items]
     found = await asyncio.gather(*(cache.semantic(tenant, chat(q.lower()), near(v, 0.96))
                                    for tenant, q, v in lookups))
@@ -169,8 +169,9 @@ async def check_concurrent_lookups(cache: Cache) -> None:
     assert calls < len(lookups)  # some lookups shared a search
     # Every Milvus call is timed (weir_cache_milvus_seconds), each write and each shared search once.
     values = cache_metrics(cache.proc)
-    assert _timed_calls(cache)["search"] - timed["search"] == calls
-    assert _timed_calls(cache)["upsert"] == values["weir_cache_milvus_writes_total"] > 0
+    after = _timed_calls(values)
+    assert after["search"] - timed["search"] == calls
+    assert after["upsert"] == values["weir_cache_milvus_writes_total"] > 0
 
 
 def _searches(cache: Cache) -> tuple[float, float]:
@@ -179,9 +180,8 @@ def _searches(cache: Cache) -> tuple[float, float]:
     return values["weir_cache_milvus_searches_total"], values["weir_cache_milvus_searched_vectors_total"]
 
 
-def _timed_calls(cache: Cache) -> dict[str, float]:
-    """Milvus calls timed by weir_cache_milvus_seconds, by operation."""
-    values = cache_metrics(cache.proc)
+def _timed_calls(values: dict[str, float]) -> dict[str, float]:
+    """Milvus calls timed by weir_cache_milvus_seconds, by operation, from the cache's metrics (`cache_metrics`)."""
     return {op: values.get(f'weir_cache_milvus_seconds_count{{operation="{op}"}}', 0.0) for op in ("search", "upsert")}
 
 
