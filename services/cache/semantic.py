@@ -286,15 +286,9 @@ class SemanticTier:
 
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False,
                                             description="weir semantic cache")
-        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
-        schema.add_field("tenant", DataType.VARCHAR, max_length=1024)
-        schema.add_field("context_key", DataType.VARCHAR, max_length=64)
-        schema.add_field("model", DataType.VARCHAR, max_length=1024)
-        schema.add_field("question", DataType.VARCHAR, max_length=VARCHAR_MAX)
-        schema.add_field("answer", DataType.VARCHAR, max_length=VARCHAR_MAX)
-        schema.add_field("created", DataType.INT64)
-        schema.add_field("expires", DataType.INT64)
-        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+        for field, kind, params in _FIELDS:
+            schema.add_field(field, DataType(kind), is_primary=field == "id",
+                             **{k: dim if v is None else v for k, v in params.items()})
         index = client.prepare_index_params()
         index.add_index(field_name="vector", index_type="HNSW", metric_type="COSINE",
                         params={"M": 16, "efConstruction": 200})
@@ -632,17 +626,54 @@ class SemanticTier:
 
 
 _OUTPUT_FIELDS = ("tenant", "context_key", "question", "answer", "expires")
+_VARCHAR, _INT64, _FLOAT_VECTOR = 21, 5, 101  # pymilvus' DataType and Milvus' schema.proto number them alike
+# The collection's fields in order: name, type, parameters (dim None: the collection's dimension).
+_FIELDS: tuple[tuple[str, int, dict[str, int | None]], ...] = (
+    ("id", _VARCHAR, {"max_length": 64}),
+    ("tenant", _VARCHAR, {"max_length": 1024}),
+    ("context_key", _VARCHAR, {"max_length": 64}),
+    ("model", _VARCHAR, {"max_length": 1024}),
+    ("question", _VARCHAR, {"max_length": VARCHAR_MAX}),
+    ("answer", _VARCHAR, {"max_length": VARCHAR_MAX}),
+    ("created", _INT64, {}),
+    ("expires", _INT64, {}),
+    ("vector", _FLOAT_VECTOR, {"dim": None}),
+)
+_TEMPLATES = 4096  # search request templates kept (one per collection, partition and search parameters)
+
+
+def _varint(n: int) -> bytes:
+    """n as a protobuf varint."""
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _own_schema(schema: dict[str, Any]) -> bool:
+    """Whether a described collection has exactly the fields `_create_collection` gives it (no dynamic field)."""
+    fields = schema.get("fields") or []
+    return (not schema.get("enable_dynamic_field") and not schema.get("struct_array_fields")
+            and not schema.get("functions")
+            and [(f.get("name"), int(f.get("type", 0))) for f in fields] == [(n, k) for n, k, _ in _FIELDS])
 
 
 class _AsyncMilvus:
-    """Milvus searches and writes over grpc.aio on the caller's event loop, with pymilvus' own request builders
-    and protos.
+    """Milvus searches and writes over grpc.aio on the caller's event loop, with pymilvus' protos.
 
     pymilvus' MilvusClient is blocking: every call pays a hop to a pool thread and back, its decorator stack and
     its result objects (~1 ms per lookup on the 2-core box). Searches and upserts are the hot path (a miss makes
     one of each), so they go straight to the server's Search and Upsert RPCs; everything else (schema,
     partitions, deletes, purges) stays on MilvusClient. Only for a Milvus server reached over plain gRPC
-    (http:// or host:port); Milvus Lite and TLS keep the pool."""
+    (http:// or host:port); Milvus Lite and TLS keep the pool.
+
+    The requests are the ones pymilvus' builders (`Prepare`) make, built for less: Prepare costs ≈ 0.13 ms of
+    Python per search and ≈ 0.18 ms per one-row upsert, most of it checking and encoding what never changes. A
+    search copies a request Prepare built once for its collection, partition and parameters, and sets its filter,
+    vectors and consistency; a write of a collection this service created fills the columns directly. Tests
+    check both against Prepare's output, byte for byte."""
 
     def __init__(self, uri: str, token: str, client: Any) -> None:
         from pymilvus.grpc_gen import milvus_pb2_grpc
@@ -658,6 +689,7 @@ class _AsyncMilvus:
             ("grpc.max_receive_message_length", 64 * 1024 * 1024), ("grpc.keepalive_time_ms", 55_000)])
         self._stub = milvus_pb2_grpc.MilvusServiceStub(self._channel)
         self._metadata = (("authorization", base64.b64encode(token.encode()).decode()),) if token else ()
+        self._templates: dict[tuple[str, str, int, str], Any] = {}  # SearchRequests built by Prepare, to copy
 
     @staticmethod
     def serves(uri: str) -> bool:
@@ -666,13 +698,10 @@ class _AsyncMilvus:
     async def search(self, collection: str, partition: str, vectors: list[np.ndarray], expr: str, limit: int,
                      params: dict[str, Any], deadline_s: float) -> list[list[tuple[str, float, dict[str, Any]]]]:
         from pymilvus.client import ts_utils
-        from pymilvus.client.prepare import Prepare
 
         consistency: dict[str, Any] = {}  # the guarantee timestamp, as MilvusClient.search computes it
         default = ts_utils.construct_guarantee_ts(collection, consistency, self._endpoint, "")
-        request = Prepare.search_requests_with_expr(
-            collection, "vector", params, limit, data=vectors, expr=expr, partition_names=[partition],
-            output_fields=list(_OUTPUT_FIELDS), use_default_consistency=default, **consistency)
+        request = self.search_request(collection, partition, vectors, expr, limit, params, default, consistency)
         resp = await self._stub.Search(request, timeout=deadline_s, metadata=self._metadata)
         if resp.status.code != 0 or resp.status.error_code != 0:
             raise MilvusUnavailable(f"search failed: {resp.status.reason or resp.status.code}")
@@ -695,17 +724,70 @@ class _AsyncMilvus:
     async def upsert(self, collection: str, partition: str, entities: list[dict[str, Any]], schema: dict[str, Any],
                      deadline_s: float) -> None:
         from pymilvus.client import ts_utils
-        from pymilvus.client.prepare import Prepare
 
-        request = Prepare.row_upsert_param(
-            collection, entities, partition, schema.get("fields"), schema.get("struct_array_fields", []),
-            enable_dynamic=schema.get("enable_dynamic_field", False),
-            schema_timestamp=schema.get("update_timestamp", 0))
+        request = self.upsert_request(collection, partition, entities, schema)
         resp = await self._stub.Upsert(request, timeout=deadline_s, metadata=self._metadata)
         if resp.status.code != 0 or resp.status.error_code != 0:
             raise MilvusUnavailable(f"upsert failed: {resp.status.reason or resp.status.code}")
         # A Session-consistency search of this process then waits for this write (as after MilvusClient.upsert).
         ts_utils.update_collection_ts(collection, resp.timestamp, self._endpoint, "")
+
+    def search_request(self, collection: str, partition: str, vectors: list[np.ndarray], expr: str, limit: int,
+                       params: dict[str, Any], default: bool, consistency: dict[str, Any]) -> Any:
+        """The SearchRequest Prepare.search_requests_with_expr makes for these arguments."""
+        from pymilvus.client.prepare import Prepare
+        from pymilvus.grpc_gen import common_pb2, milvus_pb2
+
+        if any(v.dtype != np.float32 for v in vectors):  # only float32 is encoded here
+            return Prepare.search_requests_with_expr(
+                collection, "vector", params, limit, data=vectors, expr=expr, partition_names=[partition],
+                output_fields=list(_OUTPUT_FIELDS), use_default_consistency=default, **consistency)
+        key = (collection, partition, limit, repr(params))
+        template = self._templates.get(key)
+        if template is None:
+            if len(self._templates) >= _TEMPLATES:
+                self._templates.clear()
+            template = self._templates[key] = Prepare.search_requests_with_expr(
+                collection, "vector", params, limit, data=vectors[:1], expr="", partition_names=[partition],
+                output_fields=list(_OUTPUT_FIELDS))
+        request = milvus_pb2.SearchRequest()
+        request.CopyFrom(template)
+        request.dsl = expr
+        request.nq = len(vectors)
+        request.placeholder_group = common_pb2.PlaceholderGroup(placeholders=[common_pb2.PlaceholderValue(
+            tag="$0", type=common_pb2.PlaceholderType.FloatVector,
+            values=[v.astype("<f4", copy=False).tobytes() for v in vectors])]).SerializeToString()
+        request.guarantee_timestamp = consistency.get("guarantee_timestamp", 0)
+        request.use_default_consistency = default
+        request.consistency_level = consistency.get("consistency_level", 0)
+        return request
+
+    @staticmethod
+    def upsert_request(collection: str, partition: str, entities: list[dict[str, Any]],
+                       schema: dict[str, Any]) -> Any:
+        """The UpsertRequest Prepare.row_upsert_param makes for these rows (`SemanticTier._entities`) and the
+        collection's described schema."""
+        from pymilvus.client.prepare import Prepare
+        from pymilvus.grpc_gen import milvus_pb2
+
+        if not _own_schema(schema) or any(e["vector"].dtype != np.float32 for e in entities):
+            return Prepare.row_upsert_param(
+                collection, entities, partition, schema.get("fields"), schema.get("struct_array_fields", []),
+                enable_dynamic=schema.get("enable_dynamic_field", False),
+                schema_timestamp=schema.get("update_timestamp", 0))
+        request = milvus_pb2.UpsertRequest(collection_name=collection, partition_name=partition,
+                                           num_rows=len(entities), schema_timestamp=schema.get("update_timestamp", 0))
+        for name, kind, _ in _FIELDS:
+            column = request.fields_data.add(field_name=name, type=kind)
+            if kind == _VARCHAR:
+                column.scalars.string_data.data.extend([e[name] for e in entities])
+            elif kind == _INT64:
+                column.scalars.long_data.data.extend([e[name] for e in entities])
+            else:  # FloatArray's packed field 1 parsed from the raw floats: 5x faster than a list of floats
+                column.vectors.dim = int(entities[0][name].shape[0]) if entities else 0
+                floats = b"".join(e[name].astype("<f4", copy=False).tobytes() for e in entities)
+                column.vectors.float_vector.MergeFromString(b"\x0a" + _varint(len(floats)) + floats)
+        return request
 
     async def close(self) -> None:
         await self._channel.close()

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -114,6 +115,65 @@ async def test_searches_and_writes_on_a_server_go_over_grpc_aio_and_find_what_py
         await tier.upsert(replace(rows[1], tenant="globex", entry_id="g2"), MODEL_ID)
         found = await tier.search("globex", "ctx", MODEL_ID, vectors[1])
         assert found[0].entry_id == "g2" and {c.entry_id for c in found} == {"g1", "g2"}
+    finally:
+        await tier.close()
+
+
+async def test_requests_sent_over_grpc_aio_are_byte_for_byte_what_pymilvus_builds(
+        server_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The grpc.aio path builds its Search and Upsert requests without pymilvus' Prepare (a copied template, columns
+    filled directly), and they must be exactly what Prepare makes: for the schema the server describes, several
+    vectors, any filter, and a template used again with other arguments."""
+    from pymilvus.client import ts_utils
+    from pymilvus.client.prepare import Prepare
+
+    for key, value in server_env.items():
+        monkeypatch.setenv(key, value)
+    tier = SemanticTier(load(CacheSettings))
+    assert await tier.connect()
+    try:
+        rows = [Row(entry_id=f"b{i}", tenant="acme", context_key="ctx", model="fake-small", question=f"Q {i} é?",
+                    answer=f"answer {i}".encode(), created_ms=i, expires_ms=2**62 - i, vector=unit(60 + i))
+                for i in range(3)]
+        await tier.upsert(rows[0], MODEL_ID)
+        raw, name = tier._raw, tier.collection_name(MODEL_ID)
+        assert raw is not None and name in tier._schemas
+        schema, partition = tier._schemas[name], tier.partition_name("acme")
+        params = {"metric_type": "COSINE", "params": {"ef": 64}}
+        upserts, searches = [], []
+        for batch in ([rows[0]], rows):
+            entities = tier._entities(batch)
+            upserts.append((entities, Prepare.row_upsert_param(
+                name, entities, partition, schema.get("fields"), schema.get("struct_array_fields", []),
+                enable_dynamic=False, schema_timestamp=schema.get("update_timestamp", 0))))
+        for i, (vectors, expr) in enumerate([([unit(1)], 'tenant == "acme" and expires > 5'),
+                                             ([unit(2), unit(3), unit(4)], 'tenant == "a\\"b" and expires > 7'),
+                                             ([unit(5)], "")]):
+            consistency: dict[str, object] = {}
+            default = ts_utils.construct_guarantee_ts(name, consistency, raw._endpoint, "")
+            if i == 1:
+                consistency["guarantee_timestamp"] = 12345  # a timestamp of this process' own last write
+            searches.append((vectors, expr, default, consistency, Prepare.search_requests_with_expr(
+                name, "vector", params, 5, data=vectors, expr=expr, partition_names=[partition],
+                output_fields=["tenant", "context_key", "question", "answer", "expires"],
+                use_default_consistency=default, **consistency)))
+
+        def same(built: Any, expected: Any) -> bool:
+            return bool(built.SerializeToString(deterministic=True) == expected.SerializeToString(deterministic=True))
+
+        vectors, expr, default, consistency, expected = searches[0]  # builds the template, with Prepare
+        assert same(raw.search_request(name, partition, vectors, expr, 5, params, default, consistency), expected)
+
+        def not_prepare(*args: object, **kwargs: object) -> None:
+            raise AssertionError("built with Prepare")
+
+        monkeypatch.setattr(Prepare, "search_requests_with_expr", not_prepare)
+        monkeypatch.setattr(Prepare, "row_upsert_param", not_prepare)
+        for vectors, expr, default, consistency, expected in searches:
+            assert same(raw.search_request(name, partition, vectors, expr, 5, params, default, consistency), expected)
+        assert len(raw._templates) == 1  # the searches shared one template
+        for entities, expected in upserts:
+            assert same(raw.upsert_request(name, partition, entities, schema), expected)
     finally:
         await tier.close()
 
