@@ -197,6 +197,12 @@ for _group in lx.SYNONYM_GROUPS:
 _SKIP_STEMS = frozenset(stem(w) for w in _SKIP)
 
 
+#: Words whose canonical form is kept: questions share most of their words, and the form is a pure function of the
+#: word (the lexicons are fixed at import). ≈ 2 MiB when full.
+CANONICAL_WORDS = 16384
+
+
+@lru_cache(maxsize=CANONICAL_WORDS)
 def canonical(word: str) -> str:
     """The form content words are compared in: spelling, stem and synonym normalised."""
     word = lx.SPELLINGS.get(word, word)

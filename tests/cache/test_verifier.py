@@ -3,6 +3,7 @@ by the check that names the difference."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -648,6 +649,18 @@ def test_the_analysis_cache_is_bounded_by_the_setting() -> None:
         assert load(CacheSettings, {}).verifier_cache_texts == verifier.ANALYSIS_TEXTS
     finally:
         verifier.set_analysis_cache(verifier.ANALYSIS_TEXTS)
+
+
+def test_canonical_forms_are_remembered_in_a_bounded_cache_and_equal_the_computed_ones() -> None:
+    pairs = (Path(__file__).parents[2] / "services/cache/eval/pairs.jsonl").read_text().splitlines()[:300]
+    words = [w.strip("?.,!'\"").lower() for line in pairs for w in json.loads(line)["stored"].split()]
+    assert len(set(words)) > 500
+    words += [f"xq{k}ing" for k in range(verifier.CANONICAL_WORDS + 100)]  # more words than it keeps
+    for w in words:
+        assert canonical(w) == canonical.__wrapped__(w)
+    info = canonical.cache_info()
+    assert info.maxsize == verifier.CANONICAL_WORDS and info.currsize == verifier.CANONICAL_WORDS
+    assert canonical("crashes") == canonical("crashing") == "crash"  # still the same forms when remembered
 
 
 def test_things_trading_places_around_a_role_word_are_refused_as_roles() -> None:
