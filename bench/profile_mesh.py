@@ -1,6 +1,6 @@
 """Profile the mesh under load with py-spy: which functions each service spends its CPU in.
 
-    .venv/bin/python -m bench.profile_mesh [--scenario miss|exact|semantic] [--seconds 20] [--concurrency 8]
+    .venv/bin/python -m bench.profile_mesh [--scenario miss|uncached|exact|semantic] [--seconds 20] [--concurrency 8]
 
 Starts the mesh like `make bench`, drives the scenario through the REST bridge, samples every service with
 `py-spy record` (installed with `pip install py-spy`; a dev tool, not a dependency) and prints, per service,
@@ -67,13 +67,15 @@ async def drive(url: str, key: str, scenario: str, seconds: float, concurrency: 
             i = 0
             while time.monotonic() < deadline:
                 i += 1
-                if scenario == "miss":
+                temperature = 0.0
+                if scenario in ("miss", "uncached"):
                     text = f"Unique question {run} {w} {i}?"
+                    temperature = 0.7 if scenario == "uncached" else 0.0
                 elif scenario == "exact":
                     text = STORED.format(COUNTRIES[i % len(COUNTRIES)])
                 else:
                     text = PARAPHRASES[(i // len(COUNTRIES)) % len(PARAPHRASES)].format(COUNTRIES[i % len(COUNTRIES)])
-                async with s.post(url, data=body("fake-small", text), headers=headers) as r:
+                async with s.post(url, data=body("fake-small", text, temperature), headers=headers) as r:
                     await r.read()
                 done += 1
 
@@ -83,7 +85,7 @@ async def drive(url: str, key: str, scenario: str, seconds: float, concurrency: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenario", choices=("miss", "exact", "semantic"), default="miss")
+    parser.add_argument("--scenario", choices=("miss", "uncached", "exact", "semantic"), default="miss")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--milvus", choices=("server", "lite"), default="server")

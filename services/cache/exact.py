@@ -35,6 +35,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from weir import exact_cache
+from weir.kit.redis_lane import RedisLane
 
 log = logging.getLogger("weir.cache.exact")
 
@@ -204,8 +205,11 @@ class ExactTier:
         self._invalidate = self._redis.register_script(_INVALIDATE)
         self._unmark = self._redis.register_script(_UNMARK)
         self._down_until = 0.0
+        # Reads and stores from concurrent requests share pipelined round trips on one connection.
+        self.lane = RedisLane(self._redis, "exact-tier")
 
     async def close(self) -> None:
+        await self.lane.close()
         await self._redis.aclose()
 
     # ---- keys ------------------------------------------------------------------------------------
@@ -251,7 +255,7 @@ class ExactTier:
             return False
 
     async def get(self, tenant: str, exact_key: str) -> bytes | None:
-        value = await self._call("get", self._redis.get(self.entry_key(tenant, exact_key)))
+        value = await self._call("get", self.lane.execute("GET", self.entry_key(tenant, exact_key)))
         return None if value is None else value if isinstance(value, bytes) else value.encode()
 
     async def store(
@@ -274,14 +278,15 @@ class ExactTier:
         semantic = "1" if collection else "0"
         args: list[bytes | str | int] = [tenant, entry_id, xkey, blob, ttl_ms, now + ttl_ms, meta, mk, semantic,
                                          cap, now, PRUNE_LIMIT, context_key]
-        out = await self._call("store", self._store(keys=self._registry(tenant), args=args))
+        out = await self._call("store", self.lane.script(self._store, args, self._registry(tenant)))
         items = [_s(x) for x in out]
         evicted = [(items[i], items[i + 1]) for i in range(1, len(items) - 1, 2)]
         return StoreOutcome(previous_collection=items[0], evicted=evicted)
 
     async def unmark_semantic(self, tenant: str, entry_id: str) -> None:
         p = self.prefix
-        await self._call("unmark", self._unmark(keys=[f"{p}sem:{tenant}", f"{p}meta:{tenant}"], args=[entry_id]))
+        keys = [f"{p}sem:{tenant}", f"{p}meta:{tenant}"]
+        await self._call("unmark", self.lane.script(self._unmark, [entry_id], keys))
 
     async def invalidate(self, tenant: str, mode: str, arg: str) -> list[Removed]:
         """Removes the tenant's entries by id, model or all; returns what it removed."""

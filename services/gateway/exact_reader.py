@@ -24,6 +24,7 @@ from weir import chat, exact_cache
 from weir.cache.v1 import cache_service_pb2 as cache_pb
 from weir.common.v1 import types_pb2
 from weir.kit import tasks
+from weir.kit.redis_lane import RedisLane
 
 log = logging.getLogger("weir.gateway.exact")
 
@@ -67,6 +68,7 @@ class ExactReader:
         self._counts: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
         self._flusher: asyncio.Task[None] | None = None
         self._lookup = redis.register_script(_LOOKUP)
+        self.lane = RedisLane(redis, "exact")  # lookups from concurrent requests share round trips
 
     async def start(self) -> None:
         self._flusher = tasks.every(FLUSH_S, self.flush, "exact-tier stats flush")
@@ -74,6 +76,7 @@ class ExactReader:
     async def close(self) -> None:
         await tasks.stop(self._flusher)
         await self.flush()
+        await self.lane.close()
 
     async def lookup(self, tenant: str, req: types_pb2.ChatRequest, count: bool = True) -> Lookup:
         """The tenant's exact-tier answer to `req` (or None) and the reason, as LookupExact gives them, and whether
@@ -85,7 +88,8 @@ class ExactReader:
         keys = [exact_cache.entry_key(p, tenant, chat.exact_key(tenant, req)), exact_cache.context_index_key(p, tenant),
                 exact_cache.semantic_registry_key(p, tenant)]
         try:
-            blob, ctx = await self._lookup(keys=keys, args=[chat.context_key(tenant, req), int(time.time() * 1000)])
+            blob, ctx = await self.lane.script(self._lookup, [chat.context_key(tenant, req), int(time.time() * 1000)],
+                                               keys)
         except (RedisError, OSError) as exc:
             if self._down_until == 0.0:
                 log.warning("exact tier unreachable; lookups degrade", extra={"error": type(exc).__name__})

@@ -1,4 +1,4 @@
-"""Prometheus metrics of the gateway (served at GET /metrics on the REST port).
+"""Prometheus metrics of the gateway (served at GET /metrics on the REST port, with the kit's series).
 
 Labels are bounded: models come from the model table, tiers and statuses from fixed sets. Keys and teams are
 not labels (their number is unbounded); per key and team figures live in the ledger (`GET /v1/usage`).
@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from weir.common.v1 import types_pb2
+from weir.kit import metrics as kit_metrics
 from weir.kit.metrics import BUCKETS
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -68,4 +69,5 @@ class GatewayMetrics:
         self.overhead.observe(max(0.0, total_ms - upstream) / 1000)
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        """The gateway's series, then the process' kit series (its gRPC API's calls, its Redis lanes)."""
+        return generate_latest(self.registry) + generate_latest(kit_metrics.REGISTRY)

@@ -44,6 +44,7 @@ from services.gateway.pricing import Pricing, usd
 from services.gateway.timings import Timings
 from weir.common.v1 import types_pb2
 from weir.kit import tasks
+from weir.kit.redis_lane import RedisLane
 
 log = logging.getLogger("weir.gateway.policy")
 
@@ -175,6 +176,8 @@ class Policy:
         self._admit = redis.register_script(lua.ADMIT)
         self._settle = redis.register_script(lua.SETTLE)
         self._deploy = redis.register_script(lua.DEPLOY)
+        # The per-request scripts (admission, deployment windows, settlement) share one pipelined connection.
+        self.lane = RedisLane(redis, "policy")
         self._snapshots: dict[str, _Snapshot] = {}
         self._down_until = 0.0
         self._last_log: dict[str, float] = {}
@@ -191,6 +194,7 @@ class Policy:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
         await tasks.stop(self._listener)
+        await self.lane.close()
 
     async def _listen(self) -> None:
         """Drops local snapshots of keys an admin changed (any replica), so a revoked key stays refused even
@@ -260,7 +264,7 @@ class Policy:
         try:
             if time.monotonic() < self._down_until:
                 raise RedisConnectionError("policy store marked down")
-            r = await self._admit(args=[
+            r = await self.lane.script(self._admit, [
                 self.prefix, digest, ",".join(self.pricing.allowing(model)), reserve, cost, ticket.id, day, month,
                 1 if cacheable else 0, model, self.retention_s])
         except _UNAVAILABLE as exc:
@@ -382,7 +386,7 @@ class Policy:
             m = deployments.get(target.model)
             args += [target.model, m.rpm if m else 0, m.tpm if m else 0]
         try:
-            index, reserved = (int(v) for v in await self._deploy(args=args))
+            index, reserved = (int(v) for v in await self.lane.script(self._deploy, args))
         except _UNAVAILABLE as exc:
             if self.limits_fail_open:
                 self._log_once("deploy", "policy store unavailable; deployment limits not applied (fail-open)",
@@ -469,14 +473,12 @@ class Policy:
         """Writes the settlements queued so far in one pipelined round trip (they pile up while one is out)."""
         batch, self._pending = self._pending, []
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for args in batch:
-                    pipe.evalsha(self._settle.sha, 0, *args)
-                results = await pipe.execute(raise_on_error=False)
+            sha = self._settle.sha
+            results = await self.lane.execute_many([("EVALSHA", sha, 0, *args) for args in batch])
             retry = [args for args, r in zip(batch, results, strict=True) if isinstance(r, NoScriptError)]
             failed = [r for r in results if isinstance(r, Exception) and not isinstance(r, NoScriptError)]
             for args in retry:  # Redis restarted (or flushed its scripts) since the last load
-                await self._settle(args=args)
+                await self.lane.script(self._settle, args)
             if failed:
                 raise failed[0]
         except (RedisError, OSError) as exc:
