@@ -35,7 +35,10 @@ class Core:
         if settings.exact_fast_path:
             t = settings.cache_redis_timeout_s
             self.exact_redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=t, socket_connect_timeout=t)
-            self.exact = ExactReader(self.exact_redis, settings.cache_redis_prefix)
+            # Same Redis, same timeouts (the defaults): a request's exact lookup and its admission, made side by
+            # side, share the policy's lane and go out in one write.
+            shared = self.policy.lane if t == timeout else None
+            self.exact = ExactReader(self.exact_redis, settings.cache_redis_prefix, lane=shared)
         self.hub = Hub(settings, self.policy, TokenCounter(load_cl100k()), self.exact)
 
     async def start(self) -> None:

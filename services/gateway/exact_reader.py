@@ -60,7 +60,10 @@ class Lookup:
 
 
 class ExactReader:
-    def __init__(self, redis: aioredis.Redis, prefix: str, retry_after_s: float = 1.0) -> None:
+    def __init__(self, redis: aioredis.Redis, prefix: str, retry_after_s: float = 1.0,
+                 lane: RedisLane | None = None) -> None:
+        """`lane`: another component's lane to the same Redis with the same timeouts, shared (not closed here) so
+        that a request's lookup and admission go out in one write; by default the reader has its own."""
         self.redis = redis
         self.prefix = prefix
         self.retry_after_s = retry_after_s
@@ -68,7 +71,8 @@ class ExactReader:
         self._counts: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
         self._flusher: asyncio.Task[None] | None = None
         self._lookup = redis.register_script(_LOOKUP)
-        self.lane = RedisLane(redis, "exact")  # lookups from concurrent requests share round trips
+        self._owns_lane = lane is None
+        self.lane = lane or RedisLane(redis, "exact")  # lookups from concurrent requests share round trips
 
     async def start(self) -> None:
         self._flusher = tasks.every(FLUSH_S, self.flush, "exact-tier stats flush")
@@ -76,7 +80,8 @@ class ExactReader:
     async def close(self) -> None:
         await tasks.stop(self._flusher)
         await self.flush()
-        await self.lane.close()
+        if self._owns_lane:
+            await self.lane.close()
 
     async def lookup(self, tenant: str, req: types_pb2.ChatRequest, count: bool = True) -> Lookup:
         """The tenant's exact-tier answer to `req` (or None) and the reason, as LookupExact gives them, and whether

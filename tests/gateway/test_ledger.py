@@ -147,10 +147,11 @@ def test_metrics_count_tokens_cost_hits_and_time_per_hop(mesh: Mesh, new_key: Ne
     assert delta("weir_gateway_overhead_seconds_count") >= 2
     assert delta("weir_gateway_request_seconds_count", cache="exact") >= 1
     assert ("weir_jobs_queue", (("state", "waiting"),)) in after  # the jobs queue is reported too
-    # The per-request Redis calls went on the gateway's lanes (admission and settlement; exact-tier reads).
-    for lane in ("policy", "exact"):
-        trips = delta("weir_redis_lane_round_trips_total", lane=lane)
-        assert 1 <= trips <= delta("weir_redis_lane_commands_total", lane=lane), lane
+    # The per-request Redis calls went on the gateway's lane (admission, settlement and, with the default
+    # timeouts, the exact-tier reads beside them).
+    trips = delta("weir_redis_lane_round_trips_total", lane="policy")
+    assert 1 <= trips <= delta("weir_redis_lane_commands_total", lane="policy")
+    assert delta("weir_redis_lane_commands_total", lane="exact") == 0
 
 
 def test_policy_survives_a_script_flush(mesh: Mesh, redis_server: LocalRedis, admin: httpx.Client,
