@@ -6,12 +6,12 @@ not labels (their number is unbounded); per key and team figures live in the led
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import CollectorRegistry, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from weir.common.v1 import types_pb2
 from weir.kit import metrics as kit_metrics
-from weir.kit.metrics import BUCKETS
+from weir.kit.metrics import BUCKETS, Counter, Gauge, Histogram
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
