@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.gateway import lua
@@ -473,12 +473,8 @@ class Policy:
         """Writes the settlements queued so far in one pipelined round trip (they pile up while one is out)."""
         batch, self._pending = self._pending, []
         try:
-            sha = self._settle.sha
-            results = await self.lane.execute_many([("EVALSHA", sha, 0, *args) for args in batch])
-            retry = [args for args, r in zip(batch, results, strict=True) if isinstance(r, NoScriptError)]
-            failed = [r for r in results if isinstance(r, Exception) and not isinstance(r, NoScriptError)]
-            for args in retry:  # Redis restarted (or flushed its scripts) since the last load
-                await self.lane.script(self._settle, args)
+            results = await self.lane.script_many(self._settle, batch)
+            failed = [r for r in results if isinstance(r, Exception)]
             if failed:
                 raise failed[0]
         except (RedisError, OSError) as exc:

@@ -83,6 +83,19 @@ async def test_scripts_run_by_digest_and_are_loaded_again_when_redis_lost_them(l
         await lane.execute("EVALSHA", "0" * 40, 0)
 
 
+async def test_a_script_run_many_times_shares_one_round_trip_and_is_loaded_again_once(
+        lane: RedisLane, client: aioredis.Redis) -> None:
+    script = client.register_script("if ARGV[1] == 'bad' then return redis.error_reply('ERR bad') end "
+                                    "return redis.call('INCRBY', 'lane:many', ARGV[1])")
+    await client.script_flush()
+    replies = await lane.script_many(script, [[1], ["bad"], [10]])
+    assert replies[0] == 1 and replies[2] == 11
+    assert isinstance(replies[1], ResponseError) and "bad" in str(replies[1])
+    assert lane.round_trips == 2  # EVALSHA for all three, then EVAL for the three Redis did not know it for
+    assert await lane.script_many(script, [[100], [1000]]) == [111, 1111]
+    assert lane.round_trips == 3  # loaded now: by digest, one round trip
+
+
 async def test_a_caller_that_gives_up_neither_breaks_the_order_nor_runs_what_was_not_sent(lane: RedisLane) -> None:
     slow = asyncio.create_task(lane.execute("EVAL", _BUSY, 0, 100_000))  # out for 100 ms
     await asyncio.sleep(0.02)

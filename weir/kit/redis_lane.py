@@ -91,7 +91,7 @@ class RedisLane:
     async def execute(self, *command: Any) -> Any:
         """Sends one command (`"GET", key`, `"EVALSHA", sha, 0, ...`) and returns its reply as the client would
         without response callbacks (bytes, ints, lists); an error reply raises its `ResponseError`."""
-        return await self._enqueue(command)
+        return await self._put(command, asyncio.get_running_loop())
 
     async def execute_many(self, commands: Sequence[Command]) -> list[Any]:
         """Sends several commands in one round trip (with whatever else is queued) and returns their replies in
@@ -124,6 +124,18 @@ class RedisLane:
         except NoScriptError:
             return await self.execute("EVAL", script.script, len(keys), *keys, *args)
 
+    async def script_many(self, script: AsyncScript, arg_lists: Sequence[Sequence[Any]]) -> list[Any]:
+        """Runs a registered script (no keys) once per argument list, all in one round trip; returns the replies
+        in order, an error reply as its exception object. Those Redis did not know the script for go again as
+        EVAL. A broken connection or a timeout raises."""
+        replies = await self.execute_many([("EVALSHA", script.sha, 0, *args) for args in arg_lists])
+        lost = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if lost:
+            again = await self.execute_many([("EVAL", script.script, 0, *arg_lists[i]) for i in lost])
+            for i, reply in zip(lost, again, strict=True):
+                replies[i] = reply
+        return replies
+
     async def close(self) -> None:
         """Fails what is queued, stops the lane's task and closes its connection; later commands fail."""
         self._closed = True
@@ -153,9 +165,6 @@ class RedisLane:
         if self._task is None:
             self._task = loop.create_task(self._run(), name=f"{self.name} lane")
         return future
-
-    async def _enqueue(self, command: Command) -> Any:
-        return await self._put(command, asyncio.get_running_loop())
 
     async def _run(self) -> None:
         try:
