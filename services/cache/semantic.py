@@ -41,6 +41,7 @@ import numpy as np
 
 from services.cache.settings import CacheSettings
 from weir.kit import metrics
+from weir.kit.lru import LruCache
 
 log = logging.getLogger("weir.cache.semantic")
 
@@ -689,7 +690,7 @@ class _AsyncMilvus:
             ("grpc.max_receive_message_length", 64 * 1024 * 1024), ("grpc.keepalive_time_ms", 55_000)])
         self._stub = milvus_pb2_grpc.MilvusServiceStub(self._channel)
         self._metadata = (("authorization", base64.b64encode(token.encode()).decode()),) if token else ()
-        self._templates: dict[tuple[str, str, int, str], Any] = {}  # SearchRequests built by Prepare, to copy
+        self._templates: LruCache[Any] = LruCache(_TEMPLATES)  # SearchRequests built by Prepare, to copy
 
     @staticmethod
     def serves(uri: str) -> bool:
@@ -745,11 +746,10 @@ class _AsyncMilvus:
         key = (collection, partition, limit, repr(params))
         template = self._templates.get(key)
         if template is None:
-            if len(self._templates) >= _TEMPLATES:
-                self._templates.clear()
-            template = self._templates[key] = Prepare.search_requests_with_expr(
+            template = Prepare.search_requests_with_expr(
                 collection, "vector", params, limit, data=vectors[:1], expr="", partition_names=[partition],
                 output_fields=list(_OUTPUT_FIELDS))
+            self._templates.put(key, template)
         request = milvus_pb2.SearchRequest()
         request.CopyFrom(template)
         request.dsl = expr

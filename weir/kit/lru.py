@@ -1,4 +1,5 @@
-"""A small LRU keyed by a digest of text (bounded memory): the embedder's recent texts, the cache's judged pairs.
+"""A small LRU (bounded memory): the embedder's recent texts and the cache's judged pairs, keyed by a digest of
+their text, and the cache's Milvus search templates, keyed by collection, partition and parameters.
 
 Used only from the event loop thread, so it needs no lock.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from collections.abc import Hashable
 from typing import Generic, TypeVar
 
 V = TypeVar("V")
@@ -21,14 +23,14 @@ class LruCache(Generic[V]):
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._entries: OrderedDict[bytes, V] = OrderedDict()
+        self._entries: OrderedDict[Hashable, V] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: bytes) -> V | None:
+    def get(self, key: Hashable) -> V | None:
         value = self._entries.get(key)
         if value is None:
             self.misses += 1
@@ -37,7 +39,7 @@ class LruCache(Generic[V]):
         self.hits += 1
         return value
 
-    def put(self, key: bytes, value: V) -> None:
+    def put(self, key: Hashable, value: V) -> None:
         if self.capacity <= 0:
             return
         self._entries[key] = value
