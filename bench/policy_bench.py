@@ -131,11 +131,6 @@ async def bench(mesh: Mesh, n: int, concurrency: int, rounds: int, latency_ms: f
               f"{'':>14} {len(ms):>6}")
 
 
-def _cpu_s() -> float:
-    t = os.times()
-    return t.user + t.system
-
-
 async def admission_alone(redis_url: str, n: int, concurrencies: tuple[int, ...]) -> float:
     """Policy.admit (key + team windows and budgets) from `concurrency` tasks, as the gateway calls it."""
     client = aioredis.Redis.from_url(redis_url, socket_timeout=0.25)
@@ -157,10 +152,10 @@ async def admission_alone(redis_url: str, n: int, concurrencies: tuple[int, ...]
                 await policy.admit(raw, "fake-small", 20, 64, True, Timings())
                 out.append((time.perf_counter() - t) * 1000)
 
-        t0, c0 = time.perf_counter(), _cpu_s()
+        t0, c0 = time.perf_counter(), time.process_time()
         await asyncio.gather(*(worker(counter, latencies) for _ in range(concurrency)))
         rate = n / (time.perf_counter() - t0)
-        cpu_us = (_cpu_s() - c0) / n * 1e6
+        cpu_us = (time.process_time() - c0) / n * 1e6
         p50 = statistics.median(latencies)
         first = first or p50
         print(f"  concurrency {concurrency:>2}: p50 {p50:.3f} ms   p99 {pct(latencies, 0.99):.3f} ms   "
